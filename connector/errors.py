@@ -1,0 +1,210 @@
+"""The one error tree of dvconnect, and the mapping from Dataverse responses onto it.
+
+Every failure the service reports is a `DvconnectError`; its `exit_code` is the CLI's exit code
+(2 bad configuration, 3 Dataverse unreachable or authentication refused, 1 a record failed).
+Dataverse errors are chosen by HTTP status plus the Dataverse error code (`0x8004…`), and carry
+status, code, message and request id, never a token or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+# Dataverse error codes the connector branches on (dataverse-webapi.md §11.5).
+EXPIRED_VERSION_STAMP = "0x80044352"
+DUPLICATE_RECORDS_FOUND = "0x80040333"
+OBJECT_DOES_NOT_EXIST = "0x80040217"
+SERVICE_PROTECTION_CODES = frozenset({"0x80072322", "0x80072321", "0x80072326"})
+
+
+class DvconnectError(Exception):
+    """Base of every error the service reports; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(DvconnectError):
+    """Bad settings, mappings or usage: nothing was written."""
+
+    exit_code = 2
+
+
+class MappingError(ConfigError):
+    """A mapping file is invalid; the message names the file, the key and what was expected."""
+
+    def __init__(self, path: str, key: str, expected: str) -> None:
+        self.path = path
+        self.key = key
+        self.expected = expected
+        super().__init__(f"{path}: {key}: {expected}")
+
+
+class AuthError(DvconnectError):
+    """The identity provider refused to issue a token (or Dataverse refused every token)."""
+
+    exit_code = 3
+
+    def __init__(self, error: str, description: str = "", correlation_id: str = "") -> None:
+        self.error = error
+        self.description = description
+        self.correlation_id = correlation_id
+        text = f"authentication failed: {error}"
+        if description:
+            text += f": {description}"
+        if correlation_id:
+            text += f" (correlation id {correlation_id})"
+        super().__init__(text)
+
+
+class UnreachableError(DvconnectError):
+    """Dataverse could not be reached (DNS, TCP, TLS, timeouts) after the bounded retries."""
+
+    exit_code = 3
+
+
+class SyncError(DvconnectError):
+    """The sync met data it cannot trust (a repeated next link, a page of unexpected shape)."""
+
+
+class DataverseError(DvconnectError):
+    """An error response from the Dataverse Web API."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        request_id: str = "",
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+        parts = [f"Dataverse {status}"]
+        if code:
+            parts.append(code)
+        text = " ".join(parts) + f": {message}" if message else " ".join(parts)
+        where = f"{method} {path}".strip()
+        if where:
+            text += f" [{where}]"
+        if request_id:
+            text += f" (request id {request_id})"
+        super().__init__(text)
+
+
+class BadRequestError(DataverseError):
+    """400: the request itself is wrong; never retried."""
+
+
+class UnauthorizedError(DataverseError):
+    """401: the token was missing, expired or rejected."""
+
+    exit_code = 3
+
+
+class ForbiddenError(DataverseError):
+    """403: the application user lacks a privilege or is not a member of the org."""
+
+    exit_code = 3
+
+
+class NotFoundError(DataverseError):
+    """404: the record, entity set or function does not exist."""
+
+
+class PreconditionFailedError(DataverseError):
+    """412: an If-Match / If-None-Match condition did not hold."""
+
+
+class ThrottledError(DataverseError):
+    """429: service protection limits; retried after `Retry-After`."""
+
+
+class ServerError(DataverseError):
+    """5xx other than duplicate detection: transient or unexpected server failures."""
+
+
+class DuplicateDetectedError(DataverseError):
+    """Duplicate detection found an existing record (HTTP 500, 0x80040333); never retried."""
+
+
+class ExpiredDeltaTokenError(DataverseError):
+    """The change-tracking token is outside the retention window: a full sync is needed."""
+
+
+_BY_STATUS: dict[int, type[DataverseError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    412: PreconditionFailedError,
+    429: ThrottledError,
+}
+
+
+def error_class(status: int, code: str) -> type[DataverseError]:
+    """Choose the error class for a status and a Dataverse error code (code first, then status)."""
+    if code == EXPIRED_VERSION_STAMP:
+        return ExpiredDeltaTokenError
+    if code == DUPLICATE_RECORDS_FOUND:
+        return DuplicateDetectedError
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if status >= 500:
+        return ServerError
+    return DataverseError
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (integer or decimal seconds); None when absent or bad."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(seconds, 0.0)
+
+
+def error_body(response: requests.Response) -> tuple[str, str]:
+    """(code, message) from a Dataverse error body; bodies that are not JSON give the reason."""
+    content_type = response.headers.get("Content-Type", "")
+    if "json" in content_type.split(";")[0]:
+        try:
+            payload: Any = response.json()
+        except (ValueError, json.JSONDecodeError):
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            err = payload["error"]
+            return str(err.get("code") or ""), str(err.get("message") or "")
+    return "", response.reason or ""
+
+
+def request_id(response: requests.Response) -> str:
+    """The request id Dataverse reports, for support tickets and logs."""
+    headers = response.headers
+    return headers.get("x-ms-service-request-id") or headers.get("REQ_ID") or ""
+
+
+def from_response(response: requests.Response, path: str = "") -> DataverseError:
+    """The error for a failed Dataverse response: status, code, message, request id."""
+    code, message = error_body(response)
+    cls = error_class(response.status_code, code)
+    return cls(
+        status=response.status_code,
+        code=code,
+        message=message,
+        request_id=request_id(response),
+        method=(response.request.method or "") if response.request is not None else "",
+        path=path,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )

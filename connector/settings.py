@@ -1,0 +1,136 @@
+"""Settings: the only reader of the environment (`DVCONNECT_*` variables and the `.env` file).
+
+Commands that do not talk to Dataverse (`check --offline`, `emulator`) load settings without the
+connection values; `Settings.connection()` demands them and names the first missing variable.
+Secrets are `SecretStr`: their value is read only where a credential is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from connector.errors import ConfigError
+
+ENV_PREFIX = "DVCONNECT_"
+API_PATH = "/api/data/v9.2/"
+MAX_PAGE_SIZE = 5000
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    dataverse_url: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_certificate_path: Path | None = None
+    client_certificate_thumbprint: str | None = None
+    client_certificate_password: SecretStr | None = None
+    authority: str | None = None
+    database_url: str = "sqlite:///var/dvconnect.sqlite3"
+    mappings_dir: Path = Path("mappings")
+    page_size: int = Field(default=MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_timeout: float = Field(default=130.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=50)
+
+    @field_validator("dataverse_url", "authority")
+    @classmethod
+    def _https_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "https" or not parts.netloc:
+            raise ValueError("must be an https:// URL, e.g. https://org.crm.dynamics.com")
+        return value.strip().rstrip("/")
+
+    @field_validator("dataverse_url")
+    @classmethod
+    def _org_root(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).path not in ("", "/"):
+            raise ValueError("must be the environment root, without /api/data/v9.2")
+        return value
+
+    def connection(self) -> Connection:
+        """The values needed to reach Dataverse; ConfigError names the first missing one."""
+        for name in ("dataverse_url", "tenant_id", "client_id"):
+            if not getattr(self, name):
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set")
+        if self.client_secret is None and self.client_certificate_path is None:
+            raise ConfigError(
+                f"{ENV_PREFIX}CLIENT_SECRET is not set "
+                f"(or set {ENV_PREFIX}CLIENT_CERTIFICATE_PATH and "
+                f"{ENV_PREFIX}CLIENT_CERTIFICATE_THUMBPRINT)"
+            )
+        if self.client_certificate_path is not None:
+            if not self.client_certificate_thumbprint:
+                raise ConfigError(
+                    f"{ENV_PREFIX}CLIENT_CERTIFICATE_THUMBPRINT is not set "
+                    f"(needed with {ENV_PREFIX}CLIENT_CERTIFICATE_PATH)"
+                )
+            if not self.client_certificate_path.is_file():
+                raise ConfigError(
+                    f"{ENV_PREFIX}CLIENT_CERTIFICATE_PATH: no such file: "
+                    f"{self.client_certificate_path}"
+                )
+        assert self.dataverse_url and self.tenant_id and self.client_id
+        return Connection(
+            dataverse_url=self.dataverse_url,
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            certificate_path=self.client_certificate_path,
+            certificate_thumbprint=self.client_certificate_thumbprint,
+            certificate_password=self.client_certificate_password,
+            authority=self.authority or f"https://login.microsoftonline.com/{self.tenant_id}",
+            timeout=self.http_timeout,
+            max_attempts=self.max_attempts,
+        )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What it takes to reach one Dataverse environment."""
+
+    dataverse_url: str
+    tenant_id: str
+    client_id: str
+    client_secret: SecretStr | None
+    certificate_path: Path | None
+    certificate_thumbprint: str | None
+    certificate_password: SecretStr | None
+    authority: str
+    timeout: float
+    max_attempts: int
+
+    @property
+    def api_url(self) -> str:
+        """The Web API root, e.g. https://org.crm.dynamics.com/api/data/v9.2/."""
+        return self.dataverse_url + API_PATH
+
+    @property
+    def scope(self) -> str:
+        """The OAuth scope: the environment URL plus /.default (never the API path)."""
+        return self.dataverse_url + "/.default"
+
+
+def load_settings() -> Settings:
+    """Read the settings; a malformed value raises ConfigError naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {message}") from None

@@ -1,0 +1,323 @@
+"""The local store: SQLAlchemy Core over SQLite (default) or PostgreSQL (by URL).
+
+One table per synced Dataverse table, named by its logical name, one column per mapped attribute
+under its logical name, so the data can be queried with plain SQL. Datetimes are kept as the
+Web API writes them (ISO-8601 UTC text, `2024-06-12T14:13:17Z`), which sorts and compares
+correctly on both databases. Each data table has one extra column, `dvc_generation`: the full
+sync that last saw the row, used to remove rows deleted while change tracking could not say so.
+
+The connector's own tables start with `dvc_`: `dvc_sync_state` (one cursor per table, saved in
+the same transaction as the page it follows) and `dvc_runs` (one record per job run).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.types import TypeEngine
+
+from connector.errors import ConfigError
+from connector.mapping import ColumnType, Mapping, TableMapping
+
+GENERATION_COLUMN = "dvc_generation"
+_DELETE_CHUNK = 500
+
+_TYPES: dict[ColumnType, TypeEngine[Any]] = {
+    "guid": String(36),
+    "string": Text(),
+    "integer": Integer(),
+    "bigint": BigInteger(),
+    "number": Float(),
+    "boolean": Boolean(),
+    "datetime": String(20),
+    "date": String(10),
+}
+
+
+def utc_now() -> str:
+    """The current time as the store writes it: ISO-8601 UTC with `Z`."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """Where the sync of one table stands; saved with the page it follows.
+
+    `phase` is `full` while a full read is under way (its rows carry `generation`), `incremental`
+    while a delta or watermark read is under way, `idle` between runs. `next_link` is the page
+    to read next when a run stopped mid-way; `mode` is how the table is followed once the full
+    read is done: `delta` (change tracking, `delta_link`) or `watermark` (`modifiedon`).
+    """
+
+    table_name: str
+    phase: str = "idle"
+    mode: str | None = None
+    next_link: str | None = None
+    delta_link: str | None = None
+    watermark: str | None = None
+    generation: int = 0
+    last_full_sync_at: str | None = None
+    last_sync_at: str | None = None
+
+    def start_full(self) -> SyncState:
+        """A new full read: a new generation, every cursor forgotten."""
+        return SyncState(table_name=self.table_name, phase="full", generation=self.generation + 1,
+                         last_full_sync_at=self.last_full_sync_at, last_sync_at=self.last_sync_at)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One job run as `status` and `report` show it."""
+
+    run_id: int
+    job: str
+    started_at: str
+    finished_at: str | None
+    outcome: str
+    counts: dict[str, Any]
+    requests: int
+    error: str | None
+
+
+class Store:
+    """The one SQLAlchemy engine, the data tables built from the mapping and the dvc_ tables."""
+
+    def __init__(self, url: str, mapping: Mapping) -> None:
+        self.engine = _create_engine(url)
+        self.mapping = mapping
+        self.metadata = MetaData()
+        self.tables: dict[str, Table] = {
+            name: _data_table(self.metadata, table) for name, table in mapping.tables.items()
+        }
+        self.sync_state = Table(
+            "dvc_sync_state",
+            self.metadata,
+            Column("table_name", String(128), primary_key=True),
+            Column("phase", String(16), nullable=False),
+            Column("mode", String(16)),
+            Column("next_link", Text()),
+            Column("delta_link", Text()),
+            Column("watermark", String(20)),
+            Column("generation", Integer(), nullable=False),
+            Column("last_full_sync_at", String(20)),
+            Column("last_sync_at", String(20)),
+        )
+        self.runs = Table(
+            "dvc_runs",
+            self.metadata,
+            Column("run_id", Integer(), primary_key=True, autoincrement=True),
+            Column("job", String(64), nullable=False),
+            Column("started_at", String(20), nullable=False),
+            Column("finished_at", String(20)),
+            Column("outcome", String(16), nullable=False),
+            Column("counts", Text(), nullable=False),
+            Column("requests", Integer(), nullable=False),
+            Column("error", Text()),
+        )
+        self._upserts = {name: _upsert(self.engine, table) for name, table in self.tables.items()}
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Create missing tables and add columns the mapping gained; such tables resync fully."""
+        try:
+            with self.engine.begin() as conn:
+                self.metadata.create_all(conn)
+                existing = inspect(conn)
+                for name, table in self.tables.items():
+                    present = {c["name"] for c in existing.get_columns(name)}
+                    missing = [c for c in table.columns if c.name not in present]
+                    for column in missing:
+                        ddl = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {ddl}'))
+                    if missing:
+                        self._save_state(conn, self._load_state(conn, name).start_full())
+        except OperationalError as exc:
+            raise ConfigError(f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}") from None
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: a page, its deletions and the state that follows it commit together."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def load_state(self, table_name: str) -> SyncState:
+        with self.engine.connect() as conn:
+            return self._load_state(conn, table_name)
+
+    def _load_state(self, conn: Connection, table_name: str) -> SyncState:
+        row = conn.execute(
+            select(self.sync_state).where(self.sync_state.c.table_name == table_name)
+        ).mappings().first()
+        return SyncState(**row) if row else SyncState(table_name=table_name)
+
+    def save_state(self, conn: Connection, state: SyncState) -> None:
+        self._save_state(conn, state)
+
+    def _save_state(self, conn: Connection, state: SyncState) -> None:
+        values = asdict(state)
+        updated = conn.execute(
+            self.sync_state.update()
+            .where(self.sync_state.c.table_name == state.table_name)
+            .values(values)
+        )
+        if updated.rowcount == 0:
+            conn.execute(self.sync_state.insert().values(values))
+
+    def reset_state(self, table_name: str) -> None:
+        """Forget every cursor of a table: its next sync is a full one (with the deletion sweep)."""
+        if table_name not in self.tables:
+            known = ", ".join(sorted(self.tables))
+            raise ConfigError(f"unknown table {table_name!r}: the mapping has {known}")
+        with self.engine.begin() as conn:
+            self._save_state(conn, self._load_state(conn, table_name).start_full())
+
+    def upsert_rows(
+        self, conn: Connection, table_name: str, rows: Sequence[dict[str, Any]], generation: int
+    ) -> int:
+        """Insert or update rows (Web API JSON objects) by primary key; returns how many."""
+        if not rows:
+            return 0
+        columns = self.mapping.tables[table_name].select
+        params = [{**{c: row.get(c) for c in columns}, GENERATION_COLUMN: generation} for row in rows]
+        conn.execute(self._upserts[table_name], params)
+        return len(params)
+
+    def delete_rows(self, conn: Connection, table_name: str, ids: Sequence[str]) -> int:
+        """Delete rows by primary key; returns how many existed."""
+        table = self.tables[table_name]
+        key = table.c[self.mapping.tables[table_name].primary_key]
+        deleted = 0
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = list(ids[start : start + _DELETE_CHUNK])
+            deleted += conn.execute(delete(table).where(key.in_(chunk))).rowcount
+        return deleted
+
+    def sweep(self, conn: Connection, table_name: str, generation: int) -> int:
+        """After a full read: delete rows that read did not see (deleted in Dataverse)."""
+        table = self.tables[table_name]
+        column = table.c[GENERATION_COLUMN]
+        stale = (column < generation) | column.is_(None)
+        return int(conn.execute(delete(table).where(stale)).rowcount)
+
+    # -- runs and status ----------------------------------------------------------------------
+
+    def start_run(self, job: str) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self.runs.insert().values(
+                    job=job, started_at=utc_now(), outcome="running", counts="{}", requests=0
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_run(
+        self, run_id: int, outcome: str, counts: dict[str, Any], requests: int, error: str | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.runs.update()
+                .where(self.runs.c.run_id == run_id)
+                .values(
+                    finished_at=utc_now(),
+                    outcome=outcome,
+                    counts=json.dumps(counts, sort_keys=True),
+                    requests=requests,
+                    error=error,
+                )
+            )
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(self.runs).order_by(self.runs.c.run_id.desc()).limit(limit)
+            ).mappings()
+            return [RunRecord(**{**row, "counts": json.loads(row["counts"])}) for row in rows]
+
+    def row_count(self, table_name: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one())
+
+
+def _data_table(metadata: MetaData, mapping: TableMapping) -> Table:
+    columns = [
+        Column(name, _TYPES[kind], primary_key=name == mapping.primary_key)
+        for name, kind in mapping.columns.items()
+    ]
+    columns.append(Column(GENERATION_COLUMN, Integer()))
+    return Table(mapping.name, metadata, *columns)
+
+
+def _upsert(engine: Engine, table: Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("DVCONNECT_DATABASE_URL: not a database URL") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"DVCONNECT_DATABASE_URL: unsupported database {backend!r} (sqlite or postgresql)"
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed)
+    except NoSuchModuleError as exc:
+        raise ConfigError(f"DVCONNECT_DATABASE_URL: driver not installed ({exc})") from None
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"DVCONNECT_DATABASE_URL: driver not installed ({exc.name}); "
+            "install dvconnect[postgres] for PostgreSQL"
+        ) from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine

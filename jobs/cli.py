@@ -1,0 +1,240 @@
+"""The `dvconnect` command line: the composition root that builds a Context once per command.
+
+Exit codes: 0 success; 1 a job ran but some records failed; 2 bad configuration, mappings or
+usage (nothing written); 3 Dataverse unreachable or authentication refused. `--json` prints one
+JSON document on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from connector.errors import DvconnectError
+from connector.mapping import load_mapping
+from connector.settings import Settings, load_settings
+from jobs.context import Context, build_context
+
+log = logging.getLogger("dvconnect")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    """One stderr handler, text or JSON lines, at the configured level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("msal").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class _Progress:
+    """A progress line on stderr while long reads run, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self, table: str, rows: int) -> None:
+        rate = rows / max(time.monotonic() - self._started, 1e-6)
+        sys.stderr.write(f"\r{table}: {rows:,} rows ({rate:,.0f}/s)\x1b[K")
+        sys.stderr.flush()
+
+
+def _print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.check import check_online
+
+    mapping = load_mapping(settings.mappings_dir)
+    print(f"mappings ok: {', '.join(mapping.tables)} ({settings.mappings_dir})")
+    if args.offline:
+        return 0
+    ctx = build_context(settings)
+    problems, notes = check_online(ctx)
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"dataverse ok: every mapped column exists ({settings.dataverse_url})")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.runner import plan_named, run_named
+
+    ctx = build_context(settings)
+    if args.dry_run:
+        plan = plan_named(ctx, args.job)
+        if args.json:
+            _print_json({"dry_run": True, "plan": plan})
+        else:
+            for job, steps in plan.items():
+                for step in steps:
+                    print(f"{job}: {step['table']}: {step['read']}")
+        return 0
+    if sys.stderr.isatty() and not args.json:
+        ctx.progress = _Progress()
+    results = run_named(ctx, args.job)
+    if ctx.progress is not None:
+        sys.stderr.write("\n")
+    if args.json:
+        _print_json({"runs": [asdict(r) for r in results]})
+    else:
+        for result in results:
+            print(f"{result.job}: {result.outcome} in {result.seconds:.1f}s, {result.requests} requests")
+            for name, counts in result.counts.items():
+                kind = "full" if counts.get("full") else "incremental"
+                print(
+                    f"  {name}: {kind}, {counts['read']} read, {counts['upserted']} upserted, "
+                    f"{counts['deleted']} deleted"
+                )
+    return 0
+
+
+def status_document(ctx: Context) -> dict[str, Any]:
+    """Last runs and the sync state of each table, as `status` shows them."""
+    tables = {}
+    for name in ctx.mapping.tables:
+        state = ctx.store.load_state(name)
+        tables[name] = {
+            "rows": ctx.store.row_count(name),
+            "phase": state.phase,
+            "mode": state.mode,
+            "resumable": state.next_link is not None,
+            "last_sync_at": state.last_sync_at,
+            "last_full_sync_at": state.last_full_sync_at,
+            "watermark": state.watermark,
+        }
+    runs = [asdict(r) for r in ctx.store.recent_runs()]
+    return {"tables": tables, "runs": runs}
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    document = status_document(build_context(settings))
+    if args.json:
+        _print_json(document)
+        return 0
+    print("tables:")
+    for name, t in document["tables"].items():
+        follow = t["mode"] or "not synced yet"
+        extra = ", resumes mid-read" if t["resumable"] else ""
+        print(f"  {name}: {t['rows']} rows, {follow}, last sync {t['last_sync_at'] or 'never'}{extra}")
+    print("recent runs:")
+    for run in document["runs"]:
+        print(
+            f"  #{run['run_id']} {run['job']} {run['outcome']} started {run['started_at']}, "
+            f"{run['requests']} requests" + (f": {run['error']}" if run["error"] else "")
+        )
+    return 0
+
+
+def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
+    ctx = build_context(settings)
+    ctx.store.reset_state(args.table)
+    print(f"{args.table}: cursor forgotten; the next sync reads the whole table")
+    return 0
+
+
+def cmd_schedule(settings: Settings, _args: argparse.Namespace) -> int:
+    from jobs.scheduler import serve
+
+    serve(build_context(settings))
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(settings, leads=args.leads, contacts=args.contacts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from jobs.runner import JOB_CHOICES
+
+    parser = argparse.ArgumentParser(
+        prog="dvconnect", description="Dataverse leads and contacts, synced and marketed."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate settings and mappings (and Dataverse)")
+    check.add_argument("--offline", action="store_true", help="do not contact Dataverse")
+    check.set_defaults(handler=cmd_check)
+
+    run = commands.add_parser("run", help="run one job now")
+    run.add_argument("job", choices=JOB_CHOICES)
+    run.add_argument("--dry-run", action="store_true", help="show what would be done, send nothing")
+    run.add_argument("--json", action="store_true", help="print one JSON document")
+    run.set_defaults(handler=cmd_run)
+
+    schedule = commands.add_parser("schedule", help="run every job on its cron until stopped")
+    schedule.set_defaults(handler=cmd_schedule)
+
+    status = commands.add_parser("status", help="last runs and the sync state of each table")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=cmd_status)
+
+    state = commands.add_parser("state", help="manage sync state")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    reset = state_commands.add_parser("reset", help="forget a table's cursor: next sync is full")
+    reset.add_argument("table")
+    reset.set_defaults(handler=cmd_state_reset)
+
+    commands.add_parser(
+        "emulator", help="serve the local Dataverse emulator (options: dvconnect emulator --help)",
+        add_help=False,
+    )
+
+    demo = commands.add_parser("demo", help="emulator + all jobs + summary (what `make demo` runs)")
+    demo.add_argument("--leads", type=int, default=20_000)
+    demo.add_argument("--contacts", type=int, default=10_000)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dvconnect` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        from emulator.server import main as emulator_main
+
+        return emulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings)
+        code: int = args.handler(settings, args)
+        return code
+    except DvconnectError as exc:
+        print(f"dvconnect: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`dvconnect schedule`: the long-running service that runs each job on its cron.
+
+APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one. SIGTERM or
+SIGINT asks running jobs to stop after their current page (state saved) and then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from connector.errors import ConfigError, DvconnectError
+from jobs.context import Context
+from jobs.runner import run_job
+
+log = logging.getLogger("dvconnect.scheduler")
+
+
+def _run(ctx: Context, job: str) -> None:
+    try:
+        run_job(ctx, job)
+    except DvconnectError:
+        pass  # recorded in dvc_runs and logged by run_job; the service keeps its schedule
+
+
+def serve(ctx: Context) -> None:
+    """Run the scheduler until SIGTERM/SIGINT; returns after running jobs have stopped."""
+    if not ctx.mapping.schedule:
+        raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
+    ctx.online()  # fail fast on bad connection settings, before the first cron fires
+    scheduler = BlockingScheduler(
+        timezone=ctx.mapping.timezone,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+    )
+    for job, cron in ctx.mapping.schedule.items():
+        trigger = CronTrigger.from_crontab(cron, timezone=ctx.mapping.timezone)
+        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
+        log.info("scheduled %s: %s (%s)", job, cron, ctx.mapping.timezone)
+
+    def shutdown(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: finishing the current page, then stopping", signal.Signals(signum).name)
+        ctx.stop.set()
+        scheduler.shutdown(wait=True)  # waits for running jobs to save their state
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    scheduler.start()  # returns after shutdown()
+    log.info("scheduler stopped")

@@ -1,0 +1,92 @@
+"""Mapping validation: every error names the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from connector.errors import MappingError
+from connector.mapping import load_mapping
+
+SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+
+
+@pytest.fixture
+def mappings(tmp_path: Path) -> Path:
+    for name in ("tables.yaml", "schedule.yaml"):
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    return tmp_path
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def _error(directory: Path) -> str:
+    with pytest.raises(MappingError) as caught:
+        load_mapping(directory)
+    return str(caught.value)
+
+
+def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) -> None:
+    mapping = load_mapping(mappings)
+    lead, contact = mapping.tables["lead"], mapping.tables["contact"]
+    assert lead.entity_set == "leads" and lead.primary_key == "leadid"
+    assert {"subject", "leadsourcecode", "_parentcontactid_value", "_ownerid_value", "donotphone"} <= set(lead.columns)
+    assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(contact.columns)
+    assert mapping.schedule == {"sync": "*/15 * * * *"}
+
+
+def test_unknown_key_is_rejected(mappings: Path) -> None:
+    _edit(mappings / "tables.yaml", "    entity_set: contacts", "    entity_set: contacts\n    colums: {}")
+    assert _error(mappings) == f"{mappings / 'tables.yaml'}: tables.contact.colums: unknown key"
+
+
+def test_unknown_column_type_lists_the_allowed_ones(mappings: Path) -> None:
+    _edit(mappings / "tables.yaml", "      jobtitle: string", "      jobtitle: text")
+    message = _error(mappings)
+    assert message.startswith(f"{mappings / 'tables.yaml'}: tables.lead.columns.jobtitle: expected one of ")
+    assert "'guid'" in message and "'datetime'" in message
+
+
+def test_column_names_must_be_logical_names(mappings: Path) -> None:
+    _edit(mappings / "tables.yaml", "      jobtitle: string", "      JobTitle: string")
+    assert _error(mappings) == (
+        f"{mappings / 'tables.yaml'}: tables.lead.columns: "
+        "column 'JobTitle': a lower-case logical name (lookups as _name_value)"
+    )
+
+
+def test_primary_key_and_modifiedon_must_be_mapped(mappings: Path) -> None:
+    _edit(mappings / "tables.yaml", "      leadid: guid\n", "")
+    assert _error(mappings) == (
+        f"{mappings / 'tables.yaml'}: tables.lead.columns: must map the primary key 'leadid' as guid"
+    )
+
+
+def test_invalid_yaml_names_the_line(mappings: Path) -> None:
+    _edit(mappings / "tables.yaml", "      subject: string", "      subject: [string")
+    assert _error(mappings).startswith(f"{mappings / 'tables.yaml'}: line ")
+
+
+def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
+    _edit(mappings / "schedule.yaml", '"*/15 * * * *"', '"every quarter hour"')
+    assert _error(mappings).startswith(f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression")
+    _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
+    assert _error(mappings) == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync"
+
+
+def test_bad_timezone_is_rejected(mappings: Path) -> None:
+    _edit(mappings / "schedule.yaml", "timezone: UTC", "timezone: Mars/Olympus")
+    assert _error(mappings) == (
+        f"{mappings / 'schedule.yaml'}: timezone: an IANA time zone such as 'UTC' or 'Europe/Paris'"
+    )
+
+
+def test_missing_file_is_named(mappings: Path) -> None:
+    (mappings / "schedule.yaml").unlink()
+    assert _error(mappings) == f"{mappings / 'schedule.yaml'}: (file): file not found"
