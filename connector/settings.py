@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     """Every setting, with its default; `.env.example` documents each one."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
     )
 
     dataverse_url: str | None = None

@@ -76,3 +76,12 @@ def test_certificate_needs_its_thumbprint_and_an_existing_file(monkeypatch: pyte
     monkeypatch.setenv("DVCONNECT_CLIENT_CERTIFICATE_THUMBPRINT", "AB12")
     with pytest.raises(ConfigError, match="DVCONNECT_CLIENT_CERTIFICATE_PATH: no such file: missing.pem"):
         load_settings().connection()
+
+
+def test_empty_values_in_a_copied_env_file_count_as_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    example = __import__("pathlib").Path(__file__).resolve().parents[2] / ".env.example"
+    __import__("shutil").copy(example, ".env")
+    settings = load_settings()
+    assert settings.authority is None and settings.client_secret is None
+    with pytest.raises(ConfigError, match="DVCONNECT_CLIENT_SECRET is not set"):
+        settings.connection()
