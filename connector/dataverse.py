@@ -88,4 +88,3 @@ class Dataverse:
         path = entity_definition_path(logical_name, "/Attributes")
         body = self.transport.send("GET", f"{path}?$select=LogicalName,AttributeType").json()
         return {a["LogicalName"]: a["AttributeType"] for a in body.get("value", [])}
-

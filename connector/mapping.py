@@ -156,7 +156,9 @@ def _table(path: Path, name: str, model: _TableModel) -> TableMapping:
 def _schedule(path: Path, model: _ScheduleFile) -> dict[str, str]:
     for job, cron in model.jobs.items():
         if job not in JOB_NAMES:
-            raise MappingError(str(path), f"jobs.{job}", f"a job name, one of {', '.join(JOB_NAMES)}")
+            raise MappingError(
+                str(path), f"jobs.{job}", f"a job name, one of {', '.join(JOB_NAMES)}"
+            )
         try:
             CronTrigger.from_crontab(cron, timezone=model.timezone)
         except ValueError as exc:
@@ -178,7 +180,7 @@ def load_mapping(directory: Path) -> Mapping:
     schedule_file: _ScheduleFile = _parse(_ScheduleFile, schedule_path)
     try:
         CronTrigger.from_crontab("0 0 * * *", timezone=schedule_file.timezone)
-    except Exception:  # noqa: BLE001 - zoneinfo raises several kinds for a bad name
+    except Exception:
         raise MappingError(
             str(schedule_path), "timezone", "an IANA time zone such as 'UTC' or 'Europe/Paris'"
         ) from None

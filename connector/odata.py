@@ -52,7 +52,7 @@ def query_string(options: Mapping[str, str]) -> str:
 def collection_url(
     entity_set: str,
     select: Iterable[str],
-    filter: str | None = None,  # noqa: A002 - the OData option's own name
+    filter: str | None = None,
     orderby: str | None = None,
 ) -> str:
     """A collection query relative to the API root, e.g. `leads?$select=leadid,subject`."""

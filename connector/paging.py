@@ -36,9 +36,7 @@ def _fail(table: str, request_id: str, what: str) -> SyncError:
     return SyncError(f"{table}: page of unexpected shape: {what} (request id {request_id or '?'})")
 
 
-def parse_page(
-    body: Any, *, table: str, primary_key: str, request_id: str, tracking: bool
-) -> Page:
+def parse_page(body: Any, *, table: str, primary_key: str, request_id: str, tracking: bool) -> Page:
     """Split a decoded JSON body into rows, deleted ids and links, or raise SyncError."""
     if not isinstance(body, dict):
         raise _fail(table, request_id, "the body is not a JSON object")

@@ -88,7 +88,9 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}CLIENT_CERTIFICATE_PATH: no such file: "
                     f"{self.client_certificate_path}"
                 )
-        assert self.dataverse_url and self.tenant_id and self.client_id
+        assert self.dataverse_url
+        assert self.tenant_id
+        assert self.client_id
         return Connection(
             dataverse_url=self.dataverse_url,
             tenant_id=self.tenant_id,

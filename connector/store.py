@@ -90,8 +90,13 @@ class SyncState:
 
     def start_full(self) -> SyncState:
         """A new full read: a new generation, every cursor forgotten."""
-        return SyncState(table_name=self.table_name, phase="full", generation=self.generation + 1,
-                         last_full_sync_at=self.last_full_sync_at, last_sync_at=self.last_sync_at)
+        return SyncState(
+            table_name=self.table_name,
+            phase="full",
+            generation=self.generation + 1,
+            last_full_sync_at=self.last_full_sync_at,
+            last_sync_at=self.last_sync_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,9 @@ class Store:
                     if missing:
                         self._save_state(conn, self._load_state(conn, name).start_full())
         except OperationalError as exc:
-            raise ConfigError(f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}") from None
+            raise ConfigError(
+                f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}"
+            ) from None
 
     # -- sync ---------------------------------------------------------------------------------
 
@@ -177,9 +184,11 @@ class Store:
             return self._load_state(conn, table_name)
 
     def _load_state(self, conn: Connection, table_name: str) -> SyncState:
-        row = conn.execute(
-            select(self.sync_state).where(self.sync_state.c.table_name == table_name)
-        ).mappings().first()
+        row = (
+            conn.execute(select(self.sync_state).where(self.sync_state.c.table_name == table_name))
+            .mappings()
+            .first()
+        )
         return SyncState(**row) if row else SyncState(table_name=table_name)
 
     def save_state(self, conn: Connection, state: SyncState) -> None:
@@ -210,7 +219,9 @@ class Store:
         if not rows:
             return 0
         columns = self.mapping.tables[table_name].select
-        params = [{**{c: row.get(c) for c in columns}, GENERATION_COLUMN: generation} for row in rows]
+        params = [
+            {**{c: row.get(c) for c in columns}, GENERATION_COLUMN: generation} for row in rows
+        ]
         conn.execute(self._upserts[table_name], params)
         return len(params)
 
@@ -267,7 +278,9 @@ class Store:
 
     def row_count(self, table_name: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one()
+            )
 
 
 def _data_table(metadata: MetaData, mapping: TableMapping) -> Table:

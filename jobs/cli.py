@@ -106,7 +106,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         _print_json({"runs": [asdict(r) for r in results]})
     else:
         for result in results:
-            print(f"{result.job}: {result.outcome} in {result.seconds:.1f}s, {result.requests} requests")
+            took = f"{result.seconds:.1f}s, {result.requests} requests"
+            print(f"{result.job}: {result.outcome} in {took}")
             for name, counts in result.counts.items():
                 kind = "full" if counts.get("full") else "incremental"
                 print(
@@ -143,7 +144,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     for name, t in document["tables"].items():
         follow = t["mode"] or "not synced yet"
         extra = ", resumes mid-read" if t["resumable"] else ""
-        print(f"  {name}: {t['rows']} rows, {follow}, last sync {t['last_sync_at'] or 'never'}{extra}")
+        print(
+            f"  {name}: {t['rows']} rows, {follow}, last sync {t['last_sync_at'] or 'never'}{extra}"
+        )
     print("recent runs:")
     for run in document["runs"]:
         print(
@@ -160,10 +163,10 @@ def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schedule(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
-    serve(build_context(settings))
+    serve(build_context(settings), run_now=args.now)
     return 0
 
 
@@ -192,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     schedule = commands.add_parser("schedule", help="run every job on its cron until stopped")
+    schedule.add_argument("--now", action="store_true", help="also run every job once at start")
     schedule.set_defaults(handler=cmd_schedule)
 
     status = commands.add_parser("status", help="last runs and the sync state of each table")
@@ -205,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     reset.set_defaults(handler=cmd_state_reset)
 
     commands.add_parser(
-        "emulator", help="serve the local Dataverse emulator (options: dvconnect emulator --help)",
+        "emulator",
+        help="serve the local Dataverse emulator (options: dvconnect emulator --help)",
         add_help=False,
     )
 

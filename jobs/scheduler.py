@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import suppress
+from datetime import datetime
 from types import FrameType
+from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -21,14 +24,16 @@ log = logging.getLogger("dvconnect.scheduler")
 
 
 def _run(ctx: Context, job: str) -> None:
-    try:
+    # A failed run is recorded in dvc_runs and logged by run_job; the service keeps its schedule.
+    with suppress(DvconnectError):
         run_job(ctx, job)
-    except DvconnectError:
-        pass  # recorded in dvc_runs and logged by run_job; the service keeps its schedule
 
 
-def serve(ctx: Context) -> None:
-    """Run the scheduler until SIGTERM/SIGINT; returns after running jobs have stopped."""
+def serve(ctx: Context, run_now: bool = False) -> None:
+    """Run the scheduler until SIGTERM/SIGINT; returns after running jobs have stopped.
+
+    With `run_now`, every scheduled job also runs once at start, then follows its cron.
+    """
     if not ctx.mapping.schedule:
         raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
     ctx.online()  # fail fast on bad connection settings, before the first cron fires
@@ -38,11 +43,14 @@ def serve(ctx: Context) -> None:
     )
     for job, cron in ctx.mapping.schedule.items():
         trigger = CronTrigger.from_crontab(cron, timezone=ctx.mapping.timezone)
-        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
+        first = {"next_run_time": datetime.now(ZoneInfo(ctx.mapping.timezone))} if run_now else {}
+        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job, **first)
         log.info("scheduled %s: %s (%s)", job, cron, ctx.mapping.timezone)
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: finishing the current page, then stopping", signal.Signals(signum).name)
+        log.info(
+            "%s received: finishing the current page, then stopping", signal.Signals(signum).name
+        )
         ctx.stop.set()
         scheduler.shutdown(wait=True)  # waits for running jobs to save their state
 

@@ -18,7 +18,7 @@ from connector.dataverse import Dataverse
 from connector.errors import ExpiredDeltaTokenError
 from connector.mapping import TableMapping
 from connector.paging import Page
-from connector.store import Store, SyncState, utc_now
+from connector.store import SyncState, utc_now
 from jobs.context import Context
 
 log = logging.getLogger("dvconnect.sync")

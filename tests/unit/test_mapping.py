@@ -35,22 +35,38 @@ def _error(directory: Path) -> str:
 def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) -> None:
     mapping = load_mapping(mappings)
     lead, contact = mapping.tables["lead"], mapping.tables["contact"]
-    assert lead.entity_set == "leads" and lead.primary_key == "leadid"
-    assert {"subject", "leadsourcecode", "_parentcontactid_value", "_ownerid_value", "donotphone"} <= set(lead.columns)
-    assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(contact.columns)
+    assert lead.entity_set == "leads"
+    assert lead.primary_key == "leadid"
+    assert {
+        "subject",
+        "leadsourcecode",
+        "_parentcontactid_value",
+        "_ownerid_value",
+        "donotphone",
+    } <= set(lead.columns)
+    assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(
+        contact.columns
+    )
     assert mapping.schedule == {"sync": "*/15 * * * *"}
 
 
 def test_unknown_key_is_rejected(mappings: Path) -> None:
-    _edit(mappings / "tables.yaml", "    entity_set: contacts", "    entity_set: contacts\n    colums: {}")
+    _edit(
+        mappings / "tables.yaml",
+        "    entity_set: contacts",
+        "    entity_set: contacts\n    colums: {}",
+    )
     assert _error(mappings) == f"{mappings / 'tables.yaml'}: tables.contact.colums: unknown key"
 
 
 def test_unknown_column_type_lists_the_allowed_ones(mappings: Path) -> None:
     _edit(mappings / "tables.yaml", "      jobtitle: string", "      jobtitle: text")
     message = _error(mappings)
-    assert message.startswith(f"{mappings / 'tables.yaml'}: tables.lead.columns.jobtitle: expected one of ")
-    assert "'guid'" in message and "'datetime'" in message
+    assert message.startswith(
+        f"{mappings / 'tables.yaml'}: tables.lead.columns.jobtitle: expected one of "
+    )
+    assert "'guid'" in message
+    assert "'datetime'" in message
 
 
 def test_column_names_must_be_logical_names(mappings: Path) -> None:
@@ -75,7 +91,9 @@ def test_invalid_yaml_names_the_line(mappings: Path) -> None:
 
 def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
     _edit(mappings / "schedule.yaml", '"*/15 * * * *"', '"every quarter hour"')
-    assert _error(mappings).startswith(f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression")
+    assert _error(mappings).startswith(
+        f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression"
+    )
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
     assert _error(mappings) == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync"
 

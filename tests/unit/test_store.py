@@ -27,7 +27,9 @@ def store(tmp_path: Path) -> Store:
 def _rows(store: Store) -> list[tuple[object, ...]]:
     db = str(store.engine.url.database)
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT leadid, subject, statecode, donotphone, dvc_generation FROM lead ORDER BY leadid").fetchall()
+        return conn.execute(
+            "SELECT leadid, subject, statecode, donotphone, dvc_generation FROM lead ORDER BY leadid"
+        ).fetchall()
 
 
 def test_tables_are_named_and_columned_by_logical_names(store: Store) -> None:
@@ -35,18 +37,35 @@ def test_tables_are_named_and_columned_by_logical_names(store: Store) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         columns = [r[1] for r in conn.execute("PRAGMA table_info(lead)")]
     assert {"lead", "contact", "dvc_sync_state", "dvc_runs"} <= tables
-    assert columns[:2] == ["leadid", "firstname"] and "_parentcontactid_value" in columns
+    assert columns[:2] == ["leadid", "firstname"]
+    assert "_parentcontactid_value" in columns
     assert columns[-1] == "dvc_generation"
 
 
 def test_upsert_inserts_then_updates_and_ignores_unmapped_fields(store: Store) -> None:
     with store.transaction() as conn:
-        store.upsert_rows(conn, "lead", [
-            {"@odata.etag": 'W/"1"', "leadid": A, "subject": "O'Brien & Zoë", "statecode": 0, "donotphone": False},
-            {"leadid": B, "subject": "second"},
-        ], generation=1)
+        store.upsert_rows(
+            conn,
+            "lead",
+            [
+                {
+                    "@odata.etag": 'W/"1"',
+                    "leadid": A,
+                    "subject": "O'Brien & Zoë",
+                    "statecode": 0,
+                    "donotphone": False,
+                },
+                {"leadid": B, "subject": "second"},
+            ],
+            generation=1,
+        )
     with store.transaction() as conn:
-        store.upsert_rows(conn, "lead", [{"leadid": A, "subject": "changed", "statecode": 1, "donotphone": True}], generation=2)
+        store.upsert_rows(
+            conn,
+            "lead",
+            [{"leadid": A, "subject": "changed", "statecode": 1, "donotphone": True}],
+            generation=2,
+        )
     assert _rows(store) == [(A, "changed", 1, 1, 2), (B, "second", None, None, 1)]
 
 
@@ -61,7 +80,9 @@ def test_delete_and_sweep_remove_rows(store: Store) -> None:
 
 
 def test_state_round_trips_and_rolls_back_with_its_page(store: Store) -> None:
-    state = SyncState("lead", phase="full", mode="delta", next_link="https://x/leads?$skiptoken=2", generation=3)
+    state = SyncState(
+        "lead", phase="full", mode="delta", next_link="https://x/leads?$skiptoken=2", generation=3
+    )
     with store.transaction() as conn:
         store.save_state(conn, state)
     assert store.load_state("lead") == state
@@ -75,17 +96,28 @@ def test_state_round_trips_and_rolls_back_with_its_page(store: Store) -> None:
 
 def test_reset_forgets_cursors_and_starts_a_new_generation(store: Store) -> None:
     with store.transaction() as conn:
-        store.save_state(conn, SyncState("lead", mode="delta", delta_link="https://x/d", generation=4))
+        store.save_state(
+            conn, SyncState("lead", mode="delta", delta_link="https://x/d", generation=4)
+        )
     store.reset_state("lead")
     state = store.load_state("lead")
-    assert (state.phase, state.delta_link, state.next_link, state.generation) == ("full", None, None, 5)
+    assert (state.phase, state.delta_link, state.next_link, state.generation) == (
+        "full",
+        None,
+        None,
+        5,
+    )
     with pytest.raises(ConfigError, match="unknown table 'leads': the mapping has contact, lead"):
         store.reset_state("leads")
 
 
-def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(tmp_path: Path, store: Store) -> None:
+def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(
+    tmp_path: Path, store: Store
+) -> None:
     with store.transaction() as conn:
-        store.save_state(conn, SyncState("lead", mode="delta", delta_link="https://x/d", generation=1))
+        store.save_state(
+            conn, SyncState("lead", mode="delta", delta_link="https://x/d", generation=1)
+        )
     base = load_mapping(SHIPPED)
     lead = base.tables["lead"]
     grown = replace(lead, columns={**lead.columns, "description": "string"})
@@ -101,7 +133,10 @@ def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(tmp_path:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("mysql://u@h/db", "DVCONNECT_DATABASE_URL: unsupported database 'mysql' (sqlite or postgresql)"),
+        (
+            "mysql://u@h/db",
+            "DVCONNECT_DATABASE_URL: unsupported database 'mysql' (sqlite or postgresql)",
+        ),
         ("not a url", "DVCONNECT_DATABASE_URL: not a database URL"),
     ],
 )
@@ -112,5 +147,7 @@ def test_bad_database_urls_are_configuration_errors(url: str, message: str) -> N
 
 
 def test_table_mapping_select_follows_mapping_order() -> None:
-    table = TableMapping("lead", "leads", "leadid", True, 300, {"leadid": "guid", "modifiedon": "datetime"})
+    table = TableMapping(
+        "lead", "leads", "leadid", True, 300, {"leadid": "guid", "modifiedon": "datetime"}
+    )
     assert table.select == ["leadid", "modifiedon"]

@@ -25,13 +25,20 @@ FULL = API + "leads?$select=" + ",".join(load_mapping(SHIPPED).tables["lead"].se
 
 
 def lead(n: int, modified: str = "2024-01-01T00:00:00Z", subject: str = "s") -> dict[str, Any]:
-    return {"@odata.etag": f'W/"{n}"', "leadid": f"00000000-0000-0000-0000-{n:012d}",
-            "subject": subject, "modifiedon": modified}
+    return {
+        "@odata.etag": f'W/"{n}"',
+        "leadid": f"00000000-0000-0000-0000-{n:012d}",
+        "subject": subject,
+        "modifiedon": modified,
+    }
 
 
 def deleted(n: int) -> dict[str, Any]:
-    return {"@odata.context": API + "$metadata#leads/$deletedEntity",
-            "id": f"00000000-0000-0000-0000-{n:012d}", "reason": "deleted"}
+    return {
+        "@odata.context": API + "$metadata#leads/$deletedEntity",
+        "id": f"00000000-0000-0000-0000-{n:012d}",
+        "reason": "deleted",
+    }
 
 
 Reply = dict[str, Any] | Exception
@@ -49,8 +56,13 @@ class ScriptedTransport:
     def requests_sent(self) -> int:
         return len(self.sent)
 
-    def page(self, url: str, rows: list[dict[str, Any]], next_link: str | None = None,
-             delta_link: str | None = None) -> None:
+    def page(
+        self,
+        url: str,
+        rows: list[dict[str, Any]],
+        next_link: str | None = None,
+        delta_link: str | None = None,
+    ) -> None:
         body: dict[str, Any] = {"value": rows}
         if next_link:
             body["@odata.nextLink"] = next_link
@@ -58,7 +70,9 @@ class ScriptedTransport:
             body["@odata.deltaLink"] = delta_link
         self.replies[url] = body
 
-    def send(self, method: str, url: str, *, headers: dict[str, str] | None = None, **_: Any) -> requests.Response:
+    def send(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, **_: Any
+    ) -> requests.Response:
         prefer = (headers or {}).get("Prefer", "")
         url = url if url.startswith("https://") else API + url  # relative to the API root
         self.sent.append((url, prefer))
@@ -85,8 +99,12 @@ def ctx(tmp_path: Path, transport: ScriptedTransport) -> Context:
     mapping = load_mapping(SHIPPED)
     store = Store(f"sqlite:///{tmp_path / 's.sqlite3'}", mapping)
     store.create()
-    return Context(settings=Settings(), mapping=mapping, store=store,
-                   dataverse=Dataverse(transport, page_size=2))  # type: ignore[arg-type]
+    return Context(
+        settings=Settings(),
+        mapping=mapping,
+        store=store,
+        dataverse=Dataverse(transport, page_size=2),
+    )  # type: ignore[arg-type]
 
 
 def lead_ids(ctx: Context) -> list[str]:
@@ -98,7 +116,9 @@ def sync_lead(ctx: Context) -> Any:
     return sync_table(ctx, ctx.mapping.tables["lead"])
 
 
-def test_full_read_follows_next_links_and_keeps_the_last_pages_delta_link(ctx: Context, transport: ScriptedTransport) -> None:
+def test_full_read_follows_next_links_and_keeps_the_last_pages_delta_link(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1), lead(2)], next_link=API + "leads?$skiptoken=p2")
     transport.page(API + "leads?$skiptoken=p2", [lead(3)], delta_link=API + "leads?$deltatoken=10")
     counts = sync_lead(ctx)
@@ -109,21 +129,33 @@ def test_full_read_follows_next_links_and_keeps_the_last_pages_delta_link(ctx: C
         (API + "leads?$skiptoken=p2", "odata.track-changes,odata.maxpagesize=2"),
     ]
     state = ctx.store.load_state("lead")
-    assert (state.phase, state.mode, state.delta_link, state.next_link) == ("idle", "delta", API + "leads?$deltatoken=10", None)
+    assert (state.phase, state.mode, state.delta_link, state.next_link) == (
+        "idle",
+        "delta",
+        API + "leads?$deltatoken=10",
+        None,
+    )
 
 
-def test_incremental_read_applies_changes_and_deletions_then_stores_the_new_link(ctx: Context, transport: ScriptedTransport) -> None:
+def test_incremental_read_applies_changes_and_deletions_then_stores_the_new_link(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1), lead(2)], delta_link=API + "leads?$deltatoken=10")
     sync_lead(ctx)
-    transport.page(API + "leads?$deltatoken=10", [lead(2, subject="changed"), lead(4), deleted(1)],
-                   delta_link=API + "leads?$deltatoken=11")
+    transport.page(
+        API + "leads?$deltatoken=10",
+        [lead(2, subject="changed"), lead(4), deleted(1)],
+        delta_link=API + "leads?$deltatoken=11",
+    )
     counts = sync_lead(ctx)
     assert (counts.full, counts.upserted, counts.deleted) == (False, 2, 1)
     assert lead_ids(ctx) == ["002", "004"]
     assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=11"
 
 
-def test_an_empty_delta_without_a_new_link_keeps_the_old_one(ctx: Context, transport: ScriptedTransport) -> None:
+def test_an_empty_delta_without_a_new_link_keeps_the_old_one(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1)], delta_link=API + "leads?$deltatoken=10")
     sync_lead(ctx)
     transport.page(API + "leads?$deltatoken=10", [])
@@ -131,7 +163,9 @@ def test_an_empty_delta_without_a_new_link_keeps_the_old_one(ctx: Context, trans
     assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=10"
 
 
-def test_a_crash_between_pages_resumes_from_the_saved_page(ctx: Context, transport: ScriptedTransport) -> None:
+def test_a_crash_between_pages_resumes_from_the_saved_page(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1), lead(2)], next_link=API + "leads?$skiptoken=p2")
     transport.replies[API + "leads?$skiptoken=p2"] = ConnectionError("killed")
     with pytest.raises(ConnectionError):
@@ -142,15 +176,21 @@ def test_a_crash_between_pages_resumes_from_the_saved_page(ctx: Context, transpo
     transport.sent.clear()
     counts = sync_lead(ctx)
     assert [url for url, _ in transport.sent] == [API + "leads?$skiptoken=p2"]
-    assert counts.full and lead_ids(ctx) == ["001", "002", "003"]
+    assert counts.full
+    assert lead_ids(ctx) == ["001", "002", "003"]
     assert ctx.store.load_state("lead").mode == "delta"
 
 
-def test_an_expired_delta_token_resyncs_in_full_and_removes_rows_deleted_meanwhile(ctx: Context, transport: ScriptedTransport) -> None:
+def test_an_expired_delta_token_resyncs_in_full_and_removes_rows_deleted_meanwhile(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1), lead(2), lead(3)], delta_link=API + "leads?$deltatoken=10")
     sync_lead(ctx)
     transport.replies[API + "leads?$deltatoken=10"] = ExpiredDeltaTokenError(
-        400, "0x80044352", "Version stamp associated with the client has expired. Please perform a full sync.")
+        400,
+        "0x80044352",
+        "Version stamp associated with the client has expired. Please perform a full sync.",
+    )
     transport.page(FULL, [lead(1), lead(3)], delta_link=API + "leads?$deltatoken=20")
     counts = sync_lead(ctx)
     assert (counts.resyncs, counts.full, counts.deleted) == (1, True, 1)
@@ -159,14 +199,23 @@ def test_an_expired_delta_token_resyncs_in_full_and_removes_rows_deleted_meanwhi
     assert (state.generation, state.delta_link) == (2, API + "leads?$deltatoken=20")
 
 
-def test_without_change_tracking_the_table_follows_modifiedon_with_overlap(ctx: Context, transport: ScriptedTransport) -> None:
+def test_without_change_tracking_the_table_follows_modifiedon_with_overlap(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.tracking = False
     transport.page(FULL, [lead(1, "2024-03-01T10:00:00Z"), lead(2, "2024-03-02T10:00:00Z")])
     sync_lead(ctx)
     state = ctx.store.load_state("lead")
-    assert (state.mode, state.watermark, state.delta_link) == ("watermark", "2024-03-02T10:00:00Z", None)
+    assert (state.mode, state.watermark, state.delta_link) == (
+        "watermark",
+        "2024-03-02T10:00:00Z",
+        None,
+    )
     since = ctx.dataverse.watermark_url(ctx.mapping.tables["lead"], "2024-03-02T09:55:00Z")  # type: ignore[union-attr]
-    assert "$filter=modifiedon%20ge%202024-03-02T09:55:00Z&$orderby=modifiedon%20asc,leadid%20asc" in since
+    assert (
+        "$filter=modifiedon%20ge%202024-03-02T09:55:00Z&$orderby=modifiedon%20asc,leadid%20asc"
+        in since
+    )
     assert transport.sent[-1][0] == FULL
     transport.page(API + since, [lead(2, "2024-03-02T10:00:00Z"), lead(5, "2024-03-03T08:00:00Z")])
     counts = sync_lead(ctx)
@@ -175,22 +224,30 @@ def test_without_change_tracking_the_table_follows_modifiedon_with_overlap(ctx: 
     assert ctx.store.load_state("lead").watermark == "2024-03-03T08:00:00Z"
 
 
-def test_a_page_of_unexpected_shape_fails_without_advancing_the_state(ctx: Context, transport: ScriptedTransport) -> None:
+def test_a_page_of_unexpected_shape_fails_without_advancing_the_state(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1)], delta_link=API + "leads?$deltatoken=10")
     sync_lead(ctx)
     transport.replies[API + "leads?$deltatoken=10"] = {"value": [{"subject": "no id"}]}
-    with pytest.raises(SyncError, match=r"lead: page of unexpected shape: row 0 has no 'leadid' \(request id req-2\)"):
+    with pytest.raises(
+        SyncError,
+        match=r"lead: page of unexpected shape: row 0 has no 'leadid' \(request id req-2\)",
+    ):
         sync_lead(ctx)
     assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=10"
 
 
-def test_a_stop_request_ends_the_run_after_the_current_page(ctx: Context, transport: ScriptedTransport) -> None:
+def test_a_stop_request_ends_the_run_after_the_current_page(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
     transport.page(FULL, [lead(1), lead(2)], next_link=API + "leads?$skiptoken=p2")
     transport.page(API + "leads?$skiptoken=p2", [lead(3)], delta_link=API + "leads?$deltatoken=10")
     progress: Callable[[str, int], None] = lambda table, rows: ctx.stop.set()  # noqa: E731
     ctx.progress = progress
     results = run_sync(ctx)
-    assert results["lead"].interrupted and "contact" not in results
+    assert results["lead"].interrupted
+    assert "contact" not in results
     assert lead_ids(ctx) == ["001", "002"]
     assert ctx.store.load_state("lead").next_link == API + "leads?$skiptoken=p2"
     assert isinstance(ctx.stop, threading.Event)
