@@ -1,12 +1,15 @@
 """Verbs on Dataverse entity sets over the Web API: paged reads, change tracking, metadata.
 
 Reads stream: `pages` yields one validated page at a time and follows `@odata.nextLink` exactly
-as received, sending the same `Prefer` on every page, with a guard against repeated links.
+as received, sending the same `Prefer` on every page, with a guard against repeated links. While
+the caller writes a page, the next one is already being fetched (one page ahead, never more), so
+the database and the network work at the same time and memory stays at two pages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from connector.errors import SyncError, request_id
@@ -43,33 +46,41 @@ class Dataverse:
         )
 
     def pages(self, table: TableMapping, url: str, *, track_changes: bool) -> Iterator[Page]:
-        """GET `url` and every next link after it, one validated page at a time."""
+        """GET `url` and every next link after it, one validated page at a time, in order.
+
+        A failure to fetch or read a page is raised when the caller asks for that page, after
+        every page before it has been handed over.
+        """
         prefer = f"odata.maxpagesize={self.page_size}"
         if track_changes:
             prefer = f"{TRACK_CHANGES},{prefer}"
         guard = LinkGuard(table.name)
-        next_url: str | None = url
-        while next_url is not None:
-            response = self.transport.send("GET", next_url, headers={"Prefer": prefer})
-            rid = request_id(response)
-            try:
-                body = response.json()
-            except ValueError:
-                raise SyncError(
-                    f"{table.name}: page of unexpected shape: not JSON (request id {rid or '?'})"
-                ) from None
-            applied = response.headers.get("Preference-Applied", "")
-            page = parse_page(
-                body,
-                table=table.name,
-                primary_key=table.primary_key,
-                request_id=rid,
-                tracking=TRACK_CHANGES in applied,
-            )
-            if page.next_link is not None:
-                guard.check(page.next_link, rid)
-            yield page
-            next_url = page.next_link
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{table.name}") as ahead:
+            pending: Future[Page] | None = ahead.submit(self._page, table, url, prefer)
+            while pending is not None:
+                page = pending.result()
+                pending = None
+                if page.next_link is not None:
+                    guard.check(page.next_link, page.request_id)
+                    pending = ahead.submit(self._page, table, page.next_link, prefer)
+                yield page
+
+    def _page(self, table: TableMapping, url: str, prefer: str) -> Page:
+        response = self.transport.send("GET", url, headers={"Prefer": prefer})
+        rid = request_id(response)
+        try:
+            body = response.json()
+        except ValueError:
+            raise SyncError(
+                f"{table.name}: page of unexpected shape: not JSON (request id {rid or '?'})"
+            ) from None
+        return parse_page(
+            body,
+            table=table.name,
+            primary_key=table.primary_key,
+            request_id=rid,
+            tracking=TRACK_CHANGES in response.headers.get("Preference-Applied", ""),
+        )
 
     def who_am_i(self) -> dict[str, Any]:
         """The caller's ids (`UserId`, `BusinessUnitId`, `OrganizationId`)."""
