@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect
 
 from connector.errors import ConfigError
 from connector.mapping import Mapping, TableMapping, load_mapping
@@ -18,24 +18,27 @@ B = "00000000-0000-0000-0000-00000000000b"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'store.sqlite3'}", load_mapping(SHIPPED))
+def store(database_url: str) -> Store:
+    s = Store(database_url, load_mapping(SHIPPED))
     s.create()
     return s
 
 
 def _rows(store: Store) -> list[tuple[object, ...]]:
-    db = str(store.engine.url.database)
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
+    with store.engine.connect() as conn:
+        result = conn.exec_driver_sql(
             "SELECT leadid, subject, statecode, donotphone, dvc_generation FROM lead ORDER BY leadid"
-        ).fetchall()
+        )
+        return [tuple(row) for row in result]
+
+
+def _columns(store: Store, table: str) -> list[str]:
+    return [c["name"] for c in inspect(store.engine).get_columns(table)]
 
 
 def test_tables_are_named_and_columned_by_logical_names(store: Store) -> None:
-    with sqlite3.connect(str(store.engine.url.database)) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(lead)")]
+    tables = set(inspect(store.engine).get_table_names())
+    columns = _columns(store, "lead")
     assert {"lead", "contact", "dvc_sync_state", "dvc_runs"} <= tables
     assert columns[:2] == ["leadid", "firstname"]
     assert "_parentcontactid_value" in columns
@@ -66,7 +69,7 @@ def test_upsert_inserts_then_updates_and_ignores_unmapped_fields(store: Store) -
             [{"leadid": A, "subject": "changed", "statecode": 1, "donotphone": True}],
             generation=2,
         )
-    assert _rows(store) == [(A, "changed", 1, 1, 2), (B, "second", None, None, 1)]
+    assert _rows(store) == [(A, "changed", 1, True, 2), (B, "second", None, None, 1)]
 
 
 def test_delete_and_sweep_remove_rows(store: Store) -> None:
@@ -126,8 +129,7 @@ def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(
     again.create()
     assert again.load_state("lead").phase == "full"
     assert again.load_state("contact").phase == "idle"
-    with sqlite3.connect(str(store.engine.url.database)) as conn:
-        assert "description" in [r[1] for r in conn.execute("PRAGMA table_info(lead)")]
+    assert "description" in _columns(again, "lead")
 
 
 @pytest.mark.parametrize(

@@ -95,9 +95,9 @@ def transport() -> ScriptedTransport:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, transport: ScriptedTransport) -> Context:
+def ctx(database_url: str, transport: ScriptedTransport) -> Context:
     mapping = load_mapping(SHIPPED)
-    store = Store(f"sqlite:///{tmp_path / 's.sqlite3'}", mapping)
+    store = Store(database_url, mapping)
     store.create()
     return Context(
         settings=Settings(),
