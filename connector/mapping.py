@@ -127,7 +127,8 @@ def _parse(model: type[_Strict], path: Path) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        # A misspelt key also makes the right one "missing": name the misspelling first.
+        error = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         raise MappingError(str(path), _location(error["loc"]), _expected(error)) from None
 
 

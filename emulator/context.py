@@ -1,0 +1,112 @@
+"""Runtime state shared by the handlers: store, clock, URLs, caller identity, and configuration.
+
+`Config` holds what the admin endpoint can change at run time (change tracking per table, token
+lifetime, retention, and the switches of §16.2 for UNCONFIRMED behaviour); it is replaced as a
+whole, so a request always sees one consistent configuration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from emulator.clock import Clock, wire
+from emulator.query import QueryCompiler
+from emulator.schema import Schema
+from emulator.storage import Store
+
+EMULATOR_NAMESPACE = uuid.UUID("6c5f1c2e-8d1b-4d6a-9a3e-3c2b1f0e9d7a")
+ORGANIZATION_ID = str(uuid.uuid5(EMULATOR_NAMESPACE, "organization"))
+BUSINESS_UNIT_ID = str(uuid.uuid5(EMULATOR_NAMESPACE, "businessunit"))
+
+
+def application_user_id(client_id: str) -> str:
+    """The systemuserid of the application user bound to `client_id` (WhoAmI's UserId)."""
+    return str(uuid.uuid5(EMULATOR_NAMESPACE, f"application-user:{client_id}"))
+
+
+def application_id(client_id: str) -> str:
+    """`systemuser.applicationid` of the application user: the client id when it is a GUID."""
+    try:
+        return str(uuid.UUID(client_id))
+    except ValueError:
+        return str(uuid.uuid5(EMULATOR_NAMESPACE, f"application:{client_id}"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Run-time settings (`PATCH /_emulator/config`)."""
+
+    untracked: frozenset[str] = frozenset()
+    token_lifetime: int = 3599
+    retention_days: int = 7
+    zero_property_codes: bool = False
+    allow_lead_qualify_patch: bool = False
+    tables: tuple[str, ...] = field(default=(), compare=False)
+
+    def tracked(self, table: str) -> bool:
+        return table not in self.untracked
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "change_tracking": {name: self.tracked(name) for name in self.tables},
+            "token_lifetime": self.token_lifetime,
+            "retention_days": self.retention_days,
+            "zero_property_codes": self.zero_property_codes,
+            "allow_lead_qualify_patch": self.allow_lead_qualify_patch,
+        }
+
+    def updated(self, changes: dict[str, Any]) -> Config:
+        """A copy with `changes` applied; ValueError names the offending key."""
+        untracked = set(self.untracked)
+        config = self
+        for key, value in changes.items():
+            if key == "change_tracking":
+                if not isinstance(value, dict):
+                    raise ValueError("change_tracking must map table names to true/false")
+                for table, enabled in value.items():
+                    if table not in self.tables or not isinstance(enabled, bool):
+                        raise ValueError(f"change_tracking.{table} must be a served table and a boolean")
+                    (untracked.discard if enabled else untracked.add)(table)
+            elif key in ("token_lifetime", "retention_days"):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{key} must be a non-negative integer")
+                config = replace(config, **{key: value})
+            elif key in ("zero_property_codes", "allow_lead_qualify_patch"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{key} must be a boolean")
+                config = replace(config, **{key: value})
+            else:
+                raise ValueError(f"unknown configuration key {key!r}")
+        return replace(config, untracked=frozenset(untracked))
+
+
+class Context:
+    """What every handler needs; `config` is swapped atomically by the admin endpoint."""
+
+    def __init__(
+        self,
+        *,
+        schema: Schema,
+        store: Store,
+        clock: Clock,
+        origin: str,
+        tenant_id: str,
+        client_id: str,
+        config: Config,
+    ) -> None:
+        self.schema = schema
+        self.store = store
+        self.clock = clock
+        self.origin = origin
+        self.api_root = f"{origin}/api/data/v9.2/"
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.caller_id = application_user_id(client_id)
+        self.compiler = QueryCompiler(schema)
+        self.initial_config = config
+        self.config = config
+
+    def now(self) -> str:
+        return wire(self.clock.now())

@@ -1,0 +1,576 @@
+"""OData query options → SQLite: `$select` projections, `$filter`, `$orderby`, keyset paging.
+
+Rows are rendered to JSON text by SQLite itself: a `$select` list and an annotation preference
+compile to one SQL expression per row (etag first, each annotation right before its property,
+annotations left out for null values), so serving a page costs no per-column Python work.
+`$filter` text is parsed by the `odata-query` library and compiled here to SQL with bound
+parameters: strings compare case-insensitively, GUID and date literals are unquoted, `ne` leaves
+nulls out (Dataverse's not-equal), single-valued navigation paths and `any`/`all` over
+collection-valued ones become subqueries. Compiled statements are cached by their text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from odata_query import ast
+from odata_query.exceptions import FunctionCallException
+from odata_query.grammar import ODataLexer, ODataParser
+from odata_query.visitor import NodeVisitor
+
+from emulator import errors
+from emulator.clock import parse_wire, wire
+from emulator.schema import (
+    CHOICE_TYPES,
+    GUID_TYPES,
+    AttributeType,
+    Attribute,
+    Schema,
+    Table,
+)
+from emulator.storage import fold
+
+FORMATTED = "OData.Community.Display.V1.FormattedValue"
+LOOKUP_LOGICAL = "Microsoft.Dynamics.CRM.lookuplogicalname"
+ASSOCIATED_NAV = "Microsoft.Dynamics.CRM.associatednavigationproperty"
+TOTAL_COUNT = "Microsoft.Dynamics.CRM.totalrecordcount"
+COUNT_LIMIT_EXCEEDED = "Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"
+COUNT_LIMIT = 5000
+CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """The annotations asked for with `odata.include-annotations` (names, `*`, or `prefix.*`)."""
+
+    patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str | None) -> Annotations:
+        if not value:
+            return cls()
+        return cls(tuple(part.strip() for part in value.split(",") if part.strip()))
+
+    def includes(self, name: str) -> bool:
+        return any(
+            pattern in ("*", name) or (pattern.endswith(".*") and name.startswith(pattern[:-1]))
+            for pattern in self.patterns
+        )
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A SQL fragment and its bound parameters."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class OrderKey:
+    attribute: Attribute
+    descending: bool = False
+
+
+class _Cache:
+    """A small bounded memo: cleared when full (the working set of a test or demo is tiny)."""
+
+    def __init__(self) -> None:
+        self._items: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        return self._items.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self._items) >= CACHE_SIZE:
+            self._items.clear()
+        self._items[key] = value
+        return value
+
+
+def sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _case(expression: str, mapping: Sequence[tuple[object, str]], default: str = "NULL") -> str:
+    whens = " ".join(
+        f"WHEN {value if isinstance(value, int) else sql_text(str(value))} THEN {sql_text(label)}"
+        for value, label in mapping
+    )
+    return f"CASE {expression} {whens} ELSE {default} END"
+
+
+def _datetime_label(column: str, date_only: bool) -> str:
+    """Dates as Dataverse formats them for an en-US user in UTC: `4/7/2023 2:59 PM`."""
+    hour = f"CAST(substr({column}, 12, 2) AS INTEGER)"
+    date = (
+        f"CAST(substr({column}, 6, 2) AS INTEGER) || '/' || CAST(substr({column}, 9, 2) AS INTEGER)"
+        f" || '/' || substr({column}, 1, 4)"
+    )
+    if date_only:
+        return date
+    return (
+        f"{date} || ' ' || (({hour} + 11) % 12 + 1) || ':' || substr({column}, 15, 2) || ' ' || "
+        f"CASE WHEN {hour} < 12 THEN 'AM' ELSE 'PM' END"
+    )
+
+
+class QueryCompiler:
+    """Compiles query options for the tables of one schema; results are cached by their text."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self._rows = _Cache()
+        self._filters = _Cache()
+        self._lexer = ODataLexer()
+        self._parser = ODataParser()
+
+    # -- $select -------------------------------------------------------------------------------
+
+    def select(self, table: Table, text: str | None) -> tuple[Attribute, ...] | None:
+        """The attributes named in `$select`, in request order; None means every column."""
+        if text is None or text.strip() in ("", "*"):
+            return None
+        chosen: list[Attribute] = []
+        for name in (part.strip() for part in text.split(",")):
+            attribute = table.by_read_name.get(name)
+            if attribute is None:
+                raise errors.unknown_property(table.type_name, name)
+            if attribute not in chosen:
+                chosen.append(attribute)
+        return tuple(chosen)
+
+    @staticmethod
+    def columns(table: Table, select: tuple[Attribute, ...] | None) -> tuple[Attribute, ...]:
+        """What a row carries: the selection (or every column) and the primary key, last."""
+        if select is None:
+            return tuple(a for a in table.attributes if a.name != table.primary_id) + (table.key,)
+        return select if table.key in select else (*select, table.key)
+
+    # -- row rendering ---------------------------------------------------------------------------
+
+    def row_json(
+        self,
+        table: Table,
+        select: tuple[Attribute, ...] | None,
+        annotations: Annotations,
+        alias: str = "t",
+    ) -> str:
+        """SQL producing one row's JSON object text (`@odata.etag` first)."""
+        key = (table.name, select and tuple(a.name for a in select), annotations, alias)
+        cached: str | None = self._rows.get(key)
+        if cached is not None:
+            return cached
+        parts = [f"'{{\"@odata.etag\":\"W/\\\"' || {alias}.versionnumber || '\\\"\"'"]
+        for attribute in self.columns(table, select):
+            column = f'{alias}."{attribute.read_name}"'
+            notes = self._annotations(attribute, column, alias, annotations)
+            if notes:
+                rendered = " || ".join(
+                    f"',\"{attribute.read_name}@{name}\":' || json_quote({expression})"
+                    for name, expression in notes
+                )
+                parts.append(f"CASE WHEN {column} IS NULL THEN '' ELSE {rendered} END")
+            parts.append(f"',\"{attribute.read_name}\":' || {self._value(attribute, column)}")
+        parts.append("'}'")
+        return self._rows.put(key, " || ".join(parts))
+
+    @staticmethod
+    def _value(attribute: Attribute, column: str) -> str:
+        if attribute.type is AttributeType.BOOLEAN:
+            return f"CASE WHEN {column} IS NULL THEN 'null' WHEN {column} THEN 'true' ELSE 'false' END"
+        return f"json_quote({column})"
+
+    def _annotations(
+        self, attribute: Attribute, column: str, alias: str, annotations: Annotations
+    ) -> list[tuple[str, str]]:
+        if not annotations.patterns:
+            return []
+        notes: list[tuple[str, str]] = []
+        served = [t for t in attribute.targets if t.table in self.schema.by_name]
+        if attribute.is_lookup and served:
+            type_column = f'{alias}."{attribute.type_column}"' if attribute.type_column else None
+            if annotations.includes(ASSOCIATED_NAV):
+                navigation = (
+                    _case(type_column, [(t.table, t.navigation) for t in served])
+                    if type_column
+                    else sql_text(served[0].navigation)
+                )
+                notes.append((ASSOCIATED_NAV, navigation))
+            if annotations.includes(LOOKUP_LOGICAL):
+                notes.append((LOOKUP_LOGICAL, type_column or sql_text(served[0].table)))
+        if annotations.includes(FORMATTED):
+            label = self._formatted(attribute, column, alias, served)
+            if label is not None:
+                notes.append((FORMATTED, label))
+        return notes
+
+    def _formatted(self, attribute: Attribute, column: str, alias: str, served: list[Any]) -> str | None:
+        if attribute.type in CHOICE_TYPES:
+            return _case(column, sorted(attribute.option_labels.items()), f"CAST({column} AS TEXT)")
+        if attribute.type is AttributeType.BOOLEAN:
+            true, false = attribute.labels
+            return f"CASE WHEN {column} THEN {sql_text(true)} ELSE {sql_text(false)} END"
+        if attribute.type is AttributeType.DATETIME:
+            return _datetime_label(column, attribute.date_only)
+        if attribute.is_lookup and served:
+            names = []
+            for target in served:
+                other = self.schema.by_name[target.table]
+                names.append(
+                    (
+                        target.table,
+                        f'(SELECT r."{other.primary_name}" FROM "{other.name}" r '
+                        f'WHERE r."{other.primary_id}" = {column})',
+                    )
+                )
+            if attribute.type_column:
+                type_column = f'{alias}."{attribute.type_column}"'
+                whens = " ".join(f"WHEN {sql_text(t)} THEN {q}" for t, q in names)
+                return f"CASE {type_column} {whens} END"
+            return names[0][1]
+        return None
+
+    # -- $orderby --------------------------------------------------------------------------------
+
+    def order(self, table: Table, text: str | None) -> tuple[OrderKey, ...]:
+        """`$orderby` keys, always ending with the primary key so paging is stable."""
+        keys: list[OrderKey] = []
+        for part in (text or "").split(","):
+            words = part.split()
+            if not words:
+                continue
+            if len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
+                raise errors.bad_query(f"Syntax error at position {len(part)} in '{text}'.")
+            attribute = table.by_read_name.get(words[0])
+            if attribute is None:
+                raise errors.unknown_property(table.type_name, words[0])
+            if all(key.attribute != attribute for key in keys):
+                keys.append(OrderKey(attribute, len(words) == 2 and words[1] == "desc"))
+        if all(key.attribute != table.key for key in keys):
+            keys.append(OrderKey(table.key))
+        return tuple(keys)
+
+    def sort_expression(self, attribute: Attribute, alias: str = "t") -> str:
+        """What a key sorts by: lookups sort by the related record's primary name (§3.4)."""
+        column = f'{alias}."{attribute.read_name}"'
+        if attribute.is_lookup:
+            label = self._formatted(
+                attribute, column, alias, [t for t in attribute.targets if t.table in self.schema.by_name]
+            )
+            return f"({label}) COLLATE NOCASE" if label else column
+        if attribute.is_text:
+            return f"{column} COLLATE NOCASE"
+        return column
+
+    def keyset(self, keys: Sequence[OrderKey], last: Sequence[Any], alias: str = "t") -> Compiled:
+        """Rows strictly after `last` in the order of `keys` (NULLs sort first, as in SQL Server)."""
+        expressions = [self.sort_expression(key.attribute, alias) for key in keys]
+        clauses: list[str] = []
+        params: list[Any] = []
+        for index, key in enumerate(keys):
+            value = last[index]
+            if key.descending:
+                if value is None:
+                    continue
+                after, after_params = f"({expressions[index]} < ? OR {expressions[index]} IS NULL)", [value]
+            elif value is None:
+                after, after_params = f"{expressions[index]} IS NOT NULL", []
+            else:
+                after, after_params = f"{expressions[index]} > ?", [value]
+            conditions: list[str] = []
+            for previous in range(index):
+                if last[previous] is None:
+                    conditions.append(f"{expressions[previous]} IS NULL")
+                else:
+                    conditions.append(f"{expressions[previous]} = ?")
+                    params.append(last[previous])
+            conditions.append(after)
+            params.extend(after_params)
+            clauses.append("(" + " AND ".join(conditions) + ")")
+        return Compiled("(" + (" OR ".join(clauses) or "0") + ")", tuple(params))
+
+    # -- $filter ---------------------------------------------------------------------------------
+
+    def filter(self, table: Table, text: str) -> Compiled:
+        key = (table.name, text)
+        cached: Compiled | None = self._filters.get(key)
+        if cached is not None:
+            return cached
+        tree = self.parse(text)
+        compiled = _FilterCompiler(self, table).predicate(tree)
+        return self._filters.put(key, compiled)
+
+    def parse(self, text: str) -> ast._Node:
+        """Parse `$filter` text with odata-query; syntax errors become 400 0x80060888."""
+        try:
+            return self._parser.parse(self._lexer.tokenize(text))  # type: ignore[no-any-return]
+        except FunctionCallException as error:
+            raise errors.bad_query(f"{error}.") from None
+        except Exception as error:  # any other parser failure is a syntax error
+            token = getattr(error, "token", None)
+            position = getattr(token, "index", len(text)) if token is not None else len(text)
+            raise errors.bad_query(f"Syntax error at position {position} in '{text}'.") from None
+
+
+_KIND_NAMES = {
+    "string": "Edm.String",
+    "int": "Edm.Int32",
+    "bigint": "Edm.Int64",
+    "float": "Edm.Double",
+    "bool": "Edm.Boolean",
+    "guid": "Edm.Guid",
+    "datetime": "Edm.DateTimeOffset",
+    "date": "Edm.Date",
+}
+_COMPARATORS = {
+    ast.Eq: ("=", "Equal"),
+    ast.NotEq: ("!=", "NotEqual"),
+    ast.Gt: (">", "GreaterThan"),
+    ast.GtE: (">=", "GreaterThanOrEqual"),
+    ast.Lt: ("<", "LessThan"),
+    ast.LtE: ("<=", "LessThanOrEqual"),
+}
+_NUMERIC = frozenset({"int", "bigint", "float"})
+_STRING_FUNCTIONS = frozenset({"contains", "startswith", "endswith"})
+
+
+def _kind(attribute: Attribute) -> str:
+    if attribute.is_text:
+        return "string"
+    if attribute.type is AttributeType.BOOLEAN:
+        return "bool"
+    if attribute.type in GUID_TYPES:
+        return "guid"
+    if attribute.type is AttributeType.DATETIME:
+        return "date" if attribute.date_only else "datetime"
+    if attribute.type is AttributeType.BIGINT:
+        return "bigint"
+    return "int"
+
+
+@dataclass(frozen=True)
+class _Operand:
+    sql: str
+    params: tuple[Any, ...]
+    kind: str | None  # None: the null literal
+    column: bool = False
+
+
+@dataclass(frozen=True)
+class _Scope:
+    table: Table
+    alias: str
+    variable: str | None = None
+
+
+_DATETIME_LITERAL = re.compile(r"^\d{4}-\d{2}-\d{2}T")
+
+
+class _FilterCompiler(NodeVisitor):
+    """One `$filter` tree → SQL over alias `t` of `table` (lambda variables get their own alias)."""
+
+    def __init__(self, compiler: QueryCompiler, table: Table) -> None:
+        self.compiler = compiler
+        self.scopes = [_Scope(table, "t")]
+
+    def predicate(self, node: ast._Node) -> Compiled:
+        result = self.visit(node)
+        if isinstance(result, _Operand):
+            if result.kind != "bool":
+                raise errors.bad_query("The $filter expression must evaluate to a single boolean value.")
+            return Compiled(f"({result.sql} = 1)", result.params)
+        return result  # type: ignore[no-any-return]
+
+    def generic_visit(self, node: ast._Node) -> Any:
+        raise errors.bad_query(f"The query node '{type(node).__name__}' is not supported in $filter.")
+
+    # -- operands ---------------------------------------------------------------------------------
+
+    def _column(self, scope: _Scope, name: str) -> _Operand:
+        attribute = scope.table.by_read_name.get(name)
+        if attribute is None:
+            raise errors.unknown_property(scope.table.type_name, name)
+        return _Operand(f'{scope.alias}."{attribute.read_name}"', (), _kind(attribute), column=True)
+
+    def visit_Identifier(self, node: ast.Identifier) -> _Operand:
+        if node.namespace:
+            raise errors.unknown_property(self.scopes[0].table.type_name, node.full_name())
+        return self._column(self.scopes[0], node.name)
+
+    def visit_Attribute(self, node: ast.Attribute) -> _Operand:
+        owner = node.owner
+        if not isinstance(owner, ast.Identifier) or owner.namespace:
+            raise errors.bad_query("Only one navigation step is supported in a $filter path.")
+        for scope in reversed(self.scopes):
+            if scope.variable == owner.name:
+                return self._column(scope, node.attr)
+        outer = self.scopes[0]
+        navigation = outer.table.navigations.get(owner.name)
+        if navigation is None:
+            raise errors.unknown_property(outer.table.type_name, owner.name)
+        attribute, target = navigation
+        other = self.compiler.schema.by_name.get(target.table)
+        if other is None:
+            raise errors.unknown_property(outer.table.type_name, owner.name)
+        inner = self._column(_Scope(other, "n"), node.attr)
+        join = f'n."{other.primary_id}" = {outer.alias}."{attribute.read_name}"'
+        if attribute.type_column:
+            join += f' AND {outer.alias}."{attribute.type_column}" = {sql_text(other.name)}'
+        return _Operand(f'(SELECT {inner.sql} FROM "{other.name}" n WHERE {join})', (), inner.kind)
+
+    def visit_String(self, node: ast.String) -> _Operand:
+        return _Operand("?", (node.val,), "string")
+
+    def visit_Integer(self, node: ast.Integer) -> _Operand:
+        return _Operand("?", (node.py_val,), "int")
+
+    def visit_Float(self, node: ast.Float) -> _Operand:
+        return _Operand("?", (node.py_val,), "float")
+
+    def visit_Boolean(self, node: ast.Boolean) -> _Operand:
+        return _Operand("?", (1 if node.py_val else 0,), "bool")
+
+    def visit_Null(self, node: ast.Null) -> _Operand:
+        return _Operand("NULL", (), None)
+
+    def visit_GUID(self, node: ast.GUID) -> _Operand:
+        return _Operand("?", (str(UUID(node.val)),), "guid")
+
+    def visit_DateTime(self, node: ast.DateTime) -> _Operand:
+        try:
+            return _Operand("?", (wire(parse_wire(node.val)),), "datetime")
+        except ValueError:
+            raise errors.bad_query(f"The date '{node.val}' is not valid.") from None
+
+    def visit_Date(self, node: ast.Date) -> _Operand:
+        return _Operand("?", (node.val,), "date")
+
+    # -- predicates ---------------------------------------------------------------------------------
+
+    def _operand(self, node: ast._Node) -> _Operand:
+        result = self.visit(node)
+        if not isinstance(result, _Operand):
+            raise errors.bad_query("A comparison operand must be a property or a literal.")
+        return result
+
+    def visit_Compare(self, node: ast.Compare) -> Compiled:
+        left = self._operand(node.left)
+        if isinstance(node.comparator, ast.In):
+            if not isinstance(node.right, ast.List):
+                raise errors.bad_query("The right operand of 'in' must be a list of literals.")
+            items = [self._operand(item) for item in node.right.val]
+            params: list[Any] = list(left.params)
+            marks = []
+            for item in items:
+                left_sql, item_sql, pair = self._coerce(left, item, "In")
+                marks.append(item_sql)
+                params.extend(pair[1])
+            return Compiled(f"({left_sql} IN ({', '.join(marks)}))", tuple(params))
+        right = self._operand(node.right)
+        operator, kind_name = _COMPARATORS[type(node.comparator)]
+        if left.kind is None or right.kind is None:
+            other = right if left.kind is None else left
+            if operator == "=":
+                return Compiled(f"({other.sql} IS NULL)", other.params)
+            if operator == "!=":
+                return Compiled(f"({other.sql} IS NOT NULL)", other.params)
+            return Compiled("(0)")
+        left_sql, right_sql, (left_params, right_params) = self._coerce(left, right, kind_name)
+        return Compiled(f"({left_sql} {operator} {right_sql})", left_params + right_params)
+
+    def _coerce(
+        self, left: _Operand, right: _Operand, operator: str
+    ) -> tuple[str, str, tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """Check the operand types agree; fold strings; bring date literals to the column's form."""
+        kinds = {left.kind, right.kind}
+        if left.kind != right.kind and not kinds <= _NUMERIC and kinds != {"datetime", "date"}:
+            raise errors.bad_query(
+                "A binary operator with incompatible types was detected. Found operand types "
+                f"'{_KIND_NAMES[left.kind or '']}' and '{_KIND_NAMES[right.kind or '']}' for "
+                f"operator kind '{operator}'."
+            )
+        if kinds == {"datetime", "date"}:
+            column, literal = (left, right) if left.column else (right, left)
+            value = literal.params[0] if literal.params else None
+            if column.kind == "datetime" and isinstance(value, str) and not _DATETIME_LITERAL.match(value):
+                literal = _Operand(literal.sql, (f"{value}T00:00:00Z",), "datetime")
+            elif column.kind == "date" and isinstance(value, str):
+                literal = _Operand(literal.sql, (value[:10],), "date")
+            left, right = (column, literal) if left.column else (literal, column)
+        if left.kind == "string":
+            return (
+                self._folded(left),
+                self._folded(right),
+                (self._folded_params(left), self._folded_params(right)),
+            )
+        return left.sql, right.sql, (left.params, right.params)
+
+    @staticmethod
+    def _folded(operand: _Operand) -> str:
+        return f"dv_fold({operand.sql})" if operand.sql != "?" else "?"
+
+    @staticmethod
+    def _folded_params(operand: _Operand) -> tuple[Any, ...]:
+        return tuple(fold(p) for p in operand.params) if operand.sql == "?" else operand.params
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> Compiled:
+        left = self.predicate(node.left)
+        right = self.predicate(node.right)
+        word = "AND" if isinstance(node.op, ast.And) else "OR"
+        return Compiled(f"({left.sql} {word} {right.sql})", left.params + right.params)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Compiled:
+        if not isinstance(node.op, ast.Not):
+            raise errors.bad_query("Arithmetic operators are not supported in $filter.")
+        inner = self.predicate(node.operand)
+        return Compiled(f"(NOT {inner.sql})", inner.params)
+
+    def visit_Call(self, node: ast.Call) -> Compiled:
+        name = node.func.full_name()
+        if node.func.namespace or node.func.name not in _STRING_FUNCTIONS:
+            raise errors.bad_query(f"The function '{name}' is not supported.")
+        if len(node.args) != 2:
+            raise errors.bad_query(f"The function '{name}' takes two arguments.")
+        subject = self._operand(node.args[0])
+        needle = self._operand(node.args[1])
+        if subject.kind != "string" or needle.kind != "string" or needle.sql != "?":
+            raise errors.bad_query(
+                f"The function '{name}' needs a string property and a string literal."
+            )
+        text = fold(needle.params[0])
+        assert isinstance(text, str)
+        value = f"dv_fold({subject.sql})"
+        if node.func.name == "contains":
+            return Compiled(f"(instr({value}, ?) > 0)", (*subject.params, text))
+        if node.func.name == "startswith":
+            return Compiled(f"(substr({value}, 1, {len(text)}) = ?)", (*subject.params, text))
+        return Compiled(f"(substr({value}, -{len(text)}) = ?)", (*subject.params, text))
+
+    def visit_CollectionLambda(self, node: ast.CollectionLambda) -> Compiled:
+        outer = self.scopes[0]
+        if not isinstance(node.owner, ast.Identifier):
+            raise errors.bad_query("Lambda operators need a collection navigation property.")
+        reference = self.compiler.schema.collection(outer.table.name, node.owner.name)
+        if reference is None:
+            raise errors.unknown_property(outer.table.type_name, node.owner.name)
+        alias = f"l{len(self.scopes)}"
+        attribute = reference.attribute
+        join = f'{alias}."{attribute.read_name}" = {outer.alias}."{outer.table.primary_id}"'
+        if attribute.type_column:
+            join += f' AND {alias}."{attribute.type_column}" = {sql_text(outer.table.name)}'
+        source = f'SELECT 1 FROM "{reference.table.name}" {alias} WHERE {join}'
+        if node.lambda_ is None:
+            return Compiled(f"(EXISTS ({source}))")
+        self.scopes.append(_Scope(reference.table, alias, node.lambda_.identifier.name))
+        try:
+            condition = self.predicate(node.lambda_.expression)
+        finally:
+            self.scopes.pop()
+        if isinstance(node.operator, ast.Any):
+            return Compiled(f"(EXISTS ({source} AND {condition.sql}))", condition.params)
+        return Compiled(f"(NOT EXISTS ({source} AND NOT {condition.sql}))", condition.params)

@@ -1,0 +1,542 @@
+"""Table definitions as data (reference §13): the one source for storage, validation and metadata.
+
+Each `Table` lists its `Attribute`s with the Dataverse metadata the emulator needs: type, MaxLength,
+option values (with the state each status belongs to), required level, valid-for-create/update,
+and for lookups the navigation property, relationship and delete cascade of every target. The SQLite
+tables, the write validation, the query compiler and the EntityDefinitions / `$metadata` endpoints
+are all generated from these definitions, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+
+
+class AttributeType(StrEnum):
+    """`AttributeType` values of the attributes the emulator serves (§15)."""
+
+    STRING = "String"
+    MEMO = "Memo"
+    INTEGER = "Integer"
+    BIGINT = "BigInt"
+    BOOLEAN = "Boolean"
+    DATETIME = "DateTime"
+    LOOKUP = "Lookup"
+    CUSTOMER = "Customer"
+    OWNER = "Owner"
+    PICKLIST = "Picklist"
+    STATE = "State"
+    STATUS = "Status"
+    UNIQUEIDENTIFIER = "Uniqueidentifier"
+
+
+class RequiredLevel(StrEnum):
+    """`RequiredLevel/Value`; the API enforces `SystemRequired` only (U14)."""
+
+    NONE = "None"
+    SYSTEM_REQUIRED = "SystemRequired"
+    APPLICATION_REQUIRED = "ApplicationRequired"
+    RECOMMENDED = "Recommended"
+
+
+class OnDelete(StrEnum):
+    """What deleting the referenced record does to the referencing one (§7.7, §13.10)."""
+
+    REMOVE_LINK = "RemoveLink"
+    CASCADE = "Cascade"
+    RESTRICT = "Restrict"
+
+
+LOOKUP_TYPES = frozenset({AttributeType.LOOKUP, AttributeType.CUSTOMER, AttributeType.OWNER})
+CHOICE_TYPES = frozenset({AttributeType.PICKLIST, AttributeType.STATE, AttributeType.STATUS})
+TEXT_TYPES = frozenset({AttributeType.STRING, AttributeType.MEMO})
+INTEGER_TYPES = frozenset({AttributeType.INTEGER, AttributeType.BIGINT}) | CHOICE_TYPES
+GUID_TYPES = frozenset({AttributeType.UNIQUEIDENTIFIER}) | LOOKUP_TYPES
+
+
+@dataclass(frozen=True)
+class Option:
+    """One choice value. Status options name their state; state options their default status."""
+
+    value: int
+    label: str
+    state: int | None = None
+    default_status: int | None = None
+
+
+@dataclass(frozen=True)
+class LookupTarget:
+    """One table a lookup can point at, with its case-sensitive navigation property names."""
+
+    table: str
+    navigation: str
+    relationship: str
+    on_delete: OnDelete = OnDelete.REMOVE_LINK
+
+
+@dataclass(frozen=True, eq=False)
+class Attribute:
+    """One column as Dataverse describes it (AttributeMetadata); compared by identity."""
+
+    name: str
+    type: AttributeType
+    display: str
+    max_length: int | None = None
+    required: RequiredLevel = RequiredLevel.NONE
+    create: bool = True
+    update: bool = True
+    options: tuple[Option, ...] = ()
+    targets: tuple[LookupTarget, ...] = ()
+    format: str | None = None
+    date_only: bool = False
+    labels: tuple[str, str] = ("Yes", "No")
+    min_value: int | None = None
+    max_value: int | None = None
+    default: int | bool | None = None
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.type in LOOKUP_TYPES
+
+    @property
+    def is_choice(self) -> bool:
+        return self.type in CHOICE_TYPES
+
+    @property
+    def is_text(self) -> bool:
+        return self.type in TEXT_TYPES
+
+    @property
+    def read_name(self) -> str:
+        """The property name in JSON rows, `$select` and `$filter` (`_x_value` for lookups)."""
+        return f"_{self.name}_value" if self.is_lookup else self.name
+
+    @property
+    def type_column(self) -> str | None:
+        """Storage column holding the target table of a polymorphic lookup."""
+        return f"{self.name}type" if len(self.targets) > 1 else None
+
+    @property
+    def edm_type(self) -> str:
+        if self.is_text:
+            return "Edm.String"
+        if self.type is AttributeType.BOOLEAN:
+            return "Edm.Boolean"
+        if self.type is AttributeType.DATETIME:
+            return "Edm.Date" if self.date_only else "Edm.DateTimeOffset"
+        if self.type is AttributeType.BIGINT:
+            return "Edm.Int64"
+        if self.type in GUID_TYPES:
+            return "Edm.Guid"
+        return "Edm.Int32"
+
+    @cached_property
+    def option_labels(self) -> dict[int, str]:
+        return {option.value: option.label for option in self.options}
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """One table (EntityMetadata) and its attributes, in row order; compared by identity."""
+
+    name: str
+    schema_name: str
+    entity_set: str
+    primary_id: str
+    primary_name: str
+    display: str
+    display_plural: str
+    object_type_code: int
+    ownership: str
+    attributes: tuple[Attribute, ...]
+    computed_fullname: bool = False
+    deletable: bool = True
+
+    @property
+    def type_name(self) -> str:
+        return f"Microsoft.Dynamics.CRM.{self.name}"
+
+    @cached_property
+    def by_name(self) -> dict[str, Attribute]:
+        return {attribute.name: attribute for attribute in self.attributes}
+
+    @cached_property
+    def by_read_name(self) -> dict[str, Attribute]:
+        return {attribute.read_name: attribute for attribute in self.attributes}
+
+    @cached_property
+    def navigations(self) -> dict[str, tuple[Attribute, LookupTarget]]:
+        """Single-valued navigation property name → (lookup attribute, target)."""
+        return {
+            target.navigation: (attribute, target)
+            for attribute in self.attributes
+            for target in attribute.targets
+        }
+
+    @cached_property
+    def key(self) -> Attribute:
+        return self.by_name[self.primary_id]
+
+    @cached_property
+    def storage_columns(self) -> tuple[str, ...]:
+        columns = [attribute.read_name for attribute in self.attributes]
+        columns += [a.type_column for a in self.attributes if a.type_column]
+        return tuple(columns)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A lookup on `table` that points at another table through `target` (a 1:N relationship)."""
+
+    table: Table
+    attribute: Attribute
+    target: LookupTarget
+
+
+class Schema:
+    """The served tables, found by logical name or entity set name."""
+
+    def __init__(self, tables: Iterable[Table]) -> None:
+        self.tables = tuple(tables)
+        self.by_name = {table.name: table for table in self.tables}
+        self.by_set = {table.entity_set: table for table in self.tables}
+
+    def references_to(self, table_name: str) -> tuple[Reference, ...]:
+        """Every lookup, in any served table, that can point at `table_name`."""
+        return tuple(
+            Reference(table, attribute, target)
+            for table in self.tables
+            for attribute in table.attributes
+            for target in attribute.targets
+            if target.table == table_name
+        )
+
+    def collection(self, table_name: str, navigation: str) -> Reference | None:
+        """The collection-valued navigation `navigation` on `table_name` (e.g. lead_parent_contact)."""
+        for reference in self.references_to(table_name):
+            if reference.target.relationship == navigation:
+                return reference
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute builders for the patterns that repeat across tables.
+
+
+def _key(name: str, display: str) -> Attribute:
+    return Attribute(
+        name,
+        AttributeType.UNIQUEIDENTIFIER,
+        display,
+        required=RequiredLevel.SYSTEM_REQUIRED,
+        update=False,
+    )
+
+
+def _text(
+    name: str,
+    display: str,
+    max_length: int,
+    *,
+    required: RequiredLevel = RequiredLevel.NONE,
+    format: str = "Text",
+    read_only: bool = False,
+) -> Attribute:
+    return Attribute(
+        name,
+        AttributeType.STRING,
+        display,
+        max_length=max_length,
+        required=required,
+        format=format,
+        create=not read_only,
+        update=not read_only,
+    )
+
+
+def _memo(name: str, display: str, max_length: int) -> Attribute:
+    return Attribute(name, AttributeType.MEMO, display, max_length=max_length, format="TextArea")
+
+
+def _choice(
+    name: str, display: str, labels: dict[int, str], default: int | None = None
+) -> Attribute:
+    options = tuple(Option(value, label) for value, label in labels.items())
+    return Attribute(name, AttributeType.PICKLIST, display, options=options, default=default)
+
+
+def _boolean(name: str, display: str, true: str = "Do Not Allow", false: str = "Allow") -> Attribute:
+    return Attribute(name, AttributeType.BOOLEAN, display, labels=(true, false), default=False)
+
+
+def _state(states: dict[int, tuple[str, int]]) -> Attribute:
+    options = tuple(
+        Option(value, label, default_status=status) for value, (label, status) in states.items()
+    )
+    return Attribute(
+        "statecode", AttributeType.STATE, "Status", options=options,
+        required=RequiredLevel.SYSTEM_REQUIRED, create=False,
+    )
+
+
+def _status(statuses: dict[int, tuple[str, int]]) -> Attribute:
+    options = tuple(Option(value, label, state=state) for value, (label, state) in statuses.items())
+    return Attribute("statuscode", AttributeType.STATUS, "Status Reason", options=options)
+
+
+def _lookup(
+    name: str,
+    display: str,
+    *targets: LookupTarget,
+    kind: AttributeType = AttributeType.LOOKUP,
+    required: RequiredLevel = RequiredLevel.NONE,
+    writable: bool = True,
+) -> Attribute:
+    return Attribute(
+        name, kind, display, targets=targets, required=required, create=writable, update=writable
+    )
+
+
+def _system(table: str) -> tuple[Attribute, ...]:
+    """createdby/modifiedby, createdon/modifiedon and versionnumber: set by the emulator only."""
+    base = f"lk_{table}base"
+    return (
+        _lookup(
+            "createdby", "Created By",
+            LookupTarget("systemuser", "createdby", f"{base}_createdby", OnDelete.RESTRICT),
+            writable=False,
+        ),
+        _lookup(
+            "modifiedby", "Modified By",
+            LookupTarget("systemuser", "modifiedby", f"{base}_modifiedby", OnDelete.RESTRICT),
+            writable=False,
+        ),
+        Attribute("createdon", AttributeType.DATETIME, "Created On", create=False, update=False),
+        Attribute("modifiedon", AttributeType.DATETIME, "Modified On", create=False, update=False),
+        Attribute("versionnumber", AttributeType.BIGINT, "Version Number", create=False, update=False),
+    )
+
+
+def _owner(relationship: str) -> Attribute:
+    return _lookup(
+        "ownerid", "Owner",
+        LookupTarget("systemuser", "ownerid", relationship, OnDelete.RESTRICT),
+        kind=AttributeType.OWNER, required=RequiredLevel.SYSTEM_REQUIRED,
+    )
+
+
+PREFERRED_CONTACT_METHOD = {1: "Any", 2: "Email", 3: "Phone", 4: "Fax", 5: "Mail"}
+ACTIVE_STATES = {0: ("Active", 1), 1: ("Inactive", 2)}
+ACTIVE_STATUSES = {1: ("Active", 0), 2: ("Inactive", 1)}
+
+LEAD = Table(
+    name="lead",
+    schema_name="Lead",
+    entity_set="leads",
+    primary_id="leadid",
+    primary_name="fullname",
+    display="Lead",
+    display_plural="Leads",
+    object_type_code=4,
+    ownership="UserOwned",
+    computed_fullname=True,
+    attributes=(
+        _key("leadid", "Lead"),
+        _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
+        _text("lastname", "Last Name", 50, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("fullname", "Name", 160, read_only=True),
+        _text("subject", "Topic", 300, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("companyname", "Company Name", 100, required=RequiredLevel.RECOMMENDED),
+        _text("jobtitle", "Job Title", 100),
+        _text("emailaddress1", "Email", 100, format="Email"),
+        _text("telephone1", "Business Phone", 50, format="Phone"),
+        _text("mobilephone", "Mobile Phone", 20, format="Phone"),
+        _memo("description", "Description", 2000),
+        _choice("leadsourcecode", "Lead Source", {
+            1: "Advertisement", 2: "Employee Referral", 3: "External Referral", 4: "Partner",
+            5: "Public Relations", 6: "Seminar", 7: "Trade Show", 8: "Web", 9: "Word of Mouth",
+            10: "Other",
+        }),
+        _choice("leadqualitycode", "Rating", {1: "Hot", 2: "Warm", 3: "Cold"}),
+        _choice(
+            "preferredcontactmethodcode", "Preferred Method of Contact", PREFERRED_CONTACT_METHOD, 1
+        ),
+        _boolean("donotemail", "Do not allow Emails"),
+        _boolean("donotphone", "Do not allow Phone Calls"),
+        _boolean("donotbulkemail", "Do not allow Bulk Emails"),
+        _state({0: ("Open", 1), 1: ("Qualified", 3), 2: ("Disqualified", 4)}),
+        _status({
+            1: ("New", 0), 2: ("Contacted", 0), 3: ("Qualified", 1), 4: ("Lost", 2),
+            5: ("Cannot Contact", 2), 6: ("No Longer Interested", 2), 7: ("Canceled", 2),
+        }),
+        _lookup(
+            "parentcontactid", "Parent Contact for lead",
+            LookupTarget("contact", "parentcontactid", "lead_parent_contact"),
+        ),
+        _lookup(
+            "parentaccountid", "Parent Account for lead",
+            LookupTarget("account", "parentaccountid", "lead_parent_account"),
+        ),
+        _owner("owner_leads"),
+        *_system("lead"),
+    ),
+)
+
+CONTACT = Table(
+    name="contact",
+    schema_name="Contact",
+    entity_set="contacts",
+    primary_id="contactid",
+    primary_name="fullname",
+    display="Contact",
+    display_plural="Contacts",
+    object_type_code=2,
+    ownership="UserOwned",
+    computed_fullname=True,
+    attributes=(
+        _key("contactid", "Contact"),
+        _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
+        _text("lastname", "Last Name", 50, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("fullname", "Full Name", 160, read_only=True),
+        _text("emailaddress1", "Email", 100, format="Email"),
+        _text("telephone1", "Business Phone", 50, format="Phone"),
+        _text("mobilephone", "Mobile Phone", 50, format="Phone"),
+        _text("jobtitle", "Job Title", 100),
+        _choice("accountrolecode", "Role", {1: "Decision Maker", 2: "Employee", 3: "Influencer"}),
+        _boolean("marketingonly", "Marketing Only", "Yes", "No"),
+        _boolean("donotemail", "Do not allow Emails"),
+        _boolean("donotphone", "Do not allow Phone Calls"),
+        _boolean("donotbulkemail", "Do not allow Bulk Emails"),
+        _choice(
+            "preferredcontactmethodcode", "Preferred Method of Contact", PREFERRED_CONTACT_METHOD, 1
+        ),
+        Attribute("birthdate", AttributeType.DATETIME, "Birthday", date_only=True),
+        _lookup(
+            "parentcustomerid", "Company Name",
+            LookupTarget("account", "parentcustomerid_account", "contact_customer_accounts",
+                         OnDelete.CASCADE),
+            LookupTarget("contact", "parentcustomerid_contact", "contact_customer_contacts",
+                         OnDelete.CASCADE),
+            kind=AttributeType.CUSTOMER,
+        ),
+        _lookup(
+            "originatingleadid", "Originating Lead",
+            LookupTarget("lead", "originatingleadid", "contact_originating_lead"),
+        ),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        _owner("owner_contacts"),
+        *_system("contact"),
+    ),
+)
+
+INDUSTRIES = (
+    "Accounting", "Agriculture and Non-petrol Natural Resource Extraction",
+    "Broadcasting Printing and Publishing", "Brokers", "Building Supply Retail",
+    "Business Services", "Consulting", "Consumer Services",
+    "Design, Direction and Creative Management", "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics", "Durable Manufacturing", "Eating and Drinking Places",
+    "Entertainment Retail", "Equipment Rental and Leasing", "Financial",
+    "Food and Tobacco Processing", "Inbound Capital Intensive Processing",
+    "Inbound Repair and Services", "Insurance", "Legal Services",
+    "Non-Durable Merchandise Retail", "Outbound Consumer Service",
+    "Petrochemical Extraction and Distribution", "Service Retail", "SIG Affiliations",
+    "Social Services", "Special Outbound Trade Contractors", "Specialty Realty", "Transportation",
+    "Utility Creation and Distribution", "Vehicle Retail", "Wholesale",
+)
+
+ACCOUNT = Table(
+    name="account",
+    schema_name="Account",
+    entity_set="accounts",
+    primary_id="accountid",
+    primary_name="name",
+    display="Account",
+    display_plural="Accounts",
+    object_type_code=1,
+    ownership="UserOwned",
+    attributes=(
+        _key("accountid", "Account"),
+        _text("name", "Account Name", 160, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("accountnumber", "Account Number", 20),
+        _text("emailaddress1", "Email", 100, format="Email"),
+        _text("telephone1", "Main Phone", 50, format="Phone"),
+        _text("websiteurl", "Website", 200, format="Url"),
+        _memo("description", "Description", 2000),
+        _choice("customertypecode", "Relationship Type", {
+            1: "Competitor", 2: "Consultant", 3: "Customer", 4: "Investor", 5: "Partner",
+            6: "Influencer", 7: "Press", 8: "Prospect", 9: "Reseller", 10: "Supplier",
+            11: "Vendor", 12: "Other",
+        }),
+        _choice("industrycode", "Industry", dict(enumerate(INDUSTRIES, start=1))),
+        Attribute(
+            "numberofemployees", AttributeType.INTEGER, "Number of Employees",
+            min_value=0, max_value=1_000_000_000,
+        ),
+        _lookup(
+            "primarycontactid", "Primary Contact",
+            LookupTarget("contact", "primarycontactid", "account_primary_contact"),
+        ),
+        _lookup(
+            "parentaccountid", "Parent Account",
+            LookupTarget("account", "parentaccountid", "account_parent_account"),
+        ),
+        _boolean("marketingonly", "Marketing Only", "Yes", "No"),
+        _boolean("donotemail", "Do not allow Emails"),
+        _boolean("donotphone", "Do not allow Phone Calls"),
+        _choice(
+            "preferredcontactmethodcode", "Preferred Method of Contact", PREFERRED_CONTACT_METHOD, 1
+        ),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        _owner("owner_accounts"),
+        *_system("account"),
+    ),
+)
+
+SYSTEMUSER = Table(
+    name="systemuser",
+    schema_name="SystemUser",
+    entity_set="systemusers",
+    primary_id="systemuserid",
+    primary_name="fullname",
+    display="User",
+    display_plural="Users",
+    object_type_code=8,
+    ownership="BusinessOwned",
+    computed_fullname=True,
+    deletable=False,
+    attributes=(
+        _key("systemuserid", "User"),
+        _text("firstname", "First Name", 256, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("lastname", "Last Name", 256, required=RequiredLevel.APPLICATION_REQUIRED),
+        _text("fullname", "Full Name", 200, read_only=True),
+        _text(
+            "internalemailaddress", "Primary Email", 100,
+            required=RequiredLevel.SYSTEM_REQUIRED, format="Email",
+        ),
+        _text("domainname", "User Name", 1024, required=RequiredLevel.SYSTEM_REQUIRED),
+        Attribute(
+            "azureactivedirectoryobjectid", AttributeType.UNIQUEIDENTIFIER, "Azure AD Object ID",
+            create=False, update=False,
+        ),
+        Attribute("applicationid", AttributeType.UNIQUEIDENTIFIER, "Application ID"),
+        _boolean("isdisabled", "Status", "Disabled", "Enabled"),
+        _choice("accessmode", "Access Mode", {
+            0: "Read-Write", 1: "Administrative", 2: "Read", 3: "Support User",
+            4: "Non-interactive", 5: "Delegated Admin",
+        }, 0),
+        _lookup(
+            "businessunitid", "Business Unit",
+            LookupTarget("businessunit", "businessunitid", "business_unit_system_users",
+                         OnDelete.RESTRICT),
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        *_system("systemuser"),
+    ),
+)
+
+SCHEMA = Schema((LEAD, CONTACT, ACCOUNT, SYSTEMUSER))

@@ -1,0 +1,457 @@
+"""Deterministic, realistic seed data and random churn for the served tables.
+
+For a given seed and sizes the rows are always the same (dates are spread over the year before the
+anchor time): ~15 sales users plus the application user, accounts, contacts (names with accents and
+apostrophes such as "Zoë Ångström" and "Seán O'Brien", emails `first.last@company.example`, a few
+in upper case or padded with spaces), and leads: one third orphans (no parent contact, some sharing
+an email with a contact in another case or with spaces), the rest linked to contacts. About 10% of
+leads have the topic "Contoso Ltd Conference". `churn` makes random creates, updates and deletes
+through the same write path as the Web API.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any, TypeVar
+
+from emulator.context import BUSINESS_UNIT_ID, application_id, application_user_id
+from emulator.schema import ACCOUNT, CONTACT, LEAD, SYSTEMUSER, Table
+from emulator.storage import WriteTx
+
+T = TypeVar("T")
+CHUNK = 25_000
+PARALLEL_FROM = 100_000
+YEAR = 365 * 24 * 3600
+
+FIRST_NAMES = (
+    "Ada", "Alan", "Grace", "Linus", "Zoë", "Björn", "Søren", "José", "François", "Seán", "Chloé",
+    "Mia", "Noah", "Emma", "Liam", "Olivia", "Lucas", "Sofia", "Mateo", "Hannah", "Yuki", "Ravi",
+    "Priya", "Kwame", "Amara", "Jürgen", "Agnieszka", "Dmitri", "Ingrid", "Åsa", "Nadia", "Omar",
+    "Fatima", "Chen", "Wei", "Aoife", "Siobhán", "Rosa", "Pedro", "Elena", "Marco", "Giulia",
+    "Tomás", "Léa", "Hugo", "Freya", "Oskar", "Maja", "Niamh", "Daniel", "Sarah", "James", "Laura",
+)  # fmt: skip
+LAST_NAMES = (
+    "Ångström", "O'Brien", "Müller", "García", "Nakamura", "Smith", "Johnson", "Williams",
+    "Brown", "Jones", "Miller", "Davis", "Wilson", "Anderson", "Taylor", "Thomas", "Moore",
+    "Martin", "Jackson", "White", "Harris", "Clark", "Lewis", "Walker", "Hall", "Young", "King",
+    "Wright", "Scott", "Green", "Baker", "Adams", "Nelson", "Hill", "Campbell", "Mitchell",
+    "Roberts", "Carter", "Phillips", "Evans", "Turner", "Torres", "Parker", "Collins", "D'Angelo",
+    "O'Neil", "Nguyen", "Kowalski", "Novák", "Dubois", "Rossi", "Lindqvist", "Fernández",
+    "Schröder", "Okafor", "Haddad", "Sato", "Kim", "Patel", "MacDonald", "Øverby", "Łukasik",
+)  # fmt: skip
+COMPANIES = (
+    "Contoso Ltd", "Fabrikam, Inc.", "Adventure Works", "Northwind Traders", "Tailspin Toys",
+    "Wide World Importers", "Litware, Inc.", "Proseware, Inc.", "Alpine Ski House", "Coho Winery",
+    "Woodgrove Bank", "Fourth Coffee", "Margie's Travel", "Blue Yonder Airlines",
+    "Lucerne Publishing", "Trey Research", "A. Datum Corporation", "Humongous Insurance",
+    "Wingtip Toys", "Relecloud", "Southridge Video", "VanArsdel, Ltd.", "Consolidated Messenger",
+    "Northwind Health", "City Power & Light", "Best For You Organics", "Bellows College",
+    "Graphic Design Institute", "School of Fine Art", "The Phone Company",
+)  # fmt: skip
+CITIES = ("Berlin", "Dublin", "Lisbon", "Oslo", "Seattle", "Toronto", "Lyon", "Kraków", "Osaka")
+JOB_TITLES = (
+    "Marketing Manager", "Sales Director", "CEO", "CTO", "Purchasing Agent", "IT Manager",
+    "Operations Lead", "Product Owner", "Office Manager", "Consultant", "Head of Growth",
+    "Procurement Specialist", "Finance Director", "Engineer", "Analyst",
+)  # fmt: skip
+TOPICS = (
+    "Product demo request", "Pricing inquiry", "Webinar: Data Platform 101", "Trade show follow-up",
+    "Partnership opportunity", "Newsletter signup", "Free trial", "Renewal discussion",
+    "Support contract", "Whitepaper download", "Customer referral", "Request for proposal",
+)  # fmt: skip
+CONFERENCE = "Contoso Ltd Conference"
+SALES_USERS = 15
+
+
+@dataclass(frozen=True)
+class Person:
+    first: str
+    last: str
+    email: str
+
+
+@dataclass(frozen=True)
+class ContactRef:
+    """What leads borrow from a contact: its id, name, email and account."""
+
+    contact_id: str
+    person: Person
+    account_id: str | None
+    company: str | None
+
+
+@cache
+def _ascii(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text.replace("ø", "o").replace("Ø", "O").replace("ł", "l").replace("Ł", "L"))
+    return "".join(c for c in decomposed if c.isascii() and (c.isalnum() or c in "-")).lower()
+
+
+@cache
+def _slug(company: str) -> str:
+    return "".join(c for c in _ascii(company.replace(" ", "-")) if c.isalnum() or c == "-").strip("-")
+
+
+@cache
+def _times_of_day() -> tuple[str, ...]:
+    """"HH:MM:SS" for every second of a day (formatting them per row is the slow part of seeding)."""
+    return tuple(f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60))
+
+
+class Generator:
+    """Seeded value factory; `anchor` is "now" for the dates it makes (epoch seconds)."""
+
+    def __init__(self, seed: int, anchor: datetime) -> None:
+        self.random = random.Random(seed)
+        self._draw = self.random.random
+        self._bits = self.random.getrandbits
+        self.anchor = int(anchor.timestamp())
+        self._days: dict[int, str] = {}
+
+    def guid(self, number: int | None = None) -> str:
+        """A version-4 GUID (lower case) made from `number`, or from 128 random bits."""
+        text = f"{self._bits(128) if number is None else number:032x}"
+        variant = "89ab"[int(text[16], 16) & 3]
+        return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:]}"
+
+    def chance(self, probability: float) -> bool:
+        return self._draw() < probability
+
+    def below(self, limit: int) -> int:
+        return int(self._draw() * limit)
+
+    def pick(self, items: Sequence[T]) -> T:
+        return items[int(self._draw() * len(items))]
+
+    def stamp(self, seconds: int) -> str:
+        """`seconds` since the epoch in wire format (days are formatted once and remembered)."""
+        day, second = divmod(seconds, 86_400)
+        date = self._days.get(day)
+        if date is None:
+            date = self._days[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+        return f"{date}T{_times_of_day()[second]}Z"
+
+    def created_modified(self) -> tuple[str, str]:
+        created = self.anchor - 60 - self.below(YEAR - 60)
+        modified = created + self.below(self.anchor - created)
+        return self.stamp(created), self.stamp(modified)
+
+    def person(self, domain: str, first: str | None = None, last: str | None = None) -> Person:
+        first = first or self.pick(FIRST_NAMES)
+        last = last or self.pick(LAST_NAMES)
+        return Person(first, last, self.vary(f"{_ascii(first)}.{_ascii(last)}@{domain}"))
+
+    def vary(self, email: str) -> str:
+        """Mostly as is; sometimes upper case, capitalised or padded with spaces."""
+        roll = self._draw()
+        if roll < 0.03:
+            return email.upper()
+        if roll < 0.06:
+            return email.title()
+        if roll < 0.08:
+            return f" {email} "
+        return email
+
+    def phone(self) -> str:
+        return f"+1 555 {100 + self.below(900)} {1000 + self.below(9000)}"
+
+
+@cache
+def _columns(table: Table) -> tuple[str, ...]:
+    return tuple(c for c in table.storage_columns if c != "versionnumber")
+
+
+def _row(table: Table, values: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(map(values.get, _columns(table)))
+
+
+def _system_values(owner: str, created: str, modified: str) -> dict[str, Any]:
+    return {
+        "_ownerid_value": owner,
+        "_createdby_value": owner,
+        "_modifiedby_value": owner,
+        "createdon": created,
+        "modifiedon": modified,
+    }
+
+
+def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
+    rows = []
+    for index in range(SALES_USERS):
+        person = gen.person("contoso.example")
+        created, modified = gen.created_modified()
+        rows.append({
+            "systemuserid": gen.guid(), "firstname": person.first, "lastname": person.last,
+            "fullname": f"{person.first} {person.last}",
+            "internalemailaddress": person.email.strip().lower(),
+            "domainname": person.email.strip().lower(),
+            "azureactivedirectoryobjectid": gen.guid(), "isdisabled": int(index == SALES_USERS - 1),
+            "accessmode": 0, "_businessunitid_value": BUSINESS_UNIT_ID,
+            "createdon": created, "modifiedon": modified,
+        })  # fmt: skip
+    rows.append({
+        "systemuserid": application_user_id(client_id), "firstname": "dvconnect",
+        "lastname": "Application", "fullname": "dvconnect Application",
+        "internalemailaddress": "dvconnect-app@contoso.example",
+        "domainname": f"app-{_slug(client_id) or 'client'}@contoso.example",
+        "azureactivedirectoryobjectid": application_user_id(f"object:{client_id}"),
+        "applicationid": application_id(client_id), "isdisabled": 0, "accessmode": 4,
+        "_businessunitid_value": BUSINESS_UNIT_ID,
+        "createdon": gen.stamp(gen.anchor - YEAR), "modifiedon": gen.stamp(gen.anchor - YEAR),
+    })  # fmt: skip
+    return rows
+
+
+def account(gen: Generator, index: int, owners: list[str]) -> dict[str, Any]:
+    base = COMPANIES[index % len(COMPANIES)]
+    name = base if index < len(COMPANIES) else f"{base} ({CITIES[index // len(COMPANIES) % len(CITIES)]} {index // len(COMPANIES)})"
+    owner = gen.pick(owners)
+    created, modified = gen.created_modified()
+    domain = f"{_slug(name)}.example"
+    return {
+        "accountid": gen.guid(), "name": name, "accountnumber": f"ACC-{index + 1:06d}",
+        "emailaddress1": f"info@{domain}", "telephone1": gen.phone(), "websiteurl": f"https://www.{domain}",
+        "customertypecode": gen.pick((3, 3, 3, 8, 8, 5, 9)),
+        "industrycode": 1 + gen.below(33),
+        "numberofemployees": gen.pick((10, 25, 50, 120, 500, 2000, 15000)),
+        "marketingonly": 0, "donotemail": int(gen.chance(0.03)), "donotphone": int(gen.chance(0.05)),
+        "preferredcontactmethodcode": 1, "statecode": 0, "statuscode": 1,
+        **_system_values(owner, created, modified),
+    }  # fmt: skip
+
+
+def contact(
+    gen: Generator,
+    owners: list[str],
+    accounts: list[dict[str, Any]],
+    person: Person | None = None,
+    record_id: str | None = None,
+) -> dict[str, Any]:
+    company = gen.pick(accounts) if accounts and gen.chance(0.75) else None
+    domain = company["websiteurl"].removeprefix("https://www.") if company else "mail.example"
+    person = person or gen.person(domain)
+    inactive = gen.chance(0.05)
+    owner = gen.pick(owners)
+    created, modified = gen.created_modified()
+    return {
+        "contactid": record_id or gen.guid(), "firstname": person.first, "lastname": person.last,
+        "fullname": f"{person.first} {person.last}", "emailaddress1": person.email,
+        "telephone1": gen.phone(), "mobilephone": gen.phone() if gen.chance(0.6) else None,
+        "jobtitle": gen.pick(JOB_TITLES),
+        "accountrolecode": gen.pick((1, 2, 2, 3, None)),
+        "marketingonly": 0, "donotemail": int(gen.chance(0.05)), "donotphone": int(gen.chance(0.08)),
+        "donotbulkemail": int(gen.chance(0.04)), "preferredcontactmethodcode": gen.pick((1, 1, 2, 3)),
+        "_parentcustomerid_value": company["accountid"] if company else None,
+        "parentcustomeridtype": "account" if company else None,
+        "statecode": 1 if inactive else 0, "statuscode": 2 if inactive else 1,
+        **_system_values(owner, created, modified),
+    }  # fmt: skip
+
+
+class LeadFactory:
+    """Makes lead rows as tuples in storage column order, fast enough for a million rows.
+
+    One third are orphans (30% of those borrow a contact's name and email, in another spelling),
+    the rest belong to a contact (70% also to its account). 80% open, 10% qualified, 10%
+    disqualified; 10% about the Contoso Ltd Conference.
+    """
+
+    columns = tuple(c for c in LEAD.storage_columns if c != "versionnumber")
+
+    def __init__(self, gen: Generator, owners: list[str], contacts: list[ContactRef]) -> None:
+        self.gen = gen
+        self.owners = owners
+        self.contacts = contacts
+        self.domains = [(company, f"{_slug(company)}.example") for company in COMPANIES]
+        self.slots = {name: index for index, name in enumerate(self.columns)}
+
+    def row(self, record_id: str) -> tuple[Any, ...]:
+        gen, draw, contacts = self.gen, self.gen._draw, self.contacts
+        parent: ContactRef | None = None
+        account_id: str | None = None
+        if draw() < 1 / 3 or not contacts:
+            if contacts and draw() < 0.3:
+                shared = contacts[int(draw() * len(contacts))]
+                first, last, company = shared.person.first, shared.person.last, shared.company
+                email = gen.vary(shared.person.email.strip().lower())
+            else:
+                company, domain = self.domains[int(draw() * len(self.domains))]
+                person = gen.person(domain)
+                first, last, email = person.first, person.last, person.email
+        else:
+            parent = contacts[int(draw() * len(contacts))]
+            first, last, email = parent.person.first, parent.person.last, parent.person.email
+            company = parent.company or COMPANIES[int(draw() * len(COMPANIES))]
+            account_id = parent.account_id if draw() < 0.7 else None
+        roll = draw()
+        if roll < 0.8:
+            state, status = 0, (1, 1, 2)[int(draw() * 3)]
+        elif roll < 0.9:
+            state, status = 1, 3
+        else:
+            state, status = 2, 4 + int(draw() * 4)
+        owner = self.owners[int(draw() * len(self.owners))]
+        created, modified = gen.created_modified()
+        values = {
+            "leadid": record_id, "firstname": first, "lastname": last, "fullname": f"{first} {last}",
+            "subject": CONFERENCE if draw() < 0.1 else TOPICS[int(draw() * len(TOPICS))],
+            "companyname": company, "jobtitle": JOB_TITLES[int(draw() * len(JOB_TITLES))],
+            "emailaddress1": email, "telephone1": gen.phone(),
+            "mobilephone": gen.phone() if draw() < 0.5 else None,
+            "description": "Met at the booth; asked for a follow-up call." if draw() < 0.1 else None,
+            "leadsourcecode": 1 + int(draw() * 10) if draw() < 0.95 else None,
+            "leadqualitycode": (1, 2, 2, 3, None)[int(draw() * 5)],
+            "preferredcontactmethodcode": (1, 1, 2, 3)[int(draw() * 4)],
+            "donotemail": int(draw() < 0.05), "donotphone": int(draw() < 0.1),
+            "donotbulkemail": int(draw() < 0.05), "statecode": state, "statuscode": status,
+            "_parentcontactid_value": parent.contact_id if parent else None,
+            "_parentaccountid_value": account_id, "_ownerid_value": owner,
+            "_createdby_value": owner, "_modifiedby_value": owner,
+            "createdon": created, "modifiedon": modified,
+        }  # fmt: skip
+        return tuple(map(values.get, self.columns))
+
+
+def contact_ref(row: dict[str, Any], accounts: dict[str, str]) -> ContactRef:
+    account_id = row.get("_parentcustomerid_value")
+    return ContactRef(
+        row["contactid"],
+        Person(row["firstname"] or "", row["lastname"] or "", row["emailaddress1"] or ""),
+        account_id,
+        accounts.get(account_id) if account_id else None,
+    )
+
+
+def _lead_chunk(task: tuple[int, int, int, int, int, list[str], list[ContactRef]]) -> list[tuple[Any, ...]]:
+    """Rows of one chunk of leads; chunk `index` of `chunks` owns one slice of the id space, so
+    concatenating the chunks in order gives rows sorted by id (fast appends to the key)."""
+    seed, index, chunks, count, anchor, owners, refs = task
+    gen = Generator(seed * 1_000_003 + index, datetime.fromtimestamp(anchor, UTC))
+    low = (index << 128) // chunks
+    width = ((index + 1) << 128) // chunks - low
+    factory = LeadFactory(gen, owners, refs)
+    return sorted(factory.row(gen.guid(low + gen.random.randrange(width))) for _ in range(count))
+
+
+def _lead_rows(
+    seed: int, count: int, anchor: datetime, owners: list[str], refs: list[ContactRef]
+) -> Iterator[tuple[Any, ...]]:
+    """All lead rows in id order; big seeds are generated by worker processes, chunk by chunk."""
+    chunks = max(1, -(-count // CHUNK))
+    tasks = [
+        (seed, index, chunks, count // chunks + (index < count % chunks), int(anchor.timestamp()), owners, refs)
+        for index in range(chunks)
+    ]
+    if count < PARALLEL_FROM:
+        for task in tasks:
+            yield from _lead_chunk(task)
+        return
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 2) as pool:
+        for rows in pool.imap(_lead_chunk, tasks):
+            yield from rows
+
+
+def seed(tx: WriteTx, *, seed: int, leads: int, contacts: int, anchor: datetime, client_id: str) -> dict[str, int]:
+    """Fill empty tables; returns the row count per table."""
+    gen = Generator(seed, anchor)
+    users = _users(gen, client_id)
+    tx.bulk_insert(SYSTEMUSER, _columns(SYSTEMUSER), [_row(SYSTEMUSER, u) for u in users])
+    owners = [u["systemuserid"] for u in users[:SALES_USERS]]
+    accounts = [account(gen, index, owners) for index in range(max(5, contacts // 25))]
+    tx.bulk_insert(ACCOUNT, _columns(ACCOUNT), [_row(ACCOUNT, a) for a in accounts])
+    names = {a["accountid"]: a["name"] for a in accounts}
+    refs: list[ContactRef] = []
+    contact_rows = []
+    for index, contact_id in enumerate(sorted(gen.guid() for _ in range(contacts))):
+        special = {0: ("Zoë", "Ångström"), 1: ("Seán", "O'Brien")}.get(index)
+        person = gen.person("mail.example", *special) if special else None
+        row = contact(gen, owners, accounts, person, contact_id)
+        refs.append(contact_ref(row, names))
+        contact_rows.append(_row(CONTACT, row))
+    tx.bulk_insert(CONTACT, _columns(CONTACT), contact_rows)
+    tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(seed, leads, anchor, owners, refs))
+    return {"systemuser": len(users), "account": len(accounts), "contact": contacts, "lead": leads}
+
+
+def _mutation(gen: Generator, table: Table, current: dict[str, Any]) -> dict[str, Any]:
+    """One realistic edit of a row: a new phone, title, rating, email spelling, or a state change."""
+    email = (current.get("emailaddress1") or "").strip()
+    choices: list[dict[str, Any]] = [{"telephone1": gen.phone()}]
+    if table is LEAD:
+        choices += [
+            {"jobtitle": gen.pick(JOB_TITLES)},
+            {"leadqualitycode": 1 + gen.below(3)},
+            {"subject": gen.pick((CONFERENCE, *TOPICS))},
+            {"emailaddress1": gen.vary(email.lower()) if email else None},
+        ]
+        if current.get("statecode") == 0:
+            choices.append({"statecode": 2, "statuscode": 4 + gen.below(4)})
+    elif table is CONTACT:
+        choices += [
+            {"jobtitle": gen.pick(JOB_TITLES)},
+            {"donotemail": 1 - int(current.get("donotemail") or 0)},
+            {"emailaddress1": gen.vary(email.lower()) if email else None},
+            {"mobilephone": gen.phone()},
+        ]
+    else:
+        choices += [
+            {"numberofemployees": gen.pick((10, 25, 50, 120, 500, 2000, 15000))},
+            {"description": gen.pick(TOPICS)},
+        ]
+    return gen.pick(choices)
+
+
+def _maker(
+    tx: WriteTx, gen: Generator, table: Table, owners: list[str]
+) -> Callable[[], dict[str, Any]]:
+    """A factory of new rows for `table` that borrows existing contacts and accounts."""
+    if table is LEAD:
+        names = dict(tx.rows('SELECT accountid, name FROM "account"'))
+        columns = ("contactid", "firstname", "lastname", "emailaddress1", "_parentcustomerid_value")
+        rows = tx.rows(f'SELECT {", ".join(columns)} FROM "contact" ORDER BY contactid LIMIT 1000')
+        refs = [contact_ref(dict(zip(columns, row, strict=True)), names) for row in rows]
+        factory = LeadFactory(gen, owners, refs)
+        return lambda: dict(zip(factory.columns, factory.row(gen.guid()), strict=True))
+    if table is CONTACT:
+        accounts = [
+            {"accountid": row[0], "websiteurl": row[1]}
+            for row in tx.rows('SELECT accountid, websiteurl FROM "account" ORDER BY accountid')
+        ]
+        return lambda: contact(gen, owners, accounts)
+    return lambda: account(gen, 1000 + gen.below(99_000), owners)
+
+
+def churn(
+    tx: WriteTx, table: Table, *, creates: int, updates: int, deletes: int, seed: int, anchor: datetime
+) -> dict[str, list[str]]:
+    """Random creates, updates and deletes on lead, contact or account (cascades included)."""
+    gen = Generator(seed, anchor)
+    now = tx.now
+    owners = [row[0] for row in tx.rows(
+        'SELECT systemuserid FROM "systemuser" WHERE applicationid IS NULL ORDER BY systemuserid'
+    )]  # fmt: skip
+    existing = tx.ids(table)
+    doomed = gen.random.sample(existing, min(deletes, len(existing)))
+    remaining = sorted(set(existing) - set(doomed))
+    edited = gen.random.sample(remaining, min(updates, len(remaining)))
+    make = _maker(tx, gen, table, owners)
+    created: list[str] = []
+    for _ in range(creates):
+        values = make()
+        values.update(createdon=now, modifiedon=now)
+        tx.insert(table, {k: v for k, v in values.items() if k in table.storage_columns})
+        created.append(values[table.primary_id])
+    for record_id in edited:
+        current = tx.record(table, record_id) or {}
+        tx.update(table, record_id, {**_mutation(gen, table, current), "modifiedon": now})
+    for record_id in doomed:
+        tx.delete(table, record_id)
+    return {"created": created, "updated": sorted(edited), "deleted": sorted(doomed)}

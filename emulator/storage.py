@@ -1,0 +1,303 @@
+"""SQLite storage: one table per served table, a global version counter, tombstones, cascades.
+
+Columns are named as the Web API names them (`_parentcontactid_value` for lookups) so the file can
+be inspected with plain SQL. Every write runs in a `WriteTx` under one lock: it takes the next value
+of a single global counter as the row's `versionnumber` (the etag), leaves a tombstone for each
+deleted row, and applies the delete cascades of the schema (RemoveLink, Cascade). Readers use one
+connection per thread in WAL mode and never block writers. Text columns compare case-insensitively
+(`COLLATE NOCASE` for sorting, `dv_fold()` for Unicode-aware filters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from emulator.schema import (
+    INTEGER_TYPES,
+    TEXT_TYPES,
+    AttributeType,
+    OnDelete,
+    Schema,
+    Table,
+)
+
+VERSION_START = 100_000
+TOMBSTONES = "_tombstone"
+META = "_meta"
+
+
+class RestrictedDelete(Exception):
+    """A delete blocked by a Restrict relationship; `table` is the referencing table."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table)
+        self.table = table
+
+
+def fold(value: object) -> object:
+    """Case-insensitive comparison key for filters (Dataverse collations ignore case)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _column_ddl(table: Table) -> list[str]:
+    columns = []
+    for attribute in table.attributes:
+        if attribute.type in TEXT_TYPES:
+            kind = "TEXT COLLATE NOCASE"
+        elif attribute.type in INTEGER_TYPES or attribute.type is AttributeType.BOOLEAN:
+            kind = "INTEGER"
+        else:
+            kind = "TEXT"
+        if attribute.name == table.primary_id:
+            kind += " NOT NULL PRIMARY KEY"
+        elif attribute.name == "versionnumber":
+            kind += " NOT NULL"
+        columns.append(f'"{attribute.read_name}" {kind}')
+        if attribute.type_column:
+            columns.append(f'"{attribute.type_column}" TEXT')
+    return columns
+
+
+def table_indexes(table: Table) -> dict[str, str]:
+    """Secondary indexes: versions (deltas), modifiedon (watermarks), lookups that cascade."""
+    name, key = table.name, table.primary_id
+    indexes = {
+        f"{name}_version": f'CREATE UNIQUE INDEX "{name}_version" ON "{name}" (versionnumber)',
+        f"{name}_modifiedon": f'CREATE INDEX "{name}_modifiedon" ON "{name}" (modifiedon, "{key}")',
+    }
+    for attribute in table.attributes:
+        if any(t.on_delete is not OnDelete.RESTRICT for t in attribute.targets):
+            index = f"{name}_{attribute.name}"
+            indexes[index] = f'CREATE INDEX "{index}" ON "{name}" ("{attribute.read_name}")'
+    return indexes
+
+
+def schema_ddl(schema: Schema) -> str:
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
+        f"CREATE TABLE IF NOT EXISTS {TOMBSTONES} (tablename TEXT NOT NULL, id TEXT NOT NULL, "
+        "versionnumber INTEGER NOT NULL, deletedon TEXT NOT NULL, PRIMARY KEY (tablename, id)) "
+        "WITHOUT ROWID",
+        f"CREATE INDEX IF NOT EXISTS {TOMBSTONES}_version ON {TOMBSTONES} (tablename, versionnumber)",
+    ]
+    for table in schema.tables:
+        columns = ", ".join(_column_ddl(table))
+        statements.append(f'CREATE TABLE IF NOT EXISTS "{table.name}" ({columns}) WITHOUT ROWID')
+        statements += [
+            sql.replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX IF NOT EXISTS").replace(
+                "CREATE INDEX", "CREATE INDEX IF NOT EXISTS"
+            )
+            for sql in table_indexes(table).values()
+        ]
+    return ";\n".join(statements) + ";"
+
+
+class Store:
+    """The emulator's database: per-thread read connections and serialized write transactions."""
+
+    def __init__(self, path: Path, schema: Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        connection = self.connection()
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(schema_ddl(schema))
+        stored = self.meta("version")
+        self._version = int(stored) if stored is not None else VERSION_START
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=512
+        )
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA temp_store=MEMORY")
+        connection.execute("PRAGMA cache_size=-65536")
+        connection.execute("PRAGMA busy_timeout=10000")
+        connection.create_function("dv_fold", 1, fold, deterministic=True)
+        return connection
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+        return connection
+
+    @property
+    def version(self) -> int:
+        """The highest committed version number."""
+        return self._version
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.connection().execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def meta(self, key: str) -> str | None:
+        value: str | None = self.scalar(f"SELECT value FROM {META} WHERE key = ?", (key,))
+        return value
+
+    def record(self, table: Table, record_id: str) -> dict[str, Any] | None:
+        return _record(self.connection(), table, record_id)
+
+    def count(self, table: Table) -> int:
+        return int(self.scalar(f'SELECT count(*) FROM "{table.name}"'))
+
+    @contextmanager
+    def write(self, now: str) -> Iterator[WriteTx]:
+        """One atomic write transaction; `now` stamps modifiedon of rows changed by cascades."""
+        with self._lock:
+            connection = self.connection()
+            connection.execute("BEGIN IMMEDIATE")
+            tx = WriteTx(self.schema, connection, now, self._version)
+            try:
+                yield tx
+                if tx.version != self._version:
+                    tx.set_meta("version", str(tx.version))
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            self._version = tx.version
+
+
+def _record(connection: sqlite3.Connection, table: Table, record_id: str) -> dict[str, Any] | None:
+    cursor = connection.execute(
+        f'SELECT * FROM "{table.name}" WHERE "{table.primary_id}" = ?', (record_id,)
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+class WriteTx:
+    """The operations of one write transaction; every changed row gets a new version number."""
+
+    def __init__(
+        self, schema: Schema, connection: sqlite3.Connection, now: str, version: int
+    ) -> None:
+        self.schema = schema
+        self.now = now
+        self.version = version
+        self._connection = connection
+
+    def _next_version(self) -> int:
+        self.version += 1
+        return self.version
+
+    def record(self, table: Table, record_id: str) -> dict[str, Any] | None:
+        return _record(self._connection, table, record_id)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql, params).fetchall()
+
+    def ids(self, table: Table, where: str = "", params: Sequence[Any] = ()) -> list[str]:
+        sql = f'SELECT "{table.primary_id}" FROM "{table.name}" {where} ORDER BY 1'
+        return [row[0] for row in self._connection.execute(sql, params)]
+
+    def insert(self, table: Table, values: dict[str, Any]) -> int:
+        """Insert one row (the caller checked the key is free); returns its version."""
+        version = self._next_version()
+        row = {**values, "versionnumber": version}
+        columns = ", ".join(f'"{column}"' for column in row)
+        marks = ", ".join("?" * len(row))
+        self._connection.execute(
+            f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})', tuple(row.values())
+        )
+        self._connection.execute(
+            f"DELETE FROM {TOMBSTONES} WHERE tablename = ? AND id = ?",
+            (table.name, values[table.primary_id]),
+        )
+        return version
+
+    def update(self, table: Table, record_id: str, values: dict[str, Any]) -> int:
+        """Update one existing row (even with no changed values: a write always bumps the version)."""
+        version = self._next_version()
+        row = {**values, "versionnumber": version}
+        assignments = ", ".join(f'"{column}" = ?' for column in row)
+        self._connection.execute(
+            f'UPDATE "{table.name}" SET {assignments} WHERE "{table.primary_id}" = ?',
+            (*row.values(), record_id),
+        )
+        return version
+
+    def delete(self, table: Table, record_id: str) -> list[tuple[str, str]]:
+        """Delete a row and apply the cascades; returns every (table, id) deleted."""
+        deleted: list[tuple[str, str]] = []
+        self._delete(table, record_id, deleted)
+        return deleted
+
+    def _delete(self, table: Table, record_id: str, deleted: list[tuple[str, str]]) -> None:
+        if (table.name, record_id) in deleted:
+            return
+        deleted.append((table.name, record_id))
+        for reference in self.schema.references_to(table.name):
+            attribute = reference.attribute
+            where = f'WHERE "{attribute.read_name}" = ?'
+            params: tuple[str, ...] = (record_id,)
+            if attribute.type_column:
+                where += f' AND "{attribute.type_column}" = ?'
+                params += (table.name,)
+            referencing = [
+                i for i in self.ids(reference.table, where, params)
+                if (reference.table.name, i) not in deleted
+            ]  # fmt: skip
+            if not referencing:
+                continue
+            if reference.target.on_delete is OnDelete.RESTRICT:
+                raise RestrictedDelete(reference.table.name)
+            for other in referencing:
+                if reference.target.on_delete is OnDelete.CASCADE:
+                    self._delete(reference.table, other, deleted)
+                else:
+                    cleared = {attribute.read_name: None, "modifiedon": self.now}
+                    if attribute.type_column:
+                        cleared[attribute.type_column] = None
+                    self.update(reference.table, other, cleared)
+        self._connection.execute(
+            f'DELETE FROM "{table.name}" WHERE "{table.primary_id}" = ?', (record_id,)
+        )
+        self._connection.execute(
+            f"INSERT OR REPLACE INTO {TOMBSTONES} VALUES (?, ?, ?, ?)",
+            (table.name, record_id, self._next_version(), self.now),
+        )
+
+    def bulk_insert(self, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        """Load many new rows fast (seeding): indexes are rebuilt once after streaming the rows.
+
+        Each row gets the next version; rows should come in primary-key order. Returns the count.
+        """
+        indexes = table_indexes(table)
+        for index in indexes:
+            self._connection.execute(f'DROP INDEX IF EXISTS "{index}"')
+        names = ", ".join(f'"{column}"' for column in (*columns, "versionnumber"))
+        marks = ", ".join("?" * (len(columns) + 1))
+        start = self.version
+        counter = itertools.count(start + 1)
+        versioned = ((*row, next(counter)) for row in rows)
+        self._connection.executemany(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', versioned)
+        self.version = next(counter) - 1
+        for sql in indexes.values():
+            self._connection.execute(sql)
+        return self.version - start
+
+    def clear(self) -> None:
+        """Remove every row and tombstone (the version counter keeps growing)."""
+        for table in self.schema.tables:
+            self._connection.execute(f'DELETE FROM "{table.name}"')
+        self._connection.execute(f"DELETE FROM {TOMBSTONES}")
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._connection.execute(f"INSERT OR REPLACE INTO {META} VALUES (?, ?)", (key, value))
+

@@ -1,0 +1,100 @@
+"""End-to-end fixtures: the real `dvconnect` CLI as a subprocess, pointed at the emulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from connector.mapping import load_mapping
+from connector.store import Store
+from emulator.process import EmulatorProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+DVCONNECT = str(Path(sys.executable).parent / "dvconnect")
+
+
+@dataclass
+class Cli:
+    """Runs `dvconnect` with the emulator's settings and a store of its own."""
+
+    emulator: EmulatorProcess
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "store.sqlite3"
+
+    def environment(self, **overrides: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DVCONNECT_")}
+        return {
+            **base,
+            **self.emulator.env(),
+            "DVCONNECT_DATABASE_URL": f"sqlite:///{self.database}",
+            "DVCONNECT_MAPPINGS_DIR": str(ROOT / "mappings"),
+            **self.env,
+            **overrides,
+        }
+
+    def run(
+        self, *args: str, timeout: float = 120, **overrides: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DVCONNECT, *args],
+            cwd=self.workdir,
+            env=self.environment(**overrides),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, **overrides: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [DVCONNECT, *args],
+            cwd=self.workdir,
+            env=self.environment(**overrides),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def store(self) -> Store:
+        return Store(f"sqlite:///{self.database}", load_mapping(ROOT / "mappings"))
+
+    def store_rows(self, table: str) -> dict[str, dict[str, Any]]:
+        """Every row of a local table, by primary key, mapped columns only."""
+        store = self.store()
+        mapping = store.mapping.tables[table]
+        columns = [store.tables[table].c[name] for name in mapping.select]
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(*columns)).mappings()
+            return {row[mapping.primary_key]: dict(row) for row in rows}
+
+    def org_rows(self, table: str) -> dict[str, dict[str, Any]]:
+        """Every row the emulator holds, by primary key, restricted to the mapped columns."""
+        mapping = load_mapping(ROOT / "mappings").tables[table]
+        return {
+            row[mapping.primary_key]: {c: row.get(c) for c in mapping.select}
+            for row in self.emulator.rows(table)
+        }
+
+    def assert_store_matches_org(self) -> None:
+        for table in ("lead", "contact"):
+            stored, org = self.store_rows(table), self.org_rows(table)
+            assert stored.keys() == org.keys(), f"{table}: ids differ"
+            assert stored == org, f"{table}: values differ"
+
+
+@pytest.fixture
+def cli(fresh_emulator: EmulatorProcess, tmp_path: Path) -> Cli:
+    """A CLI with its own empty store, against the freshly reset shared emulator."""
+    return Cli(fresh_emulator, tmp_path)

@@ -1,0 +1,129 @@
+"""The CLI's other commands and its failures: exit codes, messages, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import ROOT, Cli
+
+
+def copy_mappings(tmp_path: Path) -> Path:
+    target = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", target)
+    return target
+
+
+def test_check_online_proves_credentials_and_every_column(cli: Cli) -> None:
+    result = cli.run("check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"mappings ok: lead, contact ({ROOT / 'mappings'})",
+        f"dataverse ok: every mapped column exists ({cli.emulator.base_url})",
+    ]
+
+
+def test_check_names_a_mapped_column_the_org_does_not_have(cli: Cli, tmp_path: Path) -> None:
+    mappings = copy_mappings(tmp_path)
+    tables = mappings / "tables.yaml"
+    tables.write_text(
+        tables.read_text().replace("      jobtitle: string\n", "      jobtitel: string\n", 1)
+    )
+    cli.emulator.admin("PATCH", "/config", {"change_tracking": {"contact": False}})
+    result = cli.run("check", DVCONNECT_MAPPINGS_DIR=str(mappings))
+    assert result.returncode == 2
+    assert "error: lead.jobtitel: no column 'jobtitel' in Dataverse" in result.stderr
+    assert "note: contact: change tracking is off in Dataverse" in result.stdout
+
+
+def test_a_wrong_secret_exits_3_with_the_aad_error_and_never_shows_the_secret(cli: Cli) -> None:
+    result = cli.run("run", "sync", DVCONNECT_CLIENT_SECRET="not-the-secret-x9")
+    assert result.returncode == 3
+    assert "authentication failed: invalid_client: AADSTS7000215" in result.stderr
+    assert "not-the-secret-x9" not in result.stderr + result.stdout
+    assert cli.emulator.requests_after(0) == []
+
+
+def test_bad_mappings_exit_2_naming_file_and_key_and_write_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    mappings = copy_mappings(tmp_path)
+    tables = mappings / "tables.yaml"
+    tables.write_text(tables.read_text().replace("entity_set: leads", "entityset: leads", 1))
+    result = cli.run("run", "sync", DVCONNECT_MAPPINGS_DIR=str(mappings))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"dvconnect: {tables}: tables.lead.entityset: unknown key"
+    assert not cli.database.exists()
+    assert cli.emulator.requests_after(0) == []
+
+
+def test_a_malformed_setting_exits_2_naming_the_variable(cli: Cli) -> None:
+    result = cli.run("run", "sync", DVCONNECT_PAGE_SIZE="0")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "dvconnect: DVCONNECT_PAGE_SIZE: Input should be greater than or equal to 1"
+    )
+
+
+def test_an_org_that_drops_every_connection_exits_3_after_bounded_retries(cli: Cli) -> None:
+    cli.emulator.admin("PUT", "/faults", {"spec": "drop:path=leads*"})
+    result = cli.run("run", "sync", DVCONNECT_MAX_ATTEMPTS="3")
+    assert result.returncode == 3
+    assert "Dataverse at 127.0.0.1 unreachable (GET leads): ConnectionError" in result.stderr
+    assert result.stderr.count("retrying in") == 2
+    assert [c["fault"] for c in cli.emulator.requests_after(0)] == ["drop"] * 3
+    assert cli.store().recent_runs(1)[0].outcome == "failed"
+
+
+def test_an_unreachable_identity_provider_exits_3(cli: Cli) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = cli.run("run", "sync", DVCONNECT_AUTHORITY=f"https://127.0.0.1:{closed_port}/tenant")
+    assert result.returncode == 3
+    assert "identity provider 127.0.0.1 unreachable" in result.stderr
+    assert cli.emulator.requests_after(0) == []
+
+
+def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
+    process = cli.popen("schedule", "--now")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (
+            cli.database.exists()
+            and cli.store().recent_runs(1)
+            and cli.store().recent_runs(1)[0].outcome != "running"
+        ):
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "scheduled sync: */15 * * * * (UTC)" in stderr
+    assert "SIGTERM received" in stderr
+    assert cli.store().recent_runs(1)[0].outcome == "succeeded"
+    cli.assert_store_matches_org()
+
+
+def test_sigterm_during_a_scheduled_sync_saves_the_page_and_the_next_run_resumes(cli: Cli) -> None:
+    cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=200:path=leads*"})
+    process = cli.popen("schedule", "--now", DVCONNECT_PAGE_SIZE="20")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        cli.database.exists() and cli.store().load_state("lead").next_link
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    run = cli.store().recent_runs(1)[0]
+    assert run.outcome == "interrupted"
+    assert cli.store().load_state("lead").next_link is not None
+    cli.emulator.admin("DELETE", "/faults")
+    result = cli.run("run", "sync")
+    assert result.returncode == 0, result.stderr
+    cli.assert_store_matches_org()
