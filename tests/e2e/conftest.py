@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,23 @@ class Cli:
             text=True,
             stdin=subprocess.DEVNULL,
         )
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 60) -> None:
+        """Poll `condition` until it holds; fail the test when it never does."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {condition.__name__}"
+            time.sleep(0.05)
+
+    def reading_mid_table(self, table: str = "lead", at_least: int = 1) -> Callable[[], bool]:
+        """A condition: a read of `table` has committed `at_least` rows and has pages to go."""
+
+        def mid_read() -> bool:
+            if not self.database.exists() or self.store().load_state(table).next_link is None:
+                return False
+            return len(self.store_rows(table)) >= at_least
+
+        return mid_read
 
     def store(self) -> Store:
         return Store(f"sqlite:///{self.database}", load_mapping(ROOT / "mappings"))

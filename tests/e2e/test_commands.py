@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 
 from tests.e2e.conftest import ROOT, Cli
@@ -91,15 +90,12 @@ def test_an_unreachable_identity_provider_exits_3(cli: Cli) -> None:
 
 def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     process = cli.popen("schedule", "--now")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (
-            cli.database.exists()
-            and cli.store().recent_runs(1)
-            and cli.store().recent_runs(1)[0].outcome != "running"
-        ):
-            break
-        time.sleep(0.1)
+
+    def first_run_finished() -> bool:
+        runs = cli.store().recent_runs(1) if cli.database.exists() else []
+        return bool(runs) and runs[0].outcome != "running"
+
+    cli.wait_for(first_run_finished)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
@@ -112,11 +108,7 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
 def test_sigterm_during_a_scheduled_sync_saves_the_page_and_the_next_run_resumes(cli: Cli) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=200:path=leads*"})
     process = cli.popen("schedule", "--now", DVCONNECT_PAGE_SIZE="20")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
-        cli.database.exists() and cli.store().load_state("lead").next_link
-    ):
-        time.sleep(0.05)
+    cli.wait_for(cli.reading_mid_table("lead"))
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr

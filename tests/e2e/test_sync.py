@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,12 +108,7 @@ def test_an_expired_change_token_resyncs_in_full_and_removes_rows_deleted_meanwh
 def test_a_killed_sync_resumes_and_ends_equal_to_a_clean_run(cli: Cli) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=150:path=leads*"})
     process = cli.popen("run", "sync", DVCONNECT_PAGE_SIZE="20")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until some pages are committed, then kill -9
-        if cli.database.exists() and cli.store().load_state("lead").next_link:
-            if len(cli.store_rows("lead")) >= 60:
-                break
-        time.sleep(0.05)
+    cli.wait_for(cli.reading_mid_table("lead", at_least=60))
     process.send_signal(signal.SIGKILL)
     process.wait()
     partial = len(cli.store_rows("lead"))
@@ -143,11 +137,7 @@ def test_throttling_and_unavailability_slow_the_run_but_every_row_arrives(cli: C
 def test_a_token_revoked_mid_run_is_renewed_once_and_the_run_completes(cli: Cli) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=200:path=leads*"})
     process = cli.popen("run", "sync", "--json", DVCONNECT_PAGE_SIZE="50")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
-        cli.database.exists() and cli.store().load_state("lead").next_link
-    ):
-        time.sleep(0.05)
+    cli.wait_for(cli.reading_mid_table("lead"))
     cli.emulator.admin("POST", "/tokens/revoke")
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
