@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import orjson
+
 from connector.errors import SyncError, request_id
 from connector.http import Transport
 from connector.mapping import TableMapping
@@ -69,8 +71,8 @@ class Dataverse:
         response = self.transport.send("GET", url, headers={"Prefer": prefer})
         rid = request_id(response)
         try:
-            body = response.json()
-        except ValueError:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             raise SyncError(
                 f"{table.name}: page of unexpected shape: not JSON (request id {rid or '?'})"
             ) from None
