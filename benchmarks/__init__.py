@@ -1,0 +1,1 @@
+"""Reproducible performance runs (`make bench`): figures, request counts and ratios, as JSON."""
