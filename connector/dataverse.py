@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -33,6 +34,13 @@ class Dataverse:
     @property
     def requests_sent(self) -> int:
         return self.transport.requests_sent
+
+    def is_own_link(self, link: str) -> bool:
+        """Whether a saved next/delta link points at this environment's Web API."""
+        own, other = urlsplit(self.transport.api_url), urlsplit(link)
+        return (own.scheme, own.netloc.lower()) == (other.scheme, other.netloc.lower()) and (
+            other.path.startswith(own.path)
+        )
 
     def full_read_url(self, table: TableMapping) -> str:
         """Every row of a table, mapped columns only (track-changes allows no other option)."""

@@ -155,6 +155,11 @@ class Transport:
         self._backoff = tenacity.wait_exponential_jitter(max=MAX_BACKOFF_SECONDS)
 
     @property
+    def api_url(self) -> str:
+        """The Web API root this transport sends to (`https://org…/api/data/v9.2/`)."""
+        return self._api_url
+
+    @property
     def requests_sent(self) -> int:
         """Every HTTP request actually sent by this transport, retries included."""
         with self._sent_lock:

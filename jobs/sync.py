@@ -50,7 +50,17 @@ class ReadPlan:
 
 
 def plan_read(dataverse: Dataverse, table: TableMapping, state: SyncState) -> ReadPlan:
-    """Choose where this run reads from: resume, delta link, watermark, or a new full read."""
+    """Choose where this run reads from: resume, delta link, watermark, or a new full read.
+
+    Saved links that point at another environment (the settings now name another org) are
+    not followed: the table is read in full from the configured one.
+    """
+    saved = [link for link in (state.next_link, state.delta_link) if link]
+    if any(not dataverse.is_own_link(link) for link in saved):
+        log.warning(
+            "%s: the saved cursor belongs to another environment; reading in full", table.name
+        )
+        state = state.start_full()
     if state.next_link is not None:
         tracking = table.change_tracking and state.mode != "watermark"
         return ReadPlan(f"resume-{state.phase}", state.next_link, tracking, state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ Reply = dict[str, Any] | Exception
 
 class ScriptedTransport:
     """Answers GETs from a URL → reply table, and records what was asked."""
+
+    api_url = API
 
     def __init__(self) -> None:
         self.replies: dict[str, Reply] = {}
@@ -251,3 +254,20 @@ def test_a_stop_request_ends_the_run_after_the_current_page(
     assert lead_ids(ctx) == ["001", "002"]
     assert ctx.store.load_state("lead").next_link == API + "leads?$skiptoken=p2"
     assert isinstance(ctx.stop, threading.Event)
+
+
+def test_a_cursor_saved_for_another_environment_is_not_followed(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1), lead(2)], delta_link=API + "leads?$deltatoken=10")
+    sync_lead(ctx)
+    with ctx.store.transaction() as conn:
+        moved = ctx.store.load_state("lead")
+        other = "https://other-org.crm4.dynamics.com/api/data/v9.2/leads?$deltatoken=10"
+        ctx.store.save_state(conn, replace(moved, delta_link=other))
+    transport.page(FULL, [lead(2)], delta_link=API + "leads?$deltatoken=20")
+    counts = sync_lead(ctx)
+    assert counts.full
+    assert counts.deleted == 1
+    assert transport.sent[-1][0] == FULL
+    assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=20"
