@@ -86,8 +86,16 @@ class Admin:
             ("GET", re.compile(r"^/tables/(?P<name>\w+)/count$"), self.table_count),
             ("GET", re.compile(r"^/tables/(?P<name>\w+)/deleted$"), self.table_deleted),
             ("GET", re.compile(r"^/tables/(?P<name>\w+)/(?P<rid>[0-9a-fA-F-]{36})$"), self.get_row),
-            ("PATCH", re.compile(r"^/tables/(?P<name>\w+)/(?P<rid>[0-9a-fA-F-]{36})$"), self.patch_row),
-            ("DELETE", re.compile(r"^/tables/(?P<name>\w+)/(?P<rid>[0-9a-fA-F-]{36})$"), self.delete_row),
+            (
+                "PATCH",
+                re.compile(r"^/tables/(?P<name>\w+)/(?P<rid>[0-9a-fA-F-]{36})$"),
+                self.patch_row,
+            ),
+            (
+                "DELETE",
+                re.compile(r"^/tables/(?P<name>\w+)/(?P<rid>[0-9a-fA-F-]{36})$"),
+                self.delete_row,
+            ),
             ("POST", re.compile(r"^/activity$"), self.activity),
             ("GET", re.compile(r"^/clock$"), self.clock),
             ("POST", re.compile(r"^/clock$"), self.set_clock),
@@ -133,7 +141,9 @@ class Admin:
             raise AdminError(404, f"unknown table {name!r}")
         return table
 
-    def _rows(self, table: Table, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _rows(
+        self, table: Table, where: str = "", params: tuple[Any, ...] = ()
+    ) -> list[dict[str, Any]]:
         columns = [a.read_name for a in table.attributes]
         booleans = {a.read_name for a in table.attributes if a.type is AttributeType.BOOLEAN}
         selected = ", ".join(f't."{column}"' for column in columns)
@@ -252,7 +262,9 @@ class Admin:
         with ctx.store.write(ctx.now()) as tx:
             for row in rows:
                 record_id = str(row.get(table.primary_id) or uuid.uuid4()).lower()
-                values = self._values(tx, table, {k: v for k, v in row.items() if k != table.primary_id})
+                values = self._values(
+                    tx, table, {k: v for k, v in row.items() if k != table.primary_id}
+                )
                 current = tx.record(table, record_id)
                 if current is None:
                     fill_defaults(ctx, table, values, tx.now)

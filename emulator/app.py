@@ -13,7 +13,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +21,11 @@ from emulator.admin import Admin
 from emulator.context import Context
 from emulator.faults import FaultPlan
 from emulator.identity import Identity
-from emulator.wire import Request, Response, error_response, json_response
+from emulator.wire import Request, Response, error_response, json_response, new_guid
 
 API_PREFIX = "/api/data/v9.2"
 ADMIN_PREFIX = "/_emulator"
-LOG_LIMIT = 200_000
+LOG_LIMIT = 50_000
 _ENTITY = re.compile(r"^(?P<set>[A-Za-z_]\w*)(?:\((?P<key>[^)]*)\))?(?:/(?P<rest>.+))?$")
 _IDENTITY = re.compile(
     r"^/(?P<tenant>[^/]+)/(?:(?P<discovery>(?:v2\.0/)?\.well-known/openid-configuration)"
@@ -103,7 +102,9 @@ class Emulator:
             return self.admin.handle(request)
         match = _IDENTITY.match(path)
         if match is None:
-            return json_response(404, {"error": "not_found", "error_description": f"No route for {path}"})
+            return json_response(
+                404, {"error": "not_found", "error_description": f"No route for {path}"}
+            )
         tenant = match.group("tenant")
         if match.group("token"):
             return self.identity.token(tenant, request)
@@ -113,7 +114,7 @@ class Emulator:
 
     def _api(self, request: Request) -> Response:
         started = time.perf_counter()
-        request_id = str(uuid.uuid4())
+        request_id = new_guid()
         fault_kind: str | None = None
         if not self.identity.authorized(request.header("authorization")):
             response = self.identity.challenge()
@@ -134,15 +135,18 @@ class Emulator:
         response = response.with_headers(
             *_SERVICE_HEADERS, ("REQ_ID", request_id), ("x-ms-service-request-id", request_id)
         )
+        elapsed = round((time.perf_counter() - started) * 1000, 2)
+        status = None if response.status == 0 else response.status
+        logger.info("%s %s %s %.1fms %s", request.method, request.path, status, elapsed, request_id)
         self.log.add(
             {
                 "at": self.ctx.now(),
                 "method": request.method,
                 "path": request.path,
                 "query": request.query,
-                "status": None if response.status == 0 else response.status,
+                "status": status,
                 "fault": fault_kind,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "ms": elapsed,
                 "prefer": request.header("prefer"),
                 "if_match": request.header("if-match"),
                 "if_none_match": request.header("if-none-match"),
@@ -162,7 +166,9 @@ class Emulator:
 
     def _route(self, request: Request, resource: str) -> Response:
         ctx, method = self.ctx, request.method
-        if resource in ("", "$metadata", "WhoAmI", "WhoAmI()") or resource.startswith("EntityDefinitions"):
+        if resource in ("", "$metadata", "WhoAmI", "WhoAmI()") or resource.startswith(
+            "EntityDefinitions"
+        ):
             if method != "GET":
                 if resource.startswith("WhoAmI"):
                     raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")

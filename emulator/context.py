@@ -67,16 +67,18 @@ class Config:
                     raise ValueError("change_tracking must map table names to true/false")
                 for table, enabled in value.items():
                     if table not in self.tables or not isinstance(enabled, bool):
-                        raise ValueError(f"change_tracking.{table} must be a served table and a boolean")
+                        raise ValueError(
+                            f"change_tracking.{table} must be a served table and a boolean"
+                        )
                     (untracked.discard if enabled else untracked.add)(table)
             elif key in ("token_lifetime", "retention_days"):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ValueError(f"{key} must be a non-negative integer")
-                config = replace(config, **{key: value})
+                config = replace(config, **{key: value})  # type: ignore[arg-type]
             elif key in ("zero_property_codes", "allow_lead_qualify_patch"):
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
-                config = replace(config, **{key: value})
+                config = replace(config, **{key: value})  # type: ignore[arg-type]
             else:
                 raise ValueError(f"unknown configuration key {key!r}")
         return replace(config, untracked=frozenset(untracked))

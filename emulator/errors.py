@@ -141,7 +141,9 @@ def not_implemented(what: str) -> ApiError:
 
 
 def track_changes_option(option: str) -> ApiError:
-    return bad_query(f'The "{option}" query parameter isn\'t supported when Change Tracking is enabled.')
+    return bad_query(
+        f'The "{option}" query parameter isn\'t supported when Change Tracking is enabled.'
+    )
 
 
 def expired_version_stamp() -> ApiError:

@@ -93,7 +93,9 @@ def _integer(rule: str, key: str, value: str, minimum: int) -> int:
 def _rule(text: str) -> FaultRule:
     kind, *pairs = text.split(":")
     if kind not in KINDS:
-        raise FaultSpecError(f"fault rule {text!r}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+        raise FaultSpecError(
+            f"fault rule {text!r}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})"
+        )
     values: dict[str, Any] = {}
     for pair in pairs:
         key, equals, value = pair.partition("=")
@@ -111,7 +113,9 @@ def _rule(text: str) -> FaultRule:
             except ValueError:
                 rate = -1.0
             if not 0.0 <= rate <= 1.0:
-                raise FaultSpecError(f"fault rule {text!r}: key 'rate' must be a number from 0 to 1")
+                raise FaultSpecError(
+                    f"fault rule {text!r}: key 'rate' must be a number from 0 to 1"
+                )
             values["rate"] = rate
         elif key == "at":
             values["at"] = frozenset(_integer(text, key, part, 1) for part in value.split(";"))
@@ -215,4 +219,8 @@ class FaultPlan:
                 }
                 for rule, counters in zip(self.rules, self._counters, strict=True)
             ]
-        return {"spec": ",".join(rule.text for rule in self.rules), "seed": self.seed, "rules": rules}
+        return {
+            "spec": ",".join(rule.text for rule in self.rules),
+            "seed": self.seed,
+            "rules": rules,
+        }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import secrets
 import threading
 import uuid
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from emulator.context import Context
 from emulator.wire import PLAIN_JSON_TYPE, Request, Response, json_response
 
+logger = logging.getLogger("emulator.identity")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _NO_CACHE = (("Cache-Control", "no-store, no-cache"), ("Pragma", "no-cache"))
 
@@ -84,6 +86,7 @@ class Identity:
     def _error(
         self, request: Request, status: int, error: str, code: int, description: str
     ) -> Response:
+        logger.info("token request refused: %s AADSTS%s", error, code)
         body = {
             "error": error,
             "error_description": f"AADSTS{code}: {description}",
@@ -106,11 +109,11 @@ class Identity:
             client_id, _, secret = decoded.partition(":")
         grant_type = form.get("grant_type", "")
         if grant_type != "client_credentials":
-            return self._error(request, 400, "unsupported_grant_type", 70003,
-                               f"The app requested an unsupported grant type '{grant_type}'.")  # fmt: skip
+            description = f"The app requested an unsupported grant type '{grant_type}'."
+            return self._error(request, 400, "unsupported_grant_type", 70003, description)
         if not client_id:
-            return self._error(request, 400, "invalid_request", 900144,
-                               "The request body must contain the following parameter: 'client_id'.")  # fmt: skip
+            description = "The request body must contain the following parameter: 'client_id'."
+            return self._error(request, 400, "invalid_request", 900144, description)
         if client_id != self._ctx.client_id:
             return self._error(
                 request, 400, "unauthorized_client", 700016,
@@ -139,6 +142,7 @@ class Identity:
                 "administrator of the tenant or consented to by any user in the tenant.",
             )  # fmt: skip
         lifetime = self._ctx.config.token_lifetime
+        logger.info("token issued to client %s for tenant %s", client_id, tenant)
         body = {
             "token_type": "Bearer",
             "expires_in": lifetime,
@@ -184,7 +188,8 @@ class Identity:
             and str(header.get("x5t", "")).rstrip("=") == _thumbprint(certificate, hashes.SHA1())  # noqa: S303 - x5t is defined as SHA-1
         ) or (
             header.get("alg") == "PS256"
-            and str(header.get("x5t#S256", "")).rstrip("=") == _thumbprint(certificate, hashes.SHA256())
+            and str(header.get("x5t#S256", "")).rstrip("=")
+            == _thumbprint(certificate, hashes.SHA256())
         )
         if not matches:
             return (

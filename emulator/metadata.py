@@ -196,7 +196,9 @@ def attribute_item(table: Table, attribute: Attribute) -> dict[str, Any]:
     return item
 
 
-def _relationship(ctx: Context, table: Table, attribute: Attribute, target_index: int) -> dict[str, Any]:
+def _relationship(
+    ctx: Context, table: Table, attribute: Attribute, target_index: int
+) -> dict[str, Any]:
     target = attribute.targets[target_index]
     referenced = ctx.schema.by_name.get(target.table)
     return {
@@ -224,7 +226,12 @@ def many_to_one(ctx: Context, table: Table) -> list[dict[str, Any]]:
 
 def one_to_many(ctx: Context, table: Table) -> list[dict[str, Any]]:
     return [
-        _relationship(ctx, reference.table, reference.attribute, reference.attribute.targets.index(reference.target))
+        _relationship(
+            ctx,
+            reference.table,
+            reference.attribute,
+            reference.attribute.targets.index(reference.target),
+        )
         for reference in ctx.schema.references_to(table.name)
     ]
 
@@ -234,7 +241,9 @@ def one_to_many(ctx: Context, table: Table) -> list[dict[str, Any]]:
 
 def _split_top(text: str, separator: str) -> list[str]:
     """Split on `separator` outside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -260,13 +269,17 @@ def _expansions(text: str | None, allowed: Iterable[str]) -> dict[str, dict[str,
         for option in _split_top(match.group(2) or "", ";"):
             name, _, value = option.partition("=")
             if name not in ("$select", "$filter"):
-                raise errors.bad_query(f"The query option '{name}' is not supported inside $expand.")
+                raise errors.bad_query(
+                    f"The query option '{name}' is not supported inside $expand."
+                )
             inner[name] = value
         expansions[match.group(1)] = inner
     return expansions
 
 
-def _predicate(ctx: Context, text: str, properties: Iterable[str], type_name: str) -> Callable[[dict[str, Any]], bool]:
+def _predicate(
+    ctx: Context, text: str, properties: Iterable[str], type_name: str
+) -> Callable[[dict[str, Any]], bool]:
     """A metadata `$filter` as a Python predicate over items (U38: eq/ne, and/or/not)."""
     tree = ctx.compiler.parse(_ENUM_LITERAL.sub(r"'\1'", text))
     known = set(properties)
@@ -308,7 +321,9 @@ def _predicate(ctx: Context, text: str, properties: Iterable[str], type_name: st
                 return lambda item: same(getter(item), value)
             return lambda item: not same(getter(item), value)
         if isinstance(node, ast.Call):
-            raise errors.bad_query(f"The function '{node.func.full_name()}' is not supported in metadata queries.")
+            raise errors.bad_query(
+                f"The function '{node.func.full_name()}' is not supported in metadata queries."
+            )
         raise errors.bad_query("Only eq and ne comparisons are supported in metadata queries.")
 
     return build(tree)
@@ -357,13 +372,17 @@ def _attributes(
 
 def _entities(ctx: Context, tables: list[Table], options: dict[str, str]) -> list[dict[str, Any]]:
     expand = _expansions(options.get("$expand"), ("Attributes",))
-    items = _shape(ctx, [entity_item(ctx, t) for t in tables], options, ENTITY_PROPERTIES, ENTITY_TYPE)
+    items = _shape(
+        ctx, [entity_item(ctx, t) for t in tables], options, ENTITY_PROPERTIES, ENTITY_TYPE
+    )
     if "Attributes" in expand:
         by_name = {t.name: t for t in tables}
         names = {entity_item(ctx, t)["MetadataId"]: t.name for t in tables}
         for item in items:
             table = by_name[names[item["MetadataId"]]]
-            item["Attributes"] = _attributes(ctx, table, expand["Attributes"], list(table.attributes))
+            item["Attributes"] = _attributes(
+                ctx, table, expand["Attributes"], list(table.attributes)
+            )
     return items
 
 
@@ -400,7 +419,9 @@ def entity_definitions(ctx: Context, request: Request, path: str) -> Response:
     if nav != "Attributes":
         if match.group("attribute") or match.group("cast"):
             raise errors.resource_not_found(path.split("/")[-1])
-        relationships = many_to_one(ctx, table) if nav == "ManyToOneRelationships" else one_to_many(ctx, table)
+        relationships = (
+            many_to_one(ctx, table) if nav == "ManyToOneRelationships" else one_to_many(ctx, table)
+        )
         items = _shape(ctx, relationships, options, RELATIONSHIP_PROPERTIES, RELATIONSHIP_TYPE)
         return json_response(200, {"@odata.context": f"{root}{owner}/{nav}", "value": items})
     cast = match.group("cast")
@@ -413,23 +434,25 @@ def entity_definitions(ctx: Context, request: Request, path: str) -> Response:
         return json_response(200, {"@odata.context": f"{root}{owner}/Attributes", "value": items})
     name_match = re.match(r"^\s*LogicalName\s*=\s*'([^']*)'\s*$", key)
     wanted = name_match.group(1) if name_match else key.strip().lower()
-    found = [
-        a for a in chosen if wanted in (a.name, _id("attribute", table.name, a.name))
-    ]
+    found = [a for a in chosen if wanted in (a.name, _id("attribute", table.name, a.name))]
     if not found:
         raise errors.ApiError(
-            404, errors.ODATA_ERROR, f"Could not find attribute '{wanted}' on entity '{table.name}'."
+            404,
+            errors.ODATA_ERROR,
+            f"Could not find attribute '{wanted}' on entity '{table.name}'.",
         )
-    item = _attributes(ctx, table, options, found)
+    items = _attributes(ctx, table, options, found)
     context = f"{root}{owner}/Attributes/$entity"
-    return json_response(200, {"@odata.context": context, **(item[0] if item else {})})
+    return json_response(200, {"@odata.context": context, **(items[0] if items else {})})
 
 
 # -- service document, $metadata, WhoAmI -------------------------------------------------------
 
 
 def service_document(ctx: Context) -> Response:
-    sets = [{"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set} for t in ctx.schema.tables]
+    sets = [
+        {"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set} for t in ctx.schema.tables
+    ]
     return json_response(200, {"@odata.context": f"{ctx.api_root}$metadata", "value": sets})
 
 
@@ -463,7 +486,8 @@ def csdl(ctx: Context, with_annotations: bool) -> Response:
             for target in attribute.targets:
                 if target.table in ctx.schema.by_name:
                     lines.append(
-                        f'<NavigationProperty Name="{target.navigation}" Type="mscrm.{target.table}" '
+                        f'<NavigationProperty Name="{target.navigation}" '
+                        f'Type="mscrm.{target.table}" '
                         f'Nullable="true" Partner="{target.relationship}" />'
                     )
         for reference in ctx.schema.references_to(table.name):
@@ -477,7 +501,8 @@ def csdl(ctx: Context, with_annotations: bool) -> Response:
         '<ComplexType Name="WhoAmIResponse"><Property Name="BusinessUnitId" Type="Edm.Guid" '
         'Nullable="false" /><Property Name="UserId" Type="Edm.Guid" Nullable="false" />'
         '<Property Name="OrganizationId" Type="Edm.Guid" Nullable="false" /></ComplexType>',
-        '<Function Name="WhoAmI"><ReturnType Type="mscrm.WhoAmIResponse" Nullable="false" /></Function>',
+        '<Function Name="WhoAmI"><ReturnType Type="mscrm.WhoAmIResponse" Nullable="false" />'
+        "</Function>",
         '<EntityContainer Name="System">',
     ]
     for table in ctx.schema.tables:

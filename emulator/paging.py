@@ -24,7 +24,9 @@ from emulator.schema import INTEGER_TYPES, Attribute, AttributeType
 
 DELTA_FORMAT = "%m/%d/%Y %H:%M:%S"
 _DELTA = re.compile(r"^(\d+)!(\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2})$")
-_OUTER = re.compile(r'^<cookie pagenumber="(\d+)" pagingcookie="([^"]*)" istracking="(True|False)" />$')
+_OUTER = re.compile(
+    r'^<cookie pagenumber="(\d+)" pagingcookie="([^"]*)" istracking="(True|False)" />$'
+)
 _HEX = re.compile(r"%[0-9A-F]{2}")
 
 
@@ -44,7 +46,9 @@ def _lower_hex(text: str) -> str:
     return _HEX.sub(lambda match: match.group(0).lower(), text)
 
 
-def encode_skiptoken(cursor: Cursor, keys: Sequence[Attribute], key_name: str, tracking: bool) -> str:
+def encode_skiptoken(
+    cursor: Cursor, keys: Sequence[Attribute], key_name: str, tracking: bool
+) -> str:
     """The (not yet URL-encoded) cookie for `cursor`; `key_name` is the primary key column."""
     attributes = [f'page="{cursor.page - 1}"']
     if cursor.served:
@@ -57,7 +61,9 @@ def encode_skiptoken(cursor: Cursor, keys: Sequence[Attribute], key_name: str, t
     for attribute, value in zip(keys, cursor.last, strict=True):
         if attribute.name == key_name:
             first = f" first={quoteattr('{' + cursor.first.upper() + '}')}" if cursor.first else ""
-            elements.append(f"<{attribute.read_name} last={quoteattr('{' + value.upper() + '}')}{first} />")
+            elements.append(
+                f"<{attribute.read_name} last={quoteattr('{' + value.upper() + '}')}{first} />"
+            )
         elif value is None:
             elements.append(f'<{attribute.read_name} null="1" />')
         else:
@@ -133,7 +139,10 @@ def _options_without(raw_query: str, *names: str) -> list[str]:
 
 def next_link(origin: str, raw_path: str, raw_query: str, skiptoken: str) -> str:
     """The original request with `$skiptoken` replaced: absolute, options as received."""
-    parts = [*_options_without(raw_query, "$skiptoken"), "$skiptoken=" + quote(skiptoken, safe="=/")]
+    parts = [
+        *_options_without(raw_query, "$skiptoken"),
+        "$skiptoken=" + quote(skiptoken, safe="=/"),
+    ]
     return f"{origin}{raw_path}?{'&'.join(parts)}"
 
 

@@ -41,7 +41,7 @@ class EmulatorProcess:
         leads: int = 300,
         contacts: int = 150,
         client_id: str = "emulator-client",
-        client_secret: str = "emulator-secret",
+        client_secret: str = "emulator-secret",  # noqa: S107 - the emulator's default
         data_dir: Path | None = None,
         reseed: bool = False,
         faults: str | None = None,
@@ -78,6 +78,7 @@ class EmulatorProcess:
         self.process: subprocess.Popen[str] | None = None
         self.settings: dict[str, str] = {}
         self.stderr_lines: list[str] = []
+        self._stderr_reader: threading.Thread | None = None
         self._session = requests.Session()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -91,7 +92,8 @@ class EmulatorProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
         lines = self._read_settings()
         if READY not in lines:
             self.stop()
@@ -103,7 +105,8 @@ class EmulatorProcess:
         return self
 
     def _read_settings(self) -> list[str]:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         stdout = self.process.stdout
         lines: list[str] = []
         timer = threading.Timer(START_TIMEOUT, self.process.kill)
@@ -122,7 +125,8 @@ class EmulatorProcess:
         return lines
 
     def _drain_stderr(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         for line in self.process.stderr:
             self.stderr_lines.append(line.rstrip("\n"))
 
@@ -139,6 +143,8 @@ class EmulatorProcess:
                 process.kill()
                 process.wait()
         self._session.close()
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout=5)
         return process.returncode
 
     def __enter__(self) -> EmulatorProcess:

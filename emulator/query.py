@@ -12,8 +12,10 @@ collection-valued ones become subqueries. Compiled statements are cached by thei
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -27,8 +29,8 @@ from emulator.clock import parse_wire, wire
 from emulator.schema import (
     CHOICE_TYPES,
     GUID_TYPES,
-    AttributeType,
     Attribute,
+    AttributeType,
     Schema,
     Table,
 )
@@ -49,11 +51,12 @@ class Annotations:
 
     patterns: tuple[str, ...] = ()
 
-    @classmethod
-    def parse(cls, value: str | None) -> Annotations:
+    @staticmethod
+    @lru_cache(maxsize=256)
+    def parse(value: str | None) -> Annotations:
         if not value:
-            return cls()
-        return cls(tuple(part.strip() for part in value.split(",") if part.strip()))
+            return Annotations()
+        return Annotations(tuple(part.strip() for part in value.split(",") if part.strip()))
 
     def includes(self, name: str) -> bool:
         return any(
@@ -125,9 +128,11 @@ class QueryCompiler:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self._rows = _Cache()
+        self._selects = _Cache()
         self._filters = _Cache()
         self._lexer = ODataLexer()
         self._parser = ODataParser()
+        self._parsing = threading.Lock()  # sly lexers and parsers keep state on the instance
 
     # -- $select -------------------------------------------------------------------------------
 
@@ -135,6 +140,10 @@ class QueryCompiler:
         """The attributes named in `$select`, in request order; None means every column."""
         if text is None or text.strip() in ("", "*"):
             return None
+        key = (table.name, text)
+        cached: tuple[Attribute, ...] | None = self._selects.get(key)
+        if cached is not None:
+            return cached
         chosen: list[Attribute] = []
         for name in (part.strip() for part in text.split(",")):
             attribute = table.by_read_name.get(name)
@@ -142,13 +151,13 @@ class QueryCompiler:
                 raise errors.unknown_property(table.type_name, name)
             if attribute not in chosen:
                 chosen.append(attribute)
-        return tuple(chosen)
+        return self._selects.put(key, tuple(chosen))  # type: ignore[no-any-return]
 
     @staticmethod
     def columns(table: Table, select: tuple[Attribute, ...] | None) -> tuple[Attribute, ...]:
         """What a row carries: the selection (or every column) and the primary key, last."""
         if select is None:
-            return tuple(a for a in table.attributes if a.name != table.primary_id) + (table.key,)
+            return (*(a for a in table.attributes if a.name != table.primary_id), table.key)
         return select if table.key in select else (*select, table.key)
 
     # -- row rendering ---------------------------------------------------------------------------
@@ -160,13 +169,27 @@ class QueryCompiler:
         annotations: Annotations,
         alias: str = "t",
     ) -> str:
-        """SQL producing one row's JSON object text (`@odata.etag` first)."""
-        key = (table.name, select and tuple(a.name for a in select), annotations, alias)
+        """SQL producing one row's JSON object text (`@odata.etag` first).
+
+        Without annotations it is one `json_object()` call; with them, one `printf()` whose
+        arguments are the values and, per column, the annotations text ('' when the value is null).
+        """
+        names = None if select is None else tuple(a.name for a in select)
+        key = (table.name, names, annotations, alias)
         cached: str | None = self._rows.get(key)
         if cached is not None:
             return cached
-        parts = [f"'{{\"@odata.etag\":\"W/\\\"' || {alias}.versionnumber || '\\\"\"'"]
-        for attribute in self.columns(table, select):
+        etag = f"'W/\"' || {alias}.versionnumber || '\"'"
+        columns = self.columns(table, select)
+        if not annotations.patterns:
+            pairs = [f"'@odata.etag', {etag}"]
+            for attribute in columns:
+                column = f'{alias}."{attribute.read_name}"'
+                pairs.append(f"'{attribute.read_name}', {self._value(attribute, column)}")
+            return self._rows.put(key, f"json_object({', '.join(pairs)})")
+        template = ['{"@odata.etag":%s']
+        arguments = [f"json_quote({etag})"]
+        for attribute in columns:
             column = f'{alias}."{attribute.read_name}"'
             notes = self._annotations(attribute, column, alias, annotations)
             if notes:
@@ -174,16 +197,23 @@ class QueryCompiler:
                     f"',\"{attribute.read_name}@{name}\":' || json_quote({expression})"
                     for name, expression in notes
                 )
-                parts.append(f"CASE WHEN {column} IS NULL THEN '' ELSE {rendered} END")
-            parts.append(f"',\"{attribute.read_name}\":' || {self._value(attribute, column)}")
-        parts.append("'}'")
-        return self._rows.put(key, " || ".join(parts))
+                template.append("%s")
+                arguments.append(f"CASE WHEN {column} IS NULL THEN '' ELSE {rendered} END")
+            template.append(f',"{attribute.read_name}":%s')
+            arguments.append(f"json_quote({self._value(attribute, column)})")
+        template.append("}")
+        rendered_row = f"printf({sql_text(''.join(template))}, {', '.join(arguments)})"
+        return self._rows.put(key, rendered_row)
 
     @staticmethod
     def _value(attribute: Attribute, column: str) -> str:
+        """The column as a JSON value for json_object()/json_quote(): booleans as true/false."""
         if attribute.type is AttributeType.BOOLEAN:
-            return f"CASE WHEN {column} IS NULL THEN 'null' WHEN {column} THEN 'true' ELSE 'false' END"
-        return f"json_quote({column})"
+            flag = (
+                f"CASE WHEN {column} IS NULL THEN 'null' WHEN {column} THEN 'true' ELSE 'false' END"
+            )
+            return f"json({flag})"
+        return column
 
     def _annotations(
         self, attribute: Attribute, column: str, alias: str, annotations: Annotations
@@ -209,7 +239,9 @@ class QueryCompiler:
                 notes.append((FORMATTED, label))
         return notes
 
-    def _formatted(self, attribute: Attribute, column: str, alias: str, served: list[Any]) -> str | None:
+    def _formatted(
+        self, attribute: Attribute, column: str, alias: str, served: list[Any]
+    ) -> str | None:
         if attribute.type in CHOICE_TYPES:
             return _case(column, sorted(attribute.option_labels.items()), f"CAST({column} AS TEXT)")
         if attribute.type is AttributeType.BOOLEAN:
@@ -245,7 +277,8 @@ class QueryCompiler:
             if not words:
                 continue
             if len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
-                raise errors.bad_query(f"Syntax error at position {len(part)} in '{text}'.")
+                position = (text or "").find(part) + len(part)
+                raise errors.bad_query(f"Syntax error at position {position} in '{text}'.")
             attribute = table.by_read_name.get(words[0])
             if attribute is None:
                 raise errors.unknown_property(table.type_name, words[0])
@@ -260,7 +293,10 @@ class QueryCompiler:
         column = f'{alias}."{attribute.read_name}"'
         if attribute.is_lookup:
             label = self._formatted(
-                attribute, column, alias, [t for t in attribute.targets if t.table in self.schema.by_name]
+                attribute,
+                column,
+                alias,
+                [t for t in attribute.targets if t.table in self.schema.by_name],
             )
             return f"({label}) COLLATE NOCASE" if label else column
         if attribute.is_text:
@@ -268,7 +304,7 @@ class QueryCompiler:
         return column
 
     def keyset(self, keys: Sequence[OrderKey], last: Sequence[Any], alias: str = "t") -> Compiled:
-        """Rows strictly after `last` in the order of `keys` (NULLs sort first, as in SQL Server)."""
+        """Rows strictly after `last` in the order of `keys` (NULLs first, as in SQL Server)."""
         expressions = [self.sort_expression(key.attribute, alias) for key in keys]
         clauses: list[str] = []
         params: list[Any] = []
@@ -277,7 +313,10 @@ class QueryCompiler:
             if key.descending:
                 if value is None:
                     continue
-                after, after_params = f"({expressions[index]} < ? OR {expressions[index]} IS NULL)", [value]
+                after, after_params = (
+                    f"({expressions[index]} < ? OR {expressions[index]} IS NULL)",
+                    [value],
+                )
             elif value is None:
                 after, after_params = f"{expressions[index]} IS NOT NULL", []
             else:
@@ -308,7 +347,8 @@ class QueryCompiler:
     def parse(self, text: str) -> ast._Node:
         """Parse `$filter` text with odata-query; syntax errors become 400 0x80060888."""
         try:
-            return self._parser.parse(self._lexer.tokenize(text))  # type: ignore[no-any-return]
+            with self._parsing:
+                return self._parser.parse(self._lexer.tokenize(text))  # type: ignore[no-any-return]
         except FunctionCallException as error:
             raise errors.bad_query(f"{error}.") from None
         except Exception as error:  # any other parser failure is a syntax error
@@ -382,12 +422,16 @@ class _FilterCompiler(NodeVisitor):
         result = self.visit(node)
         if isinstance(result, _Operand):
             if result.kind != "bool":
-                raise errors.bad_query("The $filter expression must evaluate to a single boolean value.")
+                raise errors.bad_query(
+                    "The $filter expression must evaluate to a single boolean value."
+                )
             return Compiled(f"({result.sql} = 1)", result.params)
         return result  # type: ignore[no-any-return]
 
     def generic_visit(self, node: ast._Node) -> Any:
-        raise errors.bad_query(f"The query node '{type(node).__name__}' is not supported in $filter.")
+        raise errors.bad_query(
+            f"The query node '{type(node).__name__}' is not supported in $filter."
+        )
 
     # -- operands ---------------------------------------------------------------------------------
 
@@ -421,7 +465,8 @@ class _FilterCompiler(NodeVisitor):
         join = f'n."{other.primary_id}" = {outer.alias}."{attribute.read_name}"'
         if attribute.type_column:
             join += f' AND {outer.alias}."{attribute.type_column}" = {sql_text(other.name)}'
-        return _Operand(f'(SELECT {inner.sql} FROM "{other.name}" n WHERE {join})', (), inner.kind)
+        subquery = f'(SELECT {inner.sql} FROM "{other.name}" n WHERE {join})'
+        return _Operand(subquery, (), inner.kind, column=True)
 
     def visit_String(self, node: ast.String) -> _Operand:
         return _Operand("?", (node.val,), "string")
@@ -450,7 +495,7 @@ class _FilterCompiler(NodeVisitor):
     def visit_Date(self, node: ast.Date) -> _Operand:
         return _Operand("?", (node.val,), "date")
 
-    # -- predicates ---------------------------------------------------------------------------------
+    # -- predicates ----------------------------------------------------------------------------
 
     def _operand(self, node: ast._Node) -> _Operand:
         result = self.visit(node)
@@ -497,7 +542,11 @@ class _FilterCompiler(NodeVisitor):
         if kinds == {"datetime", "date"}:
             column, literal = (left, right) if left.column else (right, left)
             value = literal.params[0] if literal.params else None
-            if column.kind == "datetime" and isinstance(value, str) and not _DATETIME_LITERAL.match(value):
+            if (
+                column.kind == "datetime"
+                and isinstance(value, str)
+                and not _DATETIME_LITERAL.match(value)
+            ):
                 literal = _Operand(literal.sql, (f"{value}T00:00:00Z",), "datetime")
             elif column.kind == "date" and isinstance(value, str):
                 literal = _Operand(literal.sql, (value[:10],), "date")

@@ -215,7 +215,7 @@ class Schema:
         )
 
     def collection(self, table_name: str, navigation: str) -> Reference | None:
-        """The collection-valued navigation `navigation` on `table_name` (e.g. lead_parent_contact)."""
+        """The collection-valued navigation `navigation` of `table_name` (lead_parent_contact)."""
         for reference in self.references_to(table_name):
             if reference.target.relationship == navigation:
                 return reference
@@ -268,7 +268,9 @@ def _choice(
     return Attribute(name, AttributeType.PICKLIST, display, options=options, default=default)
 
 
-def _boolean(name: str, display: str, true: str = "Do Not Allow", false: str = "Allow") -> Attribute:
+def _boolean(
+    name: str, display: str, true: str = "Do Not Allow", false: str = "Allow"
+) -> Attribute:
     return Attribute(name, AttributeType.BOOLEAN, display, labels=(true, false), default=False)
 
 
@@ -277,8 +279,12 @@ def _state(states: dict[int, tuple[str, int]]) -> Attribute:
         Option(value, label, default_status=status) for value, (label, status) in states.items()
     )
     return Attribute(
-        "statecode", AttributeType.STATE, "Status", options=options,
-        required=RequiredLevel.SYSTEM_REQUIRED, create=False,
+        "statecode",
+        AttributeType.STATE,
+        "Status",
+        options=options,
+        required=RequiredLevel.SYSTEM_REQUIRED,
+        create=False,
     )
 
 
@@ -305,26 +311,32 @@ def _system(table: str) -> tuple[Attribute, ...]:
     base = f"lk_{table}base"
     return (
         _lookup(
-            "createdby", "Created By",
+            "createdby",
+            "Created By",
             LookupTarget("systemuser", "createdby", f"{base}_createdby", OnDelete.RESTRICT),
             writable=False,
         ),
         _lookup(
-            "modifiedby", "Modified By",
+            "modifiedby",
+            "Modified By",
             LookupTarget("systemuser", "modifiedby", f"{base}_modifiedby", OnDelete.RESTRICT),
             writable=False,
         ),
         Attribute("createdon", AttributeType.DATETIME, "Created On", create=False, update=False),
         Attribute("modifiedon", AttributeType.DATETIME, "Modified On", create=False, update=False),
-        Attribute("versionnumber", AttributeType.BIGINT, "Version Number", create=False, update=False),
+        Attribute(
+            "versionnumber", AttributeType.BIGINT, "Version Number", create=False, update=False
+        ),
     )
 
 
 def _owner(relationship: str) -> Attribute:
     return _lookup(
-        "ownerid", "Owner",
+        "ownerid",
+        "Owner",
         LookupTarget("systemuser", "ownerid", relationship, OnDelete.RESTRICT),
-        kind=AttributeType.OWNER, required=RequiredLevel.SYSTEM_REQUIRED,
+        kind=AttributeType.OWNER,
+        required=RequiredLevel.SYSTEM_REQUIRED,
     )
 
 
@@ -355,11 +367,22 @@ LEAD = Table(
         _text("telephone1", "Business Phone", 50, format="Phone"),
         _text("mobilephone", "Mobile Phone", 20, format="Phone"),
         _memo("description", "Description", 2000),
-        _choice("leadsourcecode", "Lead Source", {
-            1: "Advertisement", 2: "Employee Referral", 3: "External Referral", 4: "Partner",
-            5: "Public Relations", 6: "Seminar", 7: "Trade Show", 8: "Web", 9: "Word of Mouth",
-            10: "Other",
-        }),
+        _choice(
+            "leadsourcecode",
+            "Lead Source",
+            {
+                1: "Advertisement",
+                2: "Employee Referral",
+                3: "External Referral",
+                4: "Partner",
+                5: "Public Relations",
+                6: "Seminar",
+                7: "Trade Show",
+                8: "Web",
+                9: "Word of Mouth",
+                10: "Other",
+            },
+        ),
         _choice("leadqualitycode", "Rating", {1: "Hot", 2: "Warm", 3: "Cold"}),
         _choice(
             "preferredcontactmethodcode", "Preferred Method of Contact", PREFERRED_CONTACT_METHOD, 1
@@ -368,16 +391,25 @@ LEAD = Table(
         _boolean("donotphone", "Do not allow Phone Calls"),
         _boolean("donotbulkemail", "Do not allow Bulk Emails"),
         _state({0: ("Open", 1), 1: ("Qualified", 3), 2: ("Disqualified", 4)}),
-        _status({
-            1: ("New", 0), 2: ("Contacted", 0), 3: ("Qualified", 1), 4: ("Lost", 2),
-            5: ("Cannot Contact", 2), 6: ("No Longer Interested", 2), 7: ("Canceled", 2),
-        }),
+        _status(
+            {
+                1: ("New", 0),
+                2: ("Contacted", 0),
+                3: ("Qualified", 1),
+                4: ("Lost", 2),
+                5: ("Cannot Contact", 2),
+                6: ("No Longer Interested", 2),
+                7: ("Canceled", 2),
+            }
+        ),
         _lookup(
-            "parentcontactid", "Parent Contact for lead",
+            "parentcontactid",
+            "Parent Contact for lead",
             LookupTarget("contact", "parentcontactid", "lead_parent_contact"),
         ),
         _lookup(
-            "parentaccountid", "Parent Account for lead",
+            "parentaccountid",
+            "Parent Account for lead",
             LookupTarget("account", "parentaccountid", "lead_parent_account"),
         ),
         _owner("owner_leads"),
@@ -415,15 +447,19 @@ CONTACT = Table(
         ),
         Attribute("birthdate", AttributeType.DATETIME, "Birthday", date_only=True),
         _lookup(
-            "parentcustomerid", "Company Name",
-            LookupTarget("account", "parentcustomerid_account", "contact_customer_accounts",
-                         OnDelete.CASCADE),
-            LookupTarget("contact", "parentcustomerid_contact", "contact_customer_contacts",
-                         OnDelete.CASCADE),
+            "parentcustomerid",
+            "Company Name",
+            LookupTarget(
+                "account", "parentcustomerid_account", "contact_customer_accounts", OnDelete.CASCADE
+            ),
+            LookupTarget(
+                "contact", "parentcustomerid_contact", "contact_customer_contacts", OnDelete.CASCADE
+            ),
             kind=AttributeType.CUSTOMER,
         ),
         _lookup(
-            "originatingleadid", "Originating Lead",
+            "originatingleadid",
+            "Originating Lead",
             LookupTarget("lead", "originatingleadid", "contact_originating_lead"),
         ),
         _state(ACTIVE_STATES),
@@ -434,18 +470,39 @@ CONTACT = Table(
 )
 
 INDUSTRIES = (
-    "Accounting", "Agriculture and Non-petrol Natural Resource Extraction",
-    "Broadcasting Printing and Publishing", "Brokers", "Building Supply Retail",
-    "Business Services", "Consulting", "Consumer Services",
-    "Design, Direction and Creative Management", "Distributors, Dispatchers and Processors",
-    "Doctor's Offices and Clinics", "Durable Manufacturing", "Eating and Drinking Places",
-    "Entertainment Retail", "Equipment Rental and Leasing", "Financial",
-    "Food and Tobacco Processing", "Inbound Capital Intensive Processing",
-    "Inbound Repair and Services", "Insurance", "Legal Services",
-    "Non-Durable Merchandise Retail", "Outbound Consumer Service",
-    "Petrochemical Extraction and Distribution", "Service Retail", "SIG Affiliations",
-    "Social Services", "Special Outbound Trade Contractors", "Specialty Realty", "Transportation",
-    "Utility Creation and Distribution", "Vehicle Retail", "Wholesale",
+    "Accounting",
+    "Agriculture and Non-petrol Natural Resource Extraction",
+    "Broadcasting Printing and Publishing",
+    "Brokers",
+    "Building Supply Retail",
+    "Business Services",
+    "Consulting",
+    "Consumer Services",
+    "Design, Direction and Creative Management",
+    "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics",
+    "Durable Manufacturing",
+    "Eating and Drinking Places",
+    "Entertainment Retail",
+    "Equipment Rental and Leasing",
+    "Financial",
+    "Food and Tobacco Processing",
+    "Inbound Capital Intensive Processing",
+    "Inbound Repair and Services",
+    "Insurance",
+    "Legal Services",
+    "Non-Durable Merchandise Retail",
+    "Outbound Consumer Service",
+    "Petrochemical Extraction and Distribution",
+    "Service Retail",
+    "SIG Affiliations",
+    "Social Services",
+    "Special Outbound Trade Contractors",
+    "Specialty Realty",
+    "Transportation",
+    "Utility Creation and Distribution",
+    "Vehicle Retail",
+    "Wholesale",
 )
 
 ACCOUNT = Table(
@@ -466,22 +523,40 @@ ACCOUNT = Table(
         _text("telephone1", "Main Phone", 50, format="Phone"),
         _text("websiteurl", "Website", 200, format="Url"),
         _memo("description", "Description", 2000),
-        _choice("customertypecode", "Relationship Type", {
-            1: "Competitor", 2: "Consultant", 3: "Customer", 4: "Investor", 5: "Partner",
-            6: "Influencer", 7: "Press", 8: "Prospect", 9: "Reseller", 10: "Supplier",
-            11: "Vendor", 12: "Other",
-        }),
+        _choice(
+            "customertypecode",
+            "Relationship Type",
+            {
+                1: "Competitor",
+                2: "Consultant",
+                3: "Customer",
+                4: "Investor",
+                5: "Partner",
+                6: "Influencer",
+                7: "Press",
+                8: "Prospect",
+                9: "Reseller",
+                10: "Supplier",
+                11: "Vendor",
+                12: "Other",
+            },
+        ),
         _choice("industrycode", "Industry", dict(enumerate(INDUSTRIES, start=1))),
         Attribute(
-            "numberofemployees", AttributeType.INTEGER, "Number of Employees",
-            min_value=0, max_value=1_000_000_000,
+            "numberofemployees",
+            AttributeType.INTEGER,
+            "Number of Employees",
+            min_value=0,
+            max_value=1_000_000_000,
         ),
         _lookup(
-            "primarycontactid", "Primary Contact",
+            "primarycontactid",
+            "Primary Contact",
             LookupTarget("contact", "primarycontactid", "account_primary_contact"),
         ),
         _lookup(
-            "parentaccountid", "Parent Account",
+            "parentaccountid",
+            "Parent Account",
             LookupTarget("account", "parentaccountid", "account_parent_account"),
         ),
         _boolean("marketingonly", "Marketing Only", "Yes", "No"),
@@ -515,24 +590,41 @@ SYSTEMUSER = Table(
         _text("lastname", "Last Name", 256, required=RequiredLevel.APPLICATION_REQUIRED),
         _text("fullname", "Full Name", 200, read_only=True),
         _text(
-            "internalemailaddress", "Primary Email", 100,
-            required=RequiredLevel.SYSTEM_REQUIRED, format="Email",
+            "internalemailaddress",
+            "Primary Email",
+            100,
+            required=RequiredLevel.SYSTEM_REQUIRED,
+            format="Email",
         ),
         _text("domainname", "User Name", 1024, required=RequiredLevel.SYSTEM_REQUIRED),
         Attribute(
-            "azureactivedirectoryobjectid", AttributeType.UNIQUEIDENTIFIER, "Azure AD Object ID",
-            create=False, update=False,
+            "azureactivedirectoryobjectid",
+            AttributeType.UNIQUEIDENTIFIER,
+            "Azure AD Object ID",
+            create=False,
+            update=False,
         ),
         Attribute("applicationid", AttributeType.UNIQUEIDENTIFIER, "Application ID"),
         _boolean("isdisabled", "Status", "Disabled", "Enabled"),
-        _choice("accessmode", "Access Mode", {
-            0: "Read-Write", 1: "Administrative", 2: "Read", 3: "Support User",
-            4: "Non-interactive", 5: "Delegated Admin",
-        }, 0),
+        _choice(
+            "accessmode",
+            "Access Mode",
+            {
+                0: "Read-Write",
+                1: "Administrative",
+                2: "Read",
+                3: "Support User",
+                4: "Non-interactive",
+                5: "Delegated Admin",
+            },
+            0,
+        ),
         _lookup(
-            "businessunitid", "Business Unit",
-            LookupTarget("businessunit", "businessunitid", "business_unit_system_users",
-                         OnDelete.RESTRICT),
+            "businessunitid",
+            "Business Unit",
+            LookupTarget(
+                "businessunit", "businessunitid", "business_unit_system_users", OnDelete.RESTRICT
+            ),
             required=RequiredLevel.SYSTEM_REQUIRED,
         ),
         *_system("systemuser"),

@@ -11,15 +11,12 @@ through the same write path as the Web API.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import random
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
 
@@ -28,8 +25,7 @@ from emulator.schema import ACCOUNT, CONTACT, LEAD, SYSTEMUSER, Table
 from emulator.storage import WriteTx
 
 T = TypeVar("T")
-CHUNK = 25_000
-PARALLEL_FROM = 100_000
+CHUNK = 50_000
 YEAR = 365 * 24 * 3600
 
 FIRST_NAMES = (
@@ -91,19 +87,25 @@ class ContactRef:
 
 @cache
 def _ascii(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.replace("ø", "o").replace("Ø", "O").replace("ł", "l").replace("Ł", "L"))
+    decomposed = unicodedata.normalize(
+        "NFKD", text.replace("ø", "o").replace("Ø", "O").replace("ł", "l").replace("Ł", "L")
+    )
     return "".join(c for c in decomposed if c.isascii() and (c.isalnum() or c in "-")).lower()
 
 
 @cache
 def _slug(company: str) -> str:
-    return "".join(c for c in _ascii(company.replace(" ", "-")) if c.isalnum() or c == "-").strip("-")
+    return "".join(c for c in _ascii(company.replace(" ", "-")) if c.isalnum() or c == "-").strip(
+        "-"
+    )
 
 
 @cache
 def _times_of_day() -> tuple[str, ...]:
-    """"HH:MM:SS" for every second of a day (formatting them per row is the slow part of seeding)."""
-    return tuple(f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60))
+    """Every second of a day as "HH:MM:SS" (formatting them per row would slow seeding down)."""
+    return tuple(
+        f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)
+    )
 
 
 class Generator:
@@ -115,6 +117,9 @@ class Generator:
         self._bits = self.random.getrandbits
         self.anchor = int(anchor.timestamp())
         self._days: dict[int, str] = {}
+
+    def bits(self) -> int:
+        return self._bits(128)
 
     def guid(self, number: int | None = None) -> str:
         """A version-4 GUID (lower case) made from `number`, or from 128 random bits."""
@@ -162,6 +167,13 @@ class Generator:
 
     def phone(self) -> str:
         return f"+1 555 {100 + self.below(900)} {1000 + self.below(9000)}"
+
+    def stamps(self, count: int) -> tuple[list[str], list[str]]:
+        """`count` (createdon, modifiedon) pairs: created within the year before the anchor."""
+        draw, anchor, stamp = self._draw, self.anchor, self.stamp
+        created = [anchor - 60 - int(draw() * (YEAR - 60)) for _ in range(count)]
+        modified = [c + int(draw() * (anchor - c)) for c in created]
+        return [stamp(c) for c in created], [stamp(m) for m in modified]
 
 
 @cache
@@ -212,7 +224,11 @@ def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
 
 def account(gen: Generator, index: int, owners: list[str]) -> dict[str, Any]:
     base = COMPANIES[index % len(COMPANIES)]
-    name = base if index < len(COMPANIES) else f"{base} ({CITIES[index // len(COMPANIES) % len(CITIES)]} {index // len(COMPANIES)})"
+    name = (
+        base
+        if index < len(COMPANIES)
+        else f"{base} ({CITIES[index // len(COMPANIES) % len(CITIES)]} {index // len(COMPANIES)})"
+    )
     owner = gen.pick(owners)
     created, modified = gen.created_modified()
     domain = f"{_slug(name)}.example"
@@ -222,7 +238,8 @@ def account(gen: Generator, index: int, owners: list[str]) -> dict[str, Any]:
         "customertypecode": gen.pick((3, 3, 3, 8, 8, 5, 9)),
         "industrycode": 1 + gen.below(33),
         "numberofemployees": gen.pick((10, 25, 50, 120, 500, 2000, 15000)),
-        "marketingonly": 0, "donotemail": int(gen.chance(0.03)), "donotphone": int(gen.chance(0.05)),
+        "marketingonly": 0, "donotemail": int(gen.chance(0.03)),
+        "donotphone": int(gen.chance(0.05)),
         "preferredcontactmethodcode": 1, "statecode": 0, "statuscode": 1,
         **_system_values(owner, created, modified),
     }  # fmt: skip
@@ -247,8 +264,9 @@ def contact(
         "telephone1": gen.phone(), "mobilephone": gen.phone() if gen.chance(0.6) else None,
         "jobtitle": gen.pick(JOB_TITLES),
         "accountrolecode": gen.pick((1, 2, 2, 3, None)),
-        "marketingonly": 0, "donotemail": int(gen.chance(0.05)), "donotphone": int(gen.chance(0.08)),
-        "donotbulkemail": int(gen.chance(0.04)), "preferredcontactmethodcode": gen.pick((1, 1, 2, 3)),
+        "marketingonly": 0, "donotemail": int(gen.chance(0.05)),
+        "donotphone": int(gen.chance(0.08)), "donotbulkemail": int(gen.chance(0.04)),
+        "preferredcontactmethodcode": gen.pick((1, 1, 2, 3)),
         "_parentcustomerid_value": company["accountid"] if company else None,
         "parentcustomeridtype": "account" if company else None,
         "statecode": 1 if inactive else 0, "statuscode": 2 if inactive else 1,
@@ -257,7 +275,7 @@ def contact(
 
 
 class LeadFactory:
-    """Makes lead rows as tuples in storage column order, fast enough for a million rows.
+    """Makes lead rows as tuples in storage column order, column by column (a million is fast).
 
     One third are orphans (30% of those borrow a contact's name and email, in another spelling),
     the rest belong to a contact (70% also to its account). 80% open, 10% qualified, 10%
@@ -271,53 +289,71 @@ class LeadFactory:
         self.owners = owners
         self.contacts = contacts
         self.domains = [(company, f"{_slug(company)}.example") for company in COMPANIES]
-        self.slots = {name: index for index, name in enumerate(self.columns)}
 
-    def row(self, record_id: str) -> tuple[Any, ...]:
+    def _person(self) -> tuple[str, str, str, str, str | None, str | None]:
+        """(first, last, email, company, parent contact id, parent account id)."""
         gen, draw, contacts = self.gen, self.gen._draw, self.contacts
-        parent: ContactRef | None = None
-        account_id: str | None = None
         if draw() < 1 / 3 or not contacts:
             if contacts and draw() < 0.3:
                 shared = contacts[int(draw() * len(contacts))]
-                first, last, company = shared.person.first, shared.person.last, shared.company
                 email = gen.vary(shared.person.email.strip().lower())
-            else:
-                company, domain = self.domains[int(draw() * len(self.domains))]
-                person = gen.person(domain)
-                first, last, email = person.first, person.last, person.email
-        else:
-            parent = contacts[int(draw() * len(contacts))]
-            first, last, email = parent.person.first, parent.person.last, parent.person.email
-            company = parent.company or COMPANIES[int(draw() * len(COMPANIES))]
-            account_id = parent.account_id if draw() < 0.7 else None
+                company = shared.company or COMPANIES[int(draw() * len(COMPANIES))]
+                return shared.person.first, shared.person.last, email, company, None, None
+            company, domain = self.domains[int(draw() * len(self.domains))]
+            person = gen.person(domain)
+            return person.first, person.last, person.email, company, None, None
+        parent = contacts[int(draw() * len(contacts))]
+        company = parent.company or COMPANIES[int(draw() * len(COMPANIES))]
+        account_id = parent.account_id if draw() < 0.7 else None
+        person = parent.person
+        return person.first, person.last, person.email, company, parent.contact_id, account_id
+
+    def _state(self) -> tuple[int, int]:
+        draw = self.gen._draw
         roll = draw()
         if roll < 0.8:
-            state, status = 0, (1, 1, 2)[int(draw() * 3)]
-        elif roll < 0.9:
-            state, status = 1, 3
-        else:
-            state, status = 2, 4 + int(draw() * 4)
-        owner = self.owners[int(draw() * len(self.owners))]
-        created, modified = gen.created_modified()
-        values = {
-            "leadid": record_id, "firstname": first, "lastname": last, "fullname": f"{first} {last}",
-            "subject": CONFERENCE if draw() < 0.1 else TOPICS[int(draw() * len(TOPICS))],
-            "companyname": company, "jobtitle": JOB_TITLES[int(draw() * len(JOB_TITLES))],
-            "emailaddress1": email, "telephone1": gen.phone(),
-            "mobilephone": gen.phone() if draw() < 0.5 else None,
-            "description": "Met at the booth; asked for a follow-up call." if draw() < 0.1 else None,
-            "leadsourcecode": 1 + int(draw() * 10) if draw() < 0.95 else None,
-            "leadqualitycode": (1, 2, 2, 3, None)[int(draw() * 5)],
-            "preferredcontactmethodcode": (1, 1, 2, 3)[int(draw() * 4)],
-            "donotemail": int(draw() < 0.05), "donotphone": int(draw() < 0.1),
-            "donotbulkemail": int(draw() < 0.05), "statecode": state, "statuscode": status,
-            "_parentcontactid_value": parent.contact_id if parent else None,
-            "_parentaccountid_value": account_id, "_ownerid_value": owner,
-            "_createdby_value": owner, "_modifiedby_value": owner,
+            return 0, (1, 1, 2)[int(draw() * 3)]
+        if roll < 0.9:
+            return 1, 3
+        return 2, 4 + int(draw() * 4)
+
+    def rows(self, ids: list[str]) -> list[tuple[Any, ...]]:
+        gen, draw, count = self.gen, self.gen._draw, len(ids)
+        people = [self._person() for _ in ids]
+        states = [self._state() for _ in ids]
+        owners = [self.owners[int(draw() * len(self.owners))] for _ in ids]
+        created, modified = gen.stamps(count)
+        phones = [gen.phone() for _ in range(min(count, 5000))]
+        first, last = [p[0] for p in people], [p[1] for p in people]
+
+        def some(values: Sequence[Any], probability: float = 1.0) -> list[Any]:
+            size = len(values)
+            return [values[int(draw() * size)] if draw() < probability else None for _ in ids]
+
+        def flags(probability: float) -> list[int]:
+            return [int(draw() < probability) for _ in ids]
+
+        columns: dict[str, list[Any]] = {
+            "leadid": ids, "firstname": first, "lastname": last,
+            "fullname": [f"{a} {b}" for a, b in zip(first, last, strict=True)],
+            "subject": [
+                CONFERENCE if draw() < 0.1 else TOPICS[int(draw() * len(TOPICS))] for _ in ids
+            ],
+            "companyname": [p[3] for p in people], "jobtitle": some(JOB_TITLES),
+            "emailaddress1": [p[2] for p in people], "telephone1": some(phones),
+            "mobilephone": some(phones, 0.5),
+            "description": some(("Met at the booth; asked for a follow-up call.",), 0.1),
+            "leadsourcecode": some(range(1, 11), 0.95), "leadqualitycode": some((1, 2, 2, 3, None)),
+            "preferredcontactmethodcode": some((1, 1, 2, 3)),
+            "donotemail": flags(0.05), "donotphone": flags(0.1), "donotbulkemail": flags(0.05),
+            "statecode": [s[0] for s in states], "statuscode": [s[1] for s in states],
+            "_parentcontactid_value": [p[4] for p in people],
+            "_parentaccountid_value": [p[5] for p in people],
+            "_ownerid_value": owners, "_createdby_value": owners, "_modifiedby_value": owners,
             "createdon": created, "modifiedon": modified,
         }  # fmt: skip
-        return tuple(map(values.get, self.columns))
+        empty = [None] * count
+        return list(zip(*(columns.get(name, empty) for name in self.columns), strict=True))
 
 
 def contact_ref(row: dict[str, Any], accounts: dict[str, str]) -> ContactRef:
@@ -330,36 +366,23 @@ def contact_ref(row: dict[str, Any], accounts: dict[str, str]) -> ContactRef:
     )
 
 
-def _lead_chunk(task: tuple[int, int, int, int, int, list[str], list[ContactRef]]) -> list[tuple[Any, ...]]:
-    """Rows of one chunk of leads; chunk `index` of `chunks` owns one slice of the id space, so
-    concatenating the chunks in order gives rows sorted by id (fast appends to the key)."""
-    seed, index, chunks, count, anchor, owners, refs = task
-    gen = Generator(seed * 1_000_003 + index, datetime.fromtimestamp(anchor, UTC))
-    low = (index << 128) // chunks
-    width = ((index + 1) << 128) // chunks - low
-    factory = LeadFactory(gen, owners, refs)
-    return sorted(factory.row(gen.guid(low + gen.random.randrange(width))) for _ in range(count))
-
-
 def _lead_rows(
-    seed: int, count: int, anchor: datetime, owners: list[str], refs: list[ContactRef]
+    gen: Generator, count: int, owners: list[str], refs: list[ContactRef]
 ) -> Iterator[tuple[Any, ...]]:
-    """All lead rows in id order; big seeds are generated by worker processes, chunk by chunk."""
+    """All lead rows in id order, made chunk by chunk: chunk i takes ids from the i-th slice of
+    the id space, so the chunks come out sorted (inserts append to the primary key)."""
+    factory = LeadFactory(gen, owners, refs)
     chunks = max(1, -(-count // CHUNK))
-    tasks = [
-        (seed, index, chunks, count // chunks + (index < count % chunks), int(anchor.timestamp()), owners, refs)
-        for index in range(chunks)
-    ]
-    if count < PARALLEL_FROM:
-        for task in tasks:
-            yield from _lead_chunk(task)
-        return
-    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 2) as pool:
-        for rows in pool.imap(_lead_chunk, tasks):
-            yield from rows
+    for index in range(chunks):
+        low = (index << 128) // chunks
+        width = ((index + 1) << 128) // chunks - low
+        size = count // chunks + (index < count % chunks)
+        yield from factory.rows(sorted(gen.guid(low + gen.bits() % width) for _ in range(size)))
 
 
-def seed(tx: WriteTx, *, seed: int, leads: int, contacts: int, anchor: datetime, client_id: str) -> dict[str, int]:
+def seed(
+    tx: WriteTx, *, seed: int, leads: int, contacts: int, anchor: datetime, client_id: str
+) -> dict[str, int]:
     """Fill empty tables; returns the row count per table."""
     gen = Generator(seed, anchor)
     users = _users(gen, client_id)
@@ -377,12 +400,12 @@ def seed(tx: WriteTx, *, seed: int, leads: int, contacts: int, anchor: datetime,
         refs.append(contact_ref(row, names))
         contact_rows.append(_row(CONTACT, row))
     tx.bulk_insert(CONTACT, _columns(CONTACT), contact_rows)
-    tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(seed, leads, anchor, owners, refs))
+    tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(gen, leads, owners, refs))
     return {"systemuser": len(users), "account": len(accounts), "contact": contacts, "lead": leads}
 
 
 def _mutation(gen: Generator, table: Table, current: dict[str, Any]) -> dict[str, Any]:
-    """One realistic edit of a row: a new phone, title, rating, email spelling, or a state change."""
+    """One realistic edit: a new phone, title, rating, email spelling, or a state change."""
     email = (current.get("emailaddress1") or "").strip()
     choices: list[dict[str, Any]] = [{"telephone1": gen.phone()}]
     if table is LEAD:
@@ -419,7 +442,7 @@ def _maker(
         rows = tx.rows(f'SELECT {", ".join(columns)} FROM "contact" ORDER BY contactid LIMIT 1000')
         refs = [contact_ref(dict(zip(columns, row, strict=True)), names) for row in rows]
         factory = LeadFactory(gen, owners, refs)
-        return lambda: dict(zip(factory.columns, factory.row(gen.guid()), strict=True))
+        return lambda: dict(zip(factory.columns, factory.rows([gen.guid()])[0], strict=True))
     if table is CONTACT:
         accounts = [
             {"accountid": row[0], "websiteurl": row[1]}
@@ -430,7 +453,14 @@ def _maker(
 
 
 def churn(
-    tx: WriteTx, table: Table, *, creates: int, updates: int, deletes: int, seed: int, anchor: datetime
+    tx: WriteTx,
+    table: Table,
+    *,
+    creates: int,
+    updates: int,
+    deletes: int,
+    seed: int,
+    anchor: datetime,
 ) -> dict[str, list[str]]:
     """Random creates, updates and deletes on lead, contact or account (cascades included)."""
     gen = Generator(seed, anchor)

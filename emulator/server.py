@@ -1,14 +1,16 @@
 """The HTTPS server and the command line (`python -m emulator`, `dvconnect emulator`).
 
 A `ThreadingHTTPServer` on 127.0.0.1 with a `trustme` certificate: one thread per keep-alive
-connection, the TLS handshake done in that thread, `TCP_NODELAY`, and each response written in
-one piece, so a fault can also close a connection without writing anything. On start it prints
+connection, the TLS handshake done in that thread, `TCP_NODELAY`, a lean HTTP/1.1 request parser,
+and each response written in one piece, so a fault can also close a connection without writing
+anything. On start it prints
 the environment lines a client needs, then serves until SIGTERM or SIGINT (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ import tempfile
 import threading
 from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from urllib.parse import unquote
@@ -43,33 +45,70 @@ from emulator.wire import Request, Response
 DEFAULT_TENANT = "00000000-0000-0000-0000-0000000000aa"
 HOST = "127.0.0.1"
 NO_BODY = frozenset({204, 304})
+MAX_LINE = 65_536
+MAX_HEADERS = 100
 
 logger = logging.getLogger("emulator")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Reads a request, hands it to the emulator, writes the response in one send (or drops)."""
+class _Handler(socketserver.StreamRequestHandler):
+    """A lean HTTP/1.1 keep-alive loop: parse a request, hand it to the emulator, write the
+    response in one send, or drop the connection without answering."""
 
-    protocol_version = "HTTP/1.1"
-    server_version = "dvconnect-emulator"
-    sys_version = ""
     timeout = 300
     server: EmulatorServer
 
-    def _serve(self) -> None:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self._write(Response(411, (("Content-Type", "text/plain"),), b"Content-Length required"))
-            self.close_connection = True
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        raw_path, _, query = self.path.partition("?")
+    def handle(self) -> None:
+        self.close_connection = False
+        while not self.close_connection:
+            try:
+                request = self._read()
+            except TimeoutError:
+                return
+            if request is None:
+                return
+            response = self.server.emulator.handle(request)
+            if response.drop:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._write(response, request.method)
+
+    def _read(self) -> Request | None:
+        """The next request on the connection; None when it closed or sent something unusable."""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            return None
+        parts = line.decode("latin-1").split()
+        if len(line) > MAX_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._refuse(400, "Bad request line")
+            return None
+        method, target, version = parts
         headers: dict[str, str] = {}
-        for key, value in self.headers.items():
-            name = key.lower()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        request = Request(
-            method=self.command,
+        while True:
+            raw = self.rfile.readline(MAX_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            if len(raw) > MAX_LINE or len(headers) >= MAX_HEADERS:
+                self._refuse(431, "Request header fields too large")
+                return None
+            name, _, value = raw.decode("latin-1").partition(":")
+            key, value = name.strip().lower(), value.strip()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        connection = headers.get("connection", "").lower()
+        self.close_connection = connection == "close" or (
+            version == "HTTP/1.0" and connection != "keep-alive"
+        )
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._refuse(411, "Content-Length required")
+            return None
+        if headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        length = headers.get("content-length", "0")
+        body = self.rfile.read(int(length)) if length.isdigit() and int(length) > 0 else b""
+        raw_path, _, query = target.partition("?")
+        return Request(
+            method=method,
             path=unquote(raw_path),
             raw_path=raw_path,
             query=query,
@@ -77,32 +116,22 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             peer=self.client_address[0],
         )
-        response = self.server.emulator.handle(request)
-        if response.drop:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        self._write(response)
 
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    def _refuse(self, status: int, reason: str) -> None:
+        self.close_connection = True
+        self._write(Response(status, (("Content-Type", "text/plain"),), reason.encode()), "GET")
 
-    def _write(self, response: Response) -> None:
+    def _write(self, response: Response, method: str) -> None:
         status = response.status
         lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
         lines += [f"{key}: {value}" for key, value in response.headers]
-        body = b"" if status in NO_BODY or self.command == "HEAD" else response.body
+        body = b"" if status in NO_BODY or method == "HEAD" else response.body
         if status not in NO_BODY:
             lines.append(f"Content-Length: {len(response.body)}")
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.wfile.write(head + body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        logger.debug("%s " + format, self.client_address[0], *args)
 
 
 class EmulatorServer(ThreadingHTTPServer):
@@ -174,7 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--retention-days", type=int, default=7, help="change-tracking retention")
     add("--faults", default="", help="fault rules, e.g. '429:every=5,drop:at=3;7'")
     add("--fault-seed", type=int, default=0, help="seed of the fault RNG")
-    add("--no-change-tracking", default="", help="tables without change tracking, e.g. lead,contact")
+    add(
+        "--no-change-tracking", default="", help="tables without change tracking, e.g. lead,contact"
+    )
     add("--now", help="start the emulator clock at this ISO-8601 time")
     add("--log-level", default="WARNING", help="logging level on stderr")
     return parser
@@ -196,20 +227,29 @@ def _seed_if_needed(ctx: Context, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the emulator until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad options."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or bad usage (argparse printed why)
+        return int(exit_.code or 0)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
         rules = parse_spec(args.faults)
     except FaultSpecError as error:
         print(f"emulator: --faults: {error}", file=sys.stderr)
         return 2
-    untracked = frozenset(name.strip() for name in args.no_change_tracking.split(",") if name.strip())
+    untracked = frozenset(
+        name.strip() for name in args.no_change_tracking.split(",") if name.strip()
+    )
     unknown = untracked - set(SCHEMA.by_name)
     if unknown:
-        print(f"emulator: --no-change-tracking: unknown table(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        print(
+            f"emulator: --no-change-tracking: unknown table(s) {', '.join(sorted(unknown))}",
+            file=sys.stderr,
+        )
         return 2
     certificate = None
     if args.client_certificate is not None:
@@ -274,7 +314,9 @@ def _serve(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    thread = threading.Thread(target=server.serve_forever, name="emulator-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.1,), name="emulator-server", daemon=True
+    )
     thread.start()
     print(
         f"DVCONNECT_DATAVERSE_URL={origin}\n"
@@ -286,7 +328,7 @@ def _serve(
         "emulator ready",
         flush=True,
     )
-    while not stop.wait(0.5):
+    while not stop.wait(0.1):
         pass
     server.shutdown()
     server.server_close()

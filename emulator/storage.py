@@ -11,6 +11,7 @@ connection per thread in WAL mode and never block writers. Text columns compare 
 from __future__ import annotations
 
 import itertools
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -84,7 +85,8 @@ def schema_ddl(schema: Schema) -> str:
         f"CREATE TABLE IF NOT EXISTS {TOMBSTONES} (tablename TEXT NOT NULL, id TEXT NOT NULL, "
         "versionnumber INTEGER NOT NULL, deletedon TEXT NOT NULL, PRIMARY KEY (tablename, id)) "
         "WITHOUT ROWID",
-        f"CREATE INDEX IF NOT EXISTS {TOMBSTONES}_version ON {TOMBSTONES} (tablename, versionnumber)",
+        f"CREATE INDEX IF NOT EXISTS {TOMBSTONES}_version "
+        f"ON {TOMBSTONES} (tablename, versionnumber)",
     ]
     for table in schema.tables:
         columns = ", ".join(_column_ddl(table))
@@ -118,7 +120,8 @@ class Store:
         )
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA temp_store=MEMORY")
-        connection.execute("PRAGMA cache_size=-65536")
+        connection.execute("PRAGMA cache_size=-16384")
+        connection.execute("PRAGMA mmap_size=1073741824")
         connection.execute("PRAGMA busy_timeout=10000")
         connection.create_function("dv_fold", 1, fold, deterministic=True)
         return connection
@@ -222,7 +225,7 @@ class WriteTx:
         return version
 
     def update(self, table: Table, record_id: str, values: dict[str, Any]) -> int:
-        """Update one existing row (even with no changed values: a write always bumps the version)."""
+        """Update one existing row (a write always bumps the version, changed or not)."""
         version = self._next_version()
         row = {**values, "versionnumber": version}
         assignments = ", ".join(f'"{column}" = ?' for column in row)
@@ -273,7 +276,9 @@ class WriteTx:
             (table.name, record_id, self._next_version(), self.now),
         )
 
-    def bulk_insert(self, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    def bulk_insert(
+        self, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
         """Load many new rows fast (seeding): indexes are rebuilt once after streaming the rows.
 
         Each row gets the next version; rows should come in primary-key order. Returns the count.
@@ -285,8 +290,10 @@ class WriteTx:
         marks = ", ".join("?" * (len(columns) + 1))
         start = self.version
         counter = itertools.count(start + 1)
-        versioned = ((*row, next(counter)) for row in rows)
-        self._connection.executemany(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', versioned)
+        versioned = map(operator.add, map(tuple, rows), zip(counter))
+        self._connection.executemany(
+            f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', versioned
+        )
         self.version = next(counter) - 1
         for sql in indexes.values():
             self._connection.execute(sql)
@@ -300,4 +307,3 @@ class WriteTx:
 
     def set_meta(self, key: str, value: str) -> None:
         self._connection.execute(f"INSERT OR REPLACE INTO {META} VALUES (?, ?)", (key, value))
-

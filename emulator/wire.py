@@ -7,10 +7,11 @@ one piece, or drops the connection for (`drop=True`, fault injection).
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -59,7 +60,7 @@ class Prefer:
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request: decoded `path`, the raw path and query as received, headers (lower-case)."""
+    """One HTTP request: decoded `path`, raw path and query as received, lower-case headers."""
 
     method: str
     path: str
@@ -72,38 +73,49 @@ class Request:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
-    @cached_property
+    @property
     def prefer(self) -> Prefer:
-        return Prefer.parse(self.header("prefer"))
+        return _prefer(self.headers.get("prefer"))
 
-    @cached_property
-    def options(self) -> list[tuple[str, str]]:
+    @property
+    def options(self) -> tuple[tuple[str, str], ...]:
         """Query options in order, `+` read as a space (as ASP.NET and requests do)."""
-        return parse_qsl(self.query, keep_blank_values=True)
+        return _options(self.query)
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8"))
 
 
+@lru_cache(maxsize=1024)
+def _prefer(header: str | None) -> Prefer:
+    return Prefer.parse(header)
+
+
+@lru_cache(maxsize=1024)
+def _options(query: str) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query, keep_blank_values=True))
+
+
+def new_guid() -> str:
+    """A random GUID for request ids (not a secret, so the fast generator will do)."""
+    text = f"{random.getrandbits(128):032x}"
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-a{text[17:20]}-{text[20:]}"
+
+
 @dataclass(frozen=True)
 class Response:
+    """An HTTP response; `drop=True` closes the connection instead of sending it (faults)."""
+
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     drop: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
 
     def with_headers(self, *headers: tuple[str, str]) -> Response:
-        return Response(self.status, self.headers + headers, self.body, self.drop, self.extra)
+        return Response(self.status, self.headers + headers, self.body, self.drop)
 
     def dropped(self) -> Response:
-        return Response(self.status, self.headers, self.body, True, self.extra)
+        return Response(self.status, self.headers, self.body, True)
 
 
 def dumps(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""Web API writes (§7–8): create, upsert/update with conditions, delete, `@odata.bind`.
+"""Web API writes (§7-8): create, upsert/update with conditions, delete, `@odata.bind`.
 
 The record operations (`create`, `upsert`, `delete`) take an open `WriteTx`, so a later `$batch`
 change set can run several in one transaction. Bodies are validated against the schema: unknown
@@ -60,7 +60,9 @@ def _guid(value: object, table: Table, name: str) -> str:
 
 def _type_error(value: object, edm: str) -> errors.ApiError:
     literal = json.dumps(value) if not isinstance(value, str) else value
-    return errors.payload_error(f"Cannot convert the literal '{literal}' to the expected type '{edm}'.")
+    return errors.payload_error(
+        f"Cannot convert the literal '{literal}' to the expected type '{edm}'."
+    )
 
 
 def coerce(table: Table, attribute: Attribute, value: object) -> object:
@@ -100,14 +102,17 @@ def coerce(table: Table, attribute: Attribute, value: object) -> object:
     raise errors.payload_error(f"The property '{attribute.name}' cannot be written.")
 
 
-def _bind(ctx: Context, tx: WriteTx, target: LookupTarget, navigation: str, value: object) -> str | None:
+def _bind(
+    ctx: Context, tx: WriteTx, target: LookupTarget, navigation: str, value: object
+) -> str | None:
     """The id an `x@odata.bind` value points at (checked to exist), or None to clear the lookup."""
     if value is None:
         return None
     match = _BIND.match(value) if isinstance(value, str) else None
     if match is None:
+        example = ctx.schema.by_name[target.table].entity_set
         raise errors.payload_error(
-            f"The value of '{navigation}@odata.bind' must be a URL like '/{target.table}s(<id>)'."
+            f"The value of '{navigation}@odata.bind' must be a URL like '/{example}(<id>)'."
         )
     other = ctx.schema.by_set.get(match.group(1))
     if other is None or other.name != target.table:
@@ -132,7 +137,8 @@ def _values(
         if key.startswith("@"):
             if key == "@odata.type" and str(value).lstrip("#") != table.type_name:
                 raise errors.payload_error(
-                    f"The entity type '{str(value).lstrip('#')}' does not match '{table.type_name}'."
+                    f"The entity type '{str(value).lstrip('#')}' does not match "
+                    f"'{table.type_name}'."
                 )
             continue
         name, annotated, annotation = key.partition("@")
@@ -148,67 +154,70 @@ def _values(
                 if attribute.type_column:
                     values[attribute.type_column] = target.table if value is not None else None
             continue
-        attribute = table.by_name.get(key)
-        if attribute is None or attribute.is_lookup:
+        column = table.by_name.get(key)
+        if column is None or column.is_lookup:
             if key in table.navigations:
                 if isinstance(value, dict):
                     raise errors.not_implemented("Deep insert")
                 raise errors.payload_error(
                     "A node of type 'PrimitiveValue' was read from the JSON reader when trying to "
-                    f"read the contents of the navigation property '{key}'; however, a 'StartObject' "
-                    "node was expected."
+                    f"read the contents of the navigation property '{key}'; however, a "
+                    "'StartObject' node was expected."
                 )
             raise errors.invalid_property(table.type_name, key)
-        if attribute.name == table.primary_id:
+        if column.name == table.primary_id:
             continue
-        if not (attribute.create if creating else attribute.update):
-            if creating and attribute.type is AttributeType.STATE:
+        if not (column.create if creating else column.update):
+            if creating and column.type is AttributeType.STATE:
                 raise errors.invalid_argument(
-                    f"The '{attribute.name}' attribute of the '{table.name}' entity is not valid "
+                    f"The '{column.name}' attribute of the '{table.name}' entity is not valid "
                     "for create: records are created in their default state."
                 )
             continue
-        values[attribute.read_name] = coerce(table, attribute, value)
+        values[column.read_name] = coerce(table, column, value)
     return values
 
 
-def _state_option(table: Table, state: int) -> int | None:
-    attribute = table.by_name["statecode"]
-    for option in attribute.options:
-        if option.value == state:
-            return option.default_status
-    return None
+def default_status(table: Table, state: int) -> int | None:
+    """The status a state takes when only statecode is written (§13)."""
+    options = table.by_name["statecode"].options
+    return next((o.default_status for o in options if o.value == state), None)
 
 
-def _check_status(ctx: Context, table: Table, values: dict[str, Any], current: dict[str, Any] | None) -> None:
-    """Fill or validate statuscode against statecode (§7.8; U20, U21)."""
-    if "statecode" not in table.by_name:
-        return
-    state_changed = "statecode" in values
-    state = values.get("statecode", current["statecode"] if current else 0)
-    if state is None:
-        raise errors.invalid_argument("statecode cannot be null.")
-    if (
-        state_changed
-        and table.name == "lead"
-        and state == 1
-        and not ctx.config.allow_lead_qualify_patch
-        and (current is None or current["statecode"] != 1)
-    ):
-        raise errors.invalid_argument("A lead can be qualified only through the QualifyLead action.")
-    status = values.get("statuscode")
-    if status is None:
-        if state_changed or current is None or "statuscode" in values:
-            values["statuscode"] = _state_option(table, state)
-        return
+def _check_pair(table: Table, state: int, status: int) -> None:
+    """U20: a statuscode must belong to the statecode it is written with."""
     option = next(o for o in table.by_name["statuscode"].options if o.value == status)
     if option.state != state:
-        raise errors.invalid_argument(f"{status} is not a valid status code for state code {state}.")
+        raise errors.invalid_argument(
+            f"{status} is not a valid status code for state code {state}."
+        )
+
+
+def _check_status(
+    ctx: Context, table: Table, values: dict[str, Any], current: dict[str, Any]
+) -> None:
+    """Validate a state change of an update (§7.8; U20, U21) and fill the default status."""
+    if "statecode" not in table.by_name or not {"statecode", "statuscode"} & values.keys():
+        return
+    state = values.get("statecode", current["statecode"])
+    if state is None:
+        raise errors.invalid_argument("statecode cannot be null.")
+    qualifying = table.name == "lead" and state == 1 and current["statecode"] != 1
+    if qualifying and not ctx.config.allow_lead_qualify_patch:
+        raise errors.invalid_argument(
+            "A lead can be qualified only through the QualifyLead action."
+        )
+    if values.get("statuscode") is None:
+        values["statuscode"] = default_status(table, state)
+    else:
+        _check_pair(table, state, values["statuscode"])
 
 
 def fill_fullname(table: Table, values: dict[str, Any], current: dict[str, Any] | None) -> None:
     """Compute `fullname` from first and last name when either is written (or on create)."""
-    if not table.computed_fullname or not ({"firstname", "lastname"} & values.keys() or current is None):
+    if not table.computed_fullname or not (
+        {"firstname", "lastname"} & values.keys() or current is None
+    ):
         return
     merged = {**(current or {}), **values}
     parts = [merged.get("firstname"), merged.get("lastname")]
@@ -234,11 +243,8 @@ def fill_defaults(ctx: Context, table: Table, values: dict[str, Any], now: str) 
             values[column] = automatic[column]
         elif attribute.default is not None:
             values[column] = int(attribute.default)
-    state = table.by_name.get("statecode")
-    if state is not None and values.get("statuscode") is None:
-        values["statuscode"] = next(
-            (o.default_status for o in state.options if o.value == values["statecode"]), None
-        )
+    if "statecode" in table.by_name and values.get("statuscode") is None:
+        values["statuscode"] = default_status(table, values["statecode"])
 
 
 def create(
@@ -248,11 +254,13 @@ def create(
     values = _values(ctx, tx, table, body, creating=True)
     if record_id is None:
         supplied = body.get(table.primary_id) if isinstance(body, dict) else None
-        record_id = _guid(supplied, table, table.primary_id) if supplied is not None else str(uuid.uuid4())
+        record_id = (
+            _guid(supplied, table, table.primary_id) if supplied is not None else str(uuid.uuid4())
+        )
     if tx.record(table, record_id) is not None:
         raise errors.duplicate_key()
-    if "statecode" in table.by_name:
-        _check_status(ctx, table, {"statecode": 0, **values}, None)
+    if values.get("statuscode") is not None:
+        _check_pair(table, 0, values["statuscode"])
     fill_defaults(ctx, table, values, tx.now)
     for attribute in table.attributes:
         if (
@@ -270,7 +278,9 @@ def create(
     return record_id
 
 
-def update(ctx: Context, tx: WriteTx, table: Table, record_id: str, body: object, current: dict[str, Any]) -> None:
+def update(
+    ctx: Context, tx: WriteTx, table: Table, record_id: str, body: object, current: dict[str, Any]
+) -> None:
     values = _values(ctx, tx, table, body, creating=False)
     supplied = body.get(table.primary_id) if isinstance(body, dict) else None
     if supplied is not None and _guid(supplied, table, table.primary_id) != record_id:
@@ -282,7 +292,9 @@ def update(ctx: Context, tx: WriteTx, table: Table, record_id: str, body: object
     tx.update(table, record_id, values)
 
 
-def _check_if_match(if_match: str | None, current: dict[str, Any] | None, table: Table, record_id: str) -> None:
+def _check_if_match(
+    if_match: str | None, current: dict[str, Any] | None, table: Table, record_id: str
+) -> None:
     if if_match is None:
         return
     if current is None:
@@ -301,7 +313,7 @@ def upsert(
     if_match: str | None = None,
     if_none_match: str | None = None,
 ) -> bool:
-    """PATCH semantics (§7.4–7.6): update, or create when missing; True when it created."""
+    """PATCH semantics (§7.4-7.6): update, or create when missing; True when it created."""
     current = tx.record(table, record_id)
     if if_none_match is not None and if_none_match.strip() == "*" and current is not None:
         raise errors.matching_key_exists()
@@ -313,13 +325,17 @@ def upsert(
     return False
 
 
-def delete(ctx: Context, tx: WriteTx, table: Table, record_id: str, *, if_match: str | None = None) -> None:
+def delete(
+    ctx: Context, tx: WriteTx, table: Table, record_id: str, *, if_match: str | None = None
+) -> None:
     current = tx.record(table, record_id)
     if current is None:
         raise errors.does_not_exist(table.name, record_id)
     _check_if_match(if_match, current, table, record_id)
     if not table.deletable:
-        raise errors.not_supported(f"The 'Delete' method does not support entities of type '{table.name}'.")
+        raise errors.not_supported(
+            f"The 'Delete' method does not support entities of type '{table.name}'."
+        )
     try:
         tx.delete(table, record_id)
     except RestrictedDelete as blocked:
@@ -335,7 +351,9 @@ def _body(request: Request) -> object:
     try:
         return request.json()
     except (UnicodeDecodeError, ValueError):
-        raise errors.payload_error("Invalid JSON. The request body is not a valid JSON document.") from None
+        raise errors.payload_error(
+            "Invalid JSON. The request body is not a valid JSON document."
+        ) from None
 
 
 def _entity_url(ctx: Context, table: Table, record_id: str) -> str:
@@ -345,8 +363,12 @@ def _entity_url(ctx: Context, table: Table, record_id: str) -> str:
 def _representation(
     ctx: Context, request: Request, table: Table, record_id: str, status: int
 ) -> Response:
-    select = ctx.compiler.select(table, query_options(request, frozenset({"$select"})).get("$select"))
-    found = entity_json(ctx, table, record_id, select, Annotations.parse(request.prefer.annotations))
+    select = ctx.compiler.select(
+        table, query_options(request, frozenset({"$select"})).get("$select")
+    )
+    found = entity_json(
+        ctx, table, record_id, select, Annotations.parse(request.prefer.annotations)
+    )
     if found is None:
         raise errors.does_not_exist(table.name, record_id)
     body, version = found
@@ -379,7 +401,9 @@ def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -
     if request.prefer.return_representation:
         return _representation(ctx, request, table, record_id, 201 if created else 200)
     url = _entity_url(ctx, table, record_id)
-    headers = (("OData-EntityId", url), ("Location", url)) if created else (("OData-EntityId", url),)
+    headers = (
+        (("OData-EntityId", url), ("Location", url)) if created else (("OData-EntityId", url),)
+    )
     return Response(204, headers)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+
 from emulator.process import EmulatorProcess
 
 SEED_LEADS = 300

@@ -1,0 +1,146 @@
+"""Service document, $metadata, WhoAmI and EntityDefinitions generated from the schema."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from emulator.schema import SCHEMA
+from tests.emulator.conftest import Api, error
+
+
+def test_the_service_document_lists_the_entity_sets(web: Api) -> None:
+    body = web.get("").json()
+    assert body["@odata.context"] == f"{web.emulator.api_url}/$metadata"
+    assert {s["name"] for s in body["value"]} == {"leads", "contacts", "accounts", "systemusers"}
+
+
+def test_metadata_is_csdl_for_the_served_tables(web: Api) -> None:
+    response = web.get("$metadata")
+    assert response.headers["Content-Type"] == "application/xml"
+    root = ET.fromstring(response.content)  # noqa: S314 - our own emulator's output
+    edm = "{http://docs.oasis-open.org/odata/ns/edm}"
+    lead = next(e for e in root.iter(f"{edm}EntityType") if e.get("Name") == "lead")
+    properties = {p.get("Name"): p.get("Type") for p in lead.iter(f"{edm}Property")}
+    assert properties["leadid"] == "Edm.Guid"
+    assert properties["_parentcontactid_value"] == "Edm.Guid"
+    assert properties["donotemail"] == "Edm.Boolean"
+    navigations = {n.get("Name") for n in lead.iter(f"{edm}NavigationProperty")}
+    assert {"parentcontactid", "parentaccountid", "ownerid"} <= navigations
+    annotated = web.get("$metadata?annotations=true").text
+    assert 'Term="Org.OData.Capabilities.V1.ChangeTracking"' in annotated
+
+
+def test_whoami_is_a_get_only_function(web: Api) -> None:
+    body = web.get("WhoAmI").json()
+    assert body["@odata.context"].endswith("$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse")
+    app_user = web.get(f"systemusers({body['UserId']})?$select=applicationid,fullname").json()
+    assert app_user["fullname"] == "dvconnect Application"
+    response = web.post("WhoAmI")
+    assert error(response) == (
+        404,
+        "",
+        f"No HTTP resource was found that matches the request URI '{web.emulator.api_url}/WhoAmI'.",
+    )
+
+
+def test_entity_definitions_come_from_the_schema(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions?$select=LogicalName,EntitySetName,PrimaryIdAttribute,"
+        "PrimaryNameAttribute,ChangeTrackingEnabled"
+    ).json()
+    by_name = {item["LogicalName"]: item for item in body["value"]}
+    assert set(by_name) == set(SCHEMA.by_name)
+    assert by_name["lead"] == {
+        "MetadataId": by_name["lead"]["MetadataId"],
+        "LogicalName": "lead",
+        "EntitySetName": "leads",
+        "PrimaryIdAttribute": "leadid",
+        "PrimaryNameAttribute": "fullname",
+        "ChangeTrackingEnabled": True,
+    }
+    one = web.get(
+        "EntityDefinitions(LogicalName='contact')?$select=LogicalName,CanChangeTrackingBeEnabled"
+    )
+    assert one.json()["CanChangeTrackingBeEnabled"]["Value"] is True
+    filtered = web.get(
+        "EntityDefinitions?$select=LogicalName&$filter=ChangeTrackingEnabled eq true"
+    )
+    assert len(filtered.json()["value"]) == 4
+    enum = web.get(
+        "EntityDefinitions?$select=LogicalName&$filter=OwnershipType eq "
+        "Microsoft.Dynamics.CRM.OwnershipTypes'BusinessOwned'"
+    ).json()["value"]
+    assert [item["LogicalName"] for item in enum] == ["systemuser"]
+    managed = web.get(
+        "EntityDefinitions?$select=LogicalName&$filter=CanChangeTrackingBeEnabled/Value eq true"
+    )
+    assert len(managed.json()["value"]) == 4
+
+
+def test_metadata_filters_support_eq_only(web: Api) -> None:
+    assert error(web.get("EntityDefinitions?$filter=contains(LogicalName,'lea')"))[:2] == (
+        400,
+        "0x80060888",
+    )
+    assert error(web.get("EntityDefinitions?$select=Nope"))[2] == (
+        "Could not find a property named 'Nope' on type 'Microsoft.Dynamics.CRM.EntityMetadata'."
+    )
+    assert web.get("EntityDefinitions(LogicalName='nothing')").status_code == 404
+
+
+def test_attributes_carry_types_lengths_and_required_levels(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions(LogicalName='lead')/Attributes"
+        "?$select=LogicalName,AttributeType,MaxLength,RequiredLevel,IsValidForCreate"
+    ).json()
+    by_name = {item["LogicalName"]: item for item in body["value"]}
+    assert {a.name for a in SCHEMA.by_name["lead"].attributes} == set(by_name)
+    assert by_name["subject"]["MaxLength"] == 300
+    assert by_name["subject"]["@odata.type"] == "#Microsoft.Dynamics.CRM.StringAttributeMetadata"
+    assert by_name["mobilephone"]["MaxLength"] == 20
+    assert by_name["lastname"]["RequiredLevel"]["Value"] == "ApplicationRequired"
+    assert by_name["parentcontactid"]["AttributeType"] == "Lookup"
+    assert "MaxLength" not in by_name["parentcontactid"]
+    assert by_name["statecode"]["IsValidForCreate"] is False
+    marketing = web.get(
+        "EntityDefinitions(LogicalName='contact')/Attributes?$select=LogicalName"
+        "&$filter=LogicalName eq 'marketingonly'"
+    ).json()["value"]
+    assert [item["LogicalName"] for item in marketing] == ["marketingonly"]
+
+
+def test_option_sets_through_a_cast(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions(LogicalName='contact')/Attributes(LogicalName='accountrolecode')/"
+        "Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$select=LogicalName"
+        "&$expand=OptionSet($select=Options),GlobalOptionSet($select=Options)"
+    ).json()
+    options = {
+        o["Value"]: o["Label"]["UserLocalizedLabel"]["Label"] for o in body["OptionSet"]["Options"]
+    }
+    assert options == {1: "Decision Maker", 2: "Employee", 3: "Influencer"}
+    assert body["GlobalOptionSet"] is None
+    statuses = web.get(
+        "EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.StatusAttributeMetadata"
+        "?$select=LogicalName&$expand=OptionSet"
+    ).json()["value"]
+    assert [s["LogicalName"] for s in statuses] == ["statuscode"]
+    assert {o["Value"]: o["State"] for o in statuses[0]["OptionSet"]["Options"]}[3] == 1
+
+
+def test_relationships_name_the_navigation_properties(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions(LogicalName='lead')/ManyToOneRelationships"
+        "?$select=SchemaName,ReferencingAttribute,ReferencingEntityNavigationPropertyName,ReferencedEntity"
+    ).json()["value"]
+    parent = next(r for r in body if r["SchemaName"] == "lead_parent_contact")
+    assert parent["ReferencingEntityNavigationPropertyName"] == "parentcontactid"
+    assert parent["ReferencedEntity"] == "contact"
+    customers = web.get(
+        "EntityDefinitions(LogicalName='contact')/ManyToOneRelationships"
+        "?$filter=ReferencingAttribute eq 'parentcustomerid'"
+    ).json()["value"]
+    assert {r["ReferencingEntityNavigationPropertyName"] for r in customers} == {
+        "parentcustomerid_account",
+        "parentcustomerid_contact",
+    }
