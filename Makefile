@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dvconnect demo
+	DVCONNECT_LOG_LEVEL=$${DVCONNECT_LOG_LEVEL:-WARNING} $(BIN)/dvconnect demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -37,6 +37,7 @@ class EmulatorProcess:
     def __init__(
         self,
         *,
+        port: int = 0,
         seed: int = 42,
         leads: int = 300,
         contacts: int = 150,
@@ -56,7 +57,7 @@ class EmulatorProcess:
         self.client_id = client_id
         self.client_secret = client_secret
         args = [
-            "--port", "0", "--seed", str(seed), "--leads", str(leads),
+            "--port", str(port), "--seed", str(seed), "--leads", str(leads),
             "--contacts", str(contacts), "--client-id", client_id,
         ]  # fmt: skip
         options: list[tuple[str, object]] = [

@@ -11,11 +11,12 @@ import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from connector.settings import Settings
-from emulator.process import EmulatorProcess
+from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import build_context
 from jobs.runner import run_named
 
@@ -24,54 +25,78 @@ SEED = 42
 ACTIVITY = {"creates": 40, "updates": 120, "deletes": 15}
 
 
-def run_demo(settings: Settings, leads: int, contacts: int) -> int:
-    """Run the demo; returns 0 when the store matches the emulator row for row in count."""
-    secret = secrets.token_urlsafe(24)  # this run's emulator secret: never printed
-    with EmulatorProcess(
-        seed=SEED, leads=leads, contacts=contacts, client_secret=secret, data_dir=DATA_DIR
-    ) as emulator:
-        os.environ["REQUESTS_CA_BUNDLE"] = emulator.ca_bundle
-        demo_settings = settings.model_copy(
-            update={
-                "dataverse_url": emulator.base_url,
-                "tenant_id": emulator.tenant_id,
-                "authority": emulator.authority,
-                "client_id": emulator.client_id,
-                "client_secret": SecretStr(secret),
-                "client_certificate_path": None,
-            }
-        )
-        ctx = build_context(demo_settings)
-        print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
-        print(f"store:    {demo_settings.database_url}")
-        synced_before = all(ctx.store.load_state(t).mode for t in ctx.mapping.tables)
-        if synced_before:
-            for table in ctx.mapping.tables:
-                emulator.admin("POST", "/activity", {"table": table, **ACTIVITY})
-            print(
-                "activity in the org since the last demo: per table "
-                + ", ".join(f"{n} {kind}" for kind, n in ACTIVITY.items())
-            )
-        started = time.monotonic()
-        results = run_named(ctx, "all")
-        seconds = time.monotonic() - started
+def _start_emulator(leads: int, contacts: int, secret: str) -> EmulatorProcess:
+    """The demo's emulator, on the port of the last demo when it is free.
 
-        print(
-            f"\n{'table':<10} {'read':>8} {'upserted':>9} {'deleted':>8} {'in store':>9} "
-            f"{'in org':>8}  kind"
-        )
-        matches = True
-        for result in results:
-            for table, counts in result.counts.items():
-                stored = ctx.store.row_count(table)
-                in_org = int(emulator.admin("GET", f"/tables/{table}/count")["count"])
-                matches = matches and stored == in_org
-                kind = "full" if counts["full"] else "incremental"
-                print(
-                    f"{table:<10} {counts['read']:>8} {counts['upserted']:>9} "
-                    f"{counts['deleted']:>8} {stored:>9} {in_org:>8}  {kind}"
-                )
-        requests = sum(r.requests for r in results)
-        print(f"\n{requests} requests in {seconds:.1f}s over HTTPS with MSAL tokens")
-        print("store matches the org" if matches else "MISMATCH between store and org")
-        return 0 if matches else 1
+    Saved delta links carry the org's URL: on the same port the second demo syncs
+    incrementally; on another, the sync rightly treats it as another org and reads in full.
+    """
+    port_file = DATA_DIR / "port"
+    ports = [int(port_file.read_text()), 0] if port_file.exists() else [0]
+    for port in ports:
+        emulator = EmulatorProcess(
+            port=port, seed=SEED, leads=leads, contacts=contacts, client_secret=secret,
+            data_dir=DATA_DIR,
+        )  # fmt: skip
+        try:
+            emulator.start()
+        except EmulatorError:
+            if port == 0:
+                raise
+            continue
+        port_file.write_text(str(urlsplit(emulator.base_url).port))
+        return emulator
+    raise AssertionError("unreachable: port 0 always binds or raises")
+
+
+def run_demo(settings: Settings, leads: int, contacts: int) -> int:
+    """Run the demo; returns 0 when the store holds as many rows as the org, table by table."""
+    secret = secrets.token_urlsafe(24)  # this run's emulator secret: never printed
+    emulator = _start_emulator(leads, contacts, secret)
+    try:
+        return _demo(settings, emulator, secret)
+    finally:
+        emulator.stop()
+
+
+def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
+    os.environ["REQUESTS_CA_BUNDLE"] = emulator.ca_bundle
+    demo_settings = settings.model_copy(
+        update={
+            "dataverse_url": emulator.base_url,
+            "tenant_id": emulator.tenant_id,
+            "authority": emulator.authority,
+            "client_id": emulator.client_id,
+            "client_secret": SecretStr(secret),
+            "client_certificate_path": None,
+        }
+    )
+    ctx = build_context(demo_settings)
+    print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
+    print(f"store:    {demo_settings.database_url}")
+    if all(ctx.store.load_state(table).mode for table in ctx.mapping.tables):
+        for table in ctx.mapping.tables:
+            emulator.admin("POST", "/activity", {"table": table, **ACTIVITY})
+        done = ", ".join(f"{n} {kind}" for kind, n in ACTIVITY.items())
+        print(f"activity in the org since the last demo, per table: {done}")
+    started = time.monotonic()
+    results = run_named(ctx, "all")
+    seconds = time.monotonic() - started
+
+    header = ("table", "read", "upserted", "deleted", "in store", "in org")
+    print("\n{:<10} {:>8} {:>9} {:>8} {:>9} {:>8}  kind".format(*header))
+    matches = True
+    for result in results:
+        for table, counts in result.counts.items():
+            stored = ctx.store.row_count(table)
+            in_org = int(emulator.admin("GET", f"/tables/{table}/count")["count"])
+            matches = matches and stored == in_org
+            kind = "full" if counts["full"] else "incremental"
+            print(
+                f"{table:<10} {counts['read']:>8} {counts['upserted']:>9} "
+                f"{counts['deleted']:>8} {stored:>9} {in_org:>8}  {kind}"
+            )
+    requests = sum(r.requests for r in results)
+    print(f"\n{requests} requests in {seconds:.1f}s over HTTPS with MSAL tokens")
+    print("row counts match the org" if matches else "MISMATCH: the store and the org differ")
+    return 0 if matches else 1

@@ -42,7 +42,8 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
-        assert initdb and pg_ctl, "PostgreSQL server binaries not found"
+        assert initdb, "PostgreSQL's initdb not found"
+        assert pg_ctl, "PostgreSQL's pg_ctl not found"
         self.socket_dir.mkdir(parents=True)
         if self._as_root:
             shutil.chown(self.root, "postgres")
