@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from emulator.context import BUSINESS_UNIT_ID, application_id, application_user_id
 from emulator.schema import ACCOUNT, CONTACT, LEAD, SYSTEMUSER, Table
-from emulator.storage import WriteTx
+from emulator.storage import TOMBSTONES, WriteTx
 
 T = TypeVar("T")
 CHUNK = 50_000
@@ -462,13 +462,21 @@ def churn(
     seed: int,
     anchor: datetime,
 ) -> dict[str, list[str]]:
-    """Random creates, updates and deletes on lead, contact or account (cascades included)."""
-    gen = Generator(seed, anchor)
+    """Random creates, updates and deletes on lead, contact or account (cascades included).
+
+    Deterministic for a given seed and data: how many rows and tombstones the table has is part
+    of the seed, so the same call made again on changed data makes new records instead of
+    repeating ids, while the same call on the same data (after a reset) repeats itself.
+    """
+    (tombstones,) = tx.rows(
+        f"SELECT count(*) FROM {TOMBSTONES} WHERE tablename = ?", (table.name,)
+    )[0]
+    existing = tx.ids(table)
+    gen = Generator(hash((seed, len(existing), tombstones)), anchor)
     now = tx.now
     owners = [row[0] for row in tx.rows(
         'SELECT systemuserid FROM "systemuser" WHERE applicationid IS NULL ORDER BY systemuserid'
     )]  # fmt: skip
-    existing = tx.ids(table)
     doomed = gen.random.sample(existing, min(deletes, len(existing)))
     remaining = sorted(set(existing) - set(doomed))
     edited = gen.random.sample(remaining, min(updates, len(remaining)))

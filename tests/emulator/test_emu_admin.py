@@ -153,3 +153,11 @@ def test_the_admin_endpoint_needs_no_token(web: Api) -> None:
     )
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_activity_called_twice_with_the_same_seed_makes_new_records(web: Api) -> None:
+    body = {"table": "lead", "creates": 3, "updates": 2, "deletes": 3}
+    first = web.admin("POST", "/activity", body)
+    second = web.admin("POST", "/activity", body)
+    assert len(set(first["created"]) | set(second["created"])) == 6
+    assert web.admin("GET", "/tables/lead/count")["count"] == 300
