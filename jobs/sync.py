@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from connector.dataverse import Dataverse
 from connector.errors import ExpiredDeltaTokenError
@@ -135,8 +135,8 @@ def _after_page(state: SyncState, page: Page, table: TableMapping) -> SyncState:
 
 
 def _minus_seconds(stamp: str, seconds: int) -> str:
-    moment = datetime.strptime(stamp, _ISO) - timedelta(seconds=seconds)
-    return moment.strftime(_ISO)
+    moment = datetime.fromisoformat(stamp) - timedelta(seconds=seconds)
+    return moment.astimezone(UTC).strftime(_ISO)
 
 
 def run_sync(ctx: Context) -> dict[str, TableCounts]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
+import subprocess
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import DVCONNECT, Cli
 
 PAGE = {"DVCONNECT_PAGE_SIZE": "50"}
 
@@ -207,3 +211,33 @@ def test_status_reports_runs_and_tables(cli: Cli) -> None:
     assert status["runs"][0]["job"] == "sync"
     assert status["runs"][0]["outcome"] == "succeeded"
     assert status["runs"][0]["counts"]["lead"]["read"] == 300
+
+
+def test_short_lived_tokens_are_renewed_before_they_expire(cli: Cli) -> None:
+    cli.emulator.admin("PATCH", "/config", {"token_lifetime": 2})
+    cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=700:path=leads*"})
+    run = sync_counts(cli, **PAGE)  # six slow pages: several token lifetimes
+    assert run["counts"]["lead"]["read"] == 300
+    assert [c["status"] for c in api_calls(cli)].count(401) == 0
+    cli.assert_store_matches_org()
+
+
+def test_a_terminal_sees_a_progress_line(cli: Cli) -> None:
+    leader, follower = pty.openpty()  # stderr is a terminal, as in an admin's shell
+    process = subprocess.Popen(
+        [DVCONNECT, "run", "sync"],
+        cwd=cli.workdir,
+        env=cli.environment(DVCONNECT_PAGE_SIZE="100", DVCONNECT_LOG_LEVEL="WARNING"),
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    screen = b""
+    with suppress(OSError):  # reading a pty whose other end closed raises EIO
+        while chunk := os.read(leader, 4096):
+            screen += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    assert b"\rlead: 100 rows" in screen
+    assert b"\rlead: 300 rows" in screen

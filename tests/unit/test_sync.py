@@ -271,3 +271,14 @@ def test_a_cursor_saved_for_another_environment_is_not_followed(
     assert counts.deleted == 1
     assert transport.sent[-1][0] == FULL
     assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=20"
+
+
+def test_a_server_that_repeats_a_next_link_is_stopped_not_followed_forever(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1)], next_link=API + "leads?$skiptoken=p2")
+    transport.page(API + "leads?$skiptoken=p2", [lead(2)], next_link=API + "leads?$skiptoken=p2")
+    with pytest.raises(SyncError, match=r"lead: the server repeated a next link"):
+        sync_lead(ctx)
+    assert len(transport.sent) == 2
+    assert ctx.store.load_state("lead").next_link == API + "leads?$skiptoken=p2"
