@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import sync
+from benchmarks import emulator, sync
 
-BENCHMARKS = {"sync": sync.run}
+BENCHMARKS = {"sync": sync.run, "emulator": emulator.run}
 
 
 def main() -> None:
