@@ -48,3 +48,11 @@ def api(fresh_emulator: EmulatorProcess) -> Iterator[requests.Session]:
     )
     with session:
         yield session
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--large",
+        action="store_true",
+        help="resilience suite on a large org (20,000 leads) instead of the small default",
+    )
