@@ -155,6 +155,9 @@ class Store:
 
     def create(self) -> None:
         """Create missing tables and add columns the mapping gained; such tables resync fully."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.engine.begin() as conn:
                 self.metadata.create_all(conn)
@@ -341,8 +344,6 @@ def _create_engine(url: str) -> Engine:
         )
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         # Positional parameters on both databases: upserts hand the driver plain tuples.
         engine = create_engine(parsed, paramstyle="format" if backend == "postgresql" else None)

@@ -72,7 +72,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"mappings ok: {', '.join(mapping.tables)} ({settings.mappings_dir})")
     if args.offline:
         return 0
-    ctx = build_context(settings)
+    ctx = build_context(settings, online=True)
     problems, notes = check_online(ctx)
     for note in notes:
         print(f"note: {note}")
@@ -87,7 +87,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.runner import plan_named, run_named
 
-    ctx = build_context(settings)
+    ctx = build_context(settings, online=not args.dry_run)
     if args.dry_run:
         plan = plan_named(ctx, args.job)
         if args.json:
@@ -166,7 +166,7 @@ def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
-    serve(build_context(settings), run_now=args.now)
+    serve(build_context(settings, online=True), run_now=args.now)
     return 0
 
 

@@ -40,9 +40,15 @@ class Context:
         return self.dataverse
 
 
-def build_context(settings: Settings) -> Context:
-    """Load and validate the mapping, open the store and create its tables."""
+def build_context(settings: Settings, online: bool = False) -> Context:
+    """Load and validate the mapping, open the store and create its tables.
+
+    `online` also builds the Dataverse client first, so that bad connection settings or an
+    unreadable certificate stop the command before the store is touched.
+    """
     mapping = load_mapping(settings.mappings_dir)
-    store = Store(settings.database_url, mapping)
-    store.create()
-    return Context(settings=settings, mapping=mapping, store=store)
+    ctx = Context(settings=settings, mapping=mapping, store=Store(settings.database_url, mapping))
+    if online:
+        ctx.online()
+    ctx.store.create()
+    return ctx

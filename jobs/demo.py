@@ -71,7 +71,7 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
             "client_certificate_path": None,
         }
     )
-    ctx = build_context(demo_settings)
+    ctx = build_context(demo_settings, online=True)
     print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
     print(f"store:    {demo_settings.database_url}")
     if all(ctx.store.load_state(table).mode for table in ctx.mapping.tables):

@@ -36,7 +36,6 @@ def serve(ctx: Context, run_now: bool = False) -> None:
     """
     if not ctx.mapping.schedule:
         raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
-    ctx.online()  # fail fast on bad connection settings, before the first cron fires
     scheduler = BlockingScheduler(
         timezone=ctx.mapping.timezone,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
