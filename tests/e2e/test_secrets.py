@@ -3,18 +3,14 @@ logs (at DEBUG), JSON reports or the store. The certificate flow itself runs for
 
 from __future__ import annotations
 
-import datetime as dt
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from emulator.process import EmulatorProcess
+from tests.certificates import self_signed
 from tests.e2e.conftest import Cli
 
 SECRET = "Kn0wn-Cl1ent-S3cret-do-not-print"
@@ -25,29 +21,11 @@ PASSWORD = "Kn0wn-Cert-Passw0rd-do-not-print"
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """(key+certificate PEM, encrypted with PASSWORD; public certificate PEM; SHA-1 thumbprint)."""
     folder = tmp_path_factory.mktemp("cert")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dvconnect-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    public = cert.public_bytes(serialization.Encoding.PEM)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(PASSWORD.encode()),
-    )
-    combined, public_path = folder / "client.pem", folder / "client-cert.pem"
-    combined.write_bytes(private + public)
-    public_path.write_bytes(public)
-    return combined, public_path, cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - the thumbprint Entra shows
+    client = self_signed()
+    combined, public = folder / "client.pem", folder / "client-cert.pem"
+    combined.write_bytes(client.key_pem(PASSWORD) + client.certificate_pem())
+    public.write_bytes(client.certificate_pem())
+    return combined, public, client.thumbprint
 
 
 @pytest.fixture(scope="module")

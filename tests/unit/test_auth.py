@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -11,16 +10,13 @@ import jwt
 import pytest
 import requests
 import responses
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from connector.auth import DataverseAuth
 from connector.errors import AuthError, ConfigError, UnreachableError
 from connector.http import ThrottleGate, Transport
 from connector.settings import Connection
+from tests.certificates import ClientCertificate, self_signed
 
 ORG = "https://org.example.crm.dynamics.com"
 API = f"{ORG}/api/data/v9.2/"
@@ -96,35 +92,8 @@ def authorization_header(auth: DataverseAuth) -> str:
 
 
 @pytest.fixture
-def private_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def certificate_pem(key: rsa.RSAPrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dvconnect")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key: rsa.RSAPrivateKey, password: str | None = None) -> bytes:
-    encryption = (
-        serialization.BestAvailableEncryption(password.encode())
-        if password
-        else serialization.NoEncryption()
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
+def client_cert() -> ClientCertificate:
+    return self_signed("dvconnect")
 
 
 def test_the_token_goes_into_the_bearer_header(entra: responses.RequestsMock) -> None:
@@ -238,10 +207,10 @@ def test_an_unknown_tenant_is_a_config_error(rsps: responses.RequestsMock) -> No
 
 
 def test_a_certificate_signs_a_client_assertion_instead_of_a_secret(
-    entra: responses.RequestsMock, tmp_path: Path, private_key: rsa.RSAPrivateKey
+    entra: responses.RequestsMock, tmp_path: Path, client_cert: ClientCertificate
 ) -> None:
     pem_file = tmp_path / "client.pem"
-    pem_file.write_bytes(key_pem(private_key) + certificate_pem(private_key))
+    pem_file.write_bytes(client_cert.key_pem() + client_cert.certificate_pem())
     token_endpoint = entra.post(TOKEN_URL, json=token_body("token-1"))
     auth = DataverseAuth(
         connection(client_secret=None, certificate_path=pem_file, certificate_thumbprint=THUMBPRINT)
@@ -255,7 +224,7 @@ def test_a_certificate_signs_a_client_assertion_instead_of_a_secret(
     assert sent["client_assertion_type"] == JWT_BEARER
     assertion = sent["client_assertion"]
     claims = jwt.decode(
-        assertion, private_key.public_key(), algorithms=["RS256"], audience=TOKEN_URL
+        assertion, client_cert.key.public_key(), algorithms=["RS256"], audience=TOKEN_URL
     )
     assert claims["iss"] == claims["sub"] == "client-id"
     header = jwt.get_unverified_header(assertion)
@@ -264,10 +233,10 @@ def test_a_certificate_signs_a_client_assertion_instead_of_a_secret(
 
 
 def test_an_encrypted_key_is_opened_with_the_certificate_password(
-    entra: responses.RequestsMock, tmp_path: Path, private_key: rsa.RSAPrivateKey
+    entra: responses.RequestsMock, tmp_path: Path, client_cert: ClientCertificate
 ) -> None:
     pem_file = tmp_path / "client.pem"
-    pem_file.write_bytes(certificate_pem(private_key) + key_pem(private_key, PASSWORD))
+    pem_file.write_bytes(client_cert.certificate_pem() + client_cert.key_pem(PASSWORD))
     token_endpoint = entra.post(TOKEN_URL, json=token_body("token-1"))
     auth = DataverseAuth(
         connection(
@@ -281,17 +250,17 @@ def test_an_encrypted_key_is_opened_with_the_certificate_password(
     assert authorization_header(auth) == "Bearer token-1"
     jwt.decode(
         form(token_endpoint.calls[0])["client_assertion"],
-        private_key.public_key(),
+        client_cert.key.public_key(),
         algorithms=["RS256"],
         audience=TOKEN_URL,
     )
 
 
 def test_a_wrong_certificate_password_is_a_config_error_without_the_password(
-    tmp_path: Path, private_key: rsa.RSAPrivateKey
+    tmp_path: Path, client_cert: ClientCertificate
 ) -> None:
     pem_file = tmp_path / "client.pem"
-    pem_file.write_bytes(key_pem(private_key, PASSWORD))
+    pem_file.write_bytes(client_cert.key_pem(PASSWORD))
 
     with pytest.raises(ConfigError) as caught:
         DataverseAuth(
@@ -312,16 +281,16 @@ def test_a_wrong_certificate_password_is_a_config_error_without_the_password(
     [
         pytest.param(lambda key: b"not a pem file", id="text"),
         pytest.param(lambda key: b"\x30\x82\x0a\x01\xff\xfe", id="binary-pfx"),
-        pytest.param(certificate_pem, id="certificate-without-key"),
+        pytest.param(lambda cert: cert.certificate_pem(), id="certificate-without-key"),
     ],
 )
 def test_a_garbage_certificate_file_is_a_config_error(
     tmp_path: Path,
-    private_key: rsa.RSAPrivateKey,
-    content: Callable[[rsa.RSAPrivateKey], bytes],
+    client_cert: ClientCertificate,
+    content: Callable[[ClientCertificate], bytes],
 ) -> None:
     pem_file = tmp_path / "client.pem"
-    pem_file.write_bytes(content(private_key))
+    pem_file.write_bytes(content(client_cert))
 
     with pytest.raises(ConfigError) as caught:
         DataverseAuth(connection(certificate_path=pem_file, certificate_thumbprint=THUMBPRINT))
@@ -342,10 +311,10 @@ def test_a_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_malformed_thumbprint_is_a_config_error(
-    tmp_path: Path, private_key: rsa.RSAPrivateKey
+    tmp_path: Path, client_cert: ClientCertificate
 ) -> None:
     pem_file = tmp_path / "client.pem"
-    pem_file.write_bytes(key_pem(private_key))
+    pem_file.write_bytes(client_cert.key_pem())
 
     with pytest.raises(ConfigError) as caught:
         DataverseAuth(connection(certificate_path=pem_file, certificate_thumbprint="AB:CD:EF"))
