@@ -43,7 +43,7 @@ class TableCounts:
 class ReadPlan:
     """The read a table's sync starts with, derived from its saved state."""
 
-    kind: str  # "full", "delta", "watermark", or "resume-full" / "resume-delta" / ...
+    kind: str  # "full", "delta", "watermark", "resume-full" or "resume-incremental"
     url: str
     track_changes: bool
     state: SyncState
@@ -86,6 +86,8 @@ def sync_table(ctx: Context, table: TableMapping) -> TableCounts:
         try:
             _read(ctx, dataverse, table, plan, counts)
         except ExpiredDeltaTokenError:
+            if counts.resyncs:  # the full read itself was refused: do not loop
+                raise
             log.warning("%s: change-tracking token expired; starting a full resync", table.name)
             with ctx.store.transaction() as conn:
                 ctx.store.save_state(conn, ctx.store.load_state(table.name).start_full())

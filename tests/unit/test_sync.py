@@ -282,3 +282,18 @@ def test_a_server_that_repeats_a_next_link_is_stopped_not_followed_forever(
         sync_lead(ctx)
     assert len(transport.sent) == 2
     assert ctx.store.load_state("lead").next_link == API + "leads?$skiptoken=p2"
+
+
+def test_a_server_that_refuses_even_the_full_read_as_expired_fails_instead_of_looping(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    expired = ExpiredDeltaTokenError(
+        400, "0x80044352", "Version stamp associated with the client has expired."
+    )
+    transport.page(FULL, [lead(1)], delta_link=API + "leads?$deltatoken=10")
+    sync_lead(ctx)
+    transport.replies[API + "leads?$deltatoken=10"] = expired
+    transport.replies[FULL] = expired
+    with pytest.raises(ExpiredDeltaTokenError):
+        sync_lead(ctx)
+    assert [url for url, _ in transport.sent[-2:]] == [API + "leads?$deltatoken=10", FULL]
