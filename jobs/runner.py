@@ -53,9 +53,10 @@ def run_job(ctx: Context, job: str) -> JobResult:
 
     try:
         counts = JOBS[job](ctx)
-    except DvconnectError as exc:
-        ctx.store.finish_run(run_id, "failed", {}, requests(), str(exc))
-        log.error("%s failed after %d requests: %s", job, requests(), exc)
+    except Exception as exc:  # recorded whatever it is, then raised to the caller
+        reason = str(exc) if isinstance(exc, DvconnectError) else f"{type(exc).__name__}: {exc}"
+        ctx.store.finish_run(run_id, "failed", {}, requests(), reason)
+        log.error("%s failed after %d requests: %s", job, requests(), reason)
         raise
     outcome = "interrupted" if _interrupted(counts) or ctx.stop.is_set() else "succeeded"
     ctx.store.finish_run(run_id, outcome, counts, requests(), None)
