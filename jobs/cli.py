@@ -140,13 +140,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
         return 0
+    follows = {"delta": "follows change tracking", "watermark": "follows modifiedon"}
     print("tables:")
     for name, t in document["tables"].items():
-        follow = t["mode"] or "not synced yet"
-        extra = ", resumes mid-read" if t["resumable"] else ""
-        print(
-            f"  {name}: {t['rows']} rows, {follow}, last sync {t['last_sync_at'] or 'never'}{extra}"
-        )
+        follow = follows.get(t["mode"], "not synced yet")
+        extra = ", next run resumes a read under way" if t["resumable"] else ""
+        when = t["last_sync_at"] or "never"
+        print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{extra}")
     print("recent runs:")
     for run in document["runs"]:
         print(
