@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, sync
+from benchmarks import emulator, sync, throttled
 
-BENCHMARKS = {"sync": sync.run, "emulator": emulator.run}
+BENCHMARKS = {"sync": sync.run, "throttled": throttled.run, "emulator": emulator.run}
 
 
 def main() -> None:

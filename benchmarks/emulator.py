@@ -74,7 +74,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     del quick  # one size: the figures are rates
     with (
         tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as tmp,
-        EmulatorProcess(leads=LEADS, contacts=1000, data_dir=Path(tmp) / "emulator") as emulator,
+        EmulatorProcess(
+            leads=LEADS,
+            contacts=1000,
+            data_dir=Path(tmp) / "emulator",
+            extra_args=["--service-protection", "off"],  # raw speed, not the limits
+        ) as emulator,
     ):
         token = emulator.token()
         ids = [row["leadid"] for row in emulator.rows("lead")[:500]]

@@ -4,10 +4,12 @@ Loopback peers only, no authentication, plain JSON. Rows use the Web API propert
 (`_parentcontactid_value`) with booleans as true/false, and include `versionnumber`. Writes made
 here go through the same store as Web API writes: new versions, tombstones, RemoveLink/Cascade.
 
-    GET    /status                      version, clock, row counts, change-tracking flags
+    GET    /status                      version, clock, row counts, change-tracking flags,
+                                        service protection windows per caller
     GET    /requests?after=SEQ          Web API calls after SEQ        DELETE /requests
     POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, clock,
-                                        config (versions keep growing; tokens stay valid)
+                                        config, service protection windows (versions keep
+                                        growing; tokens stay valid)
     GET    /tables/<t>[?$filter=…]      every row (optionally filtered with OData $filter text)
     GET    /tables/<t>/count            GET /tables/<t>/deleted (tombstones)
     GET    /tables/<t>/<id>             PATCH /tables/<t>/<id>           DELETE /tables/<t>/<id>
@@ -16,7 +18,8 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     GET    /clock                       POST /clock {"advance_seconds": N} | {"now": "…Z"}
     POST   /tokens/revoke               every issued token now gets 401
     GET|PUT|DELETE /faults              {"spec": "…", "seed": N}; GET shows counters
-    GET|PATCH /config                   {"change_tracking": {"lead": false}, "token_lifetime": …}
+    GET|PATCH /config                   {"change_tracking": {"lead": false}, "token_lifetime": …,
+                                        "service_protection": {"requests": 5}, U-switches…}
 """
 
 from __future__ import annotations
@@ -193,7 +196,14 @@ class Admin:
             t.name: {"rows": ctx.store.count(t), "change_tracking": ctx.config.tracked(t.name)}
             for t in ctx.schema.tables
         }
-        return _reply({"version": ctx.store.version, "now": ctx.now(), "tables": tables})
+        return _reply(
+            {
+                "version": ctx.store.version,
+                "now": ctx.now(),
+                "tables": tables,
+                "service_protection": self.emulator.protection.describe(),
+            }
+        )
 
     def requests(self, request: Request) -> Response:
         after = dict(request.options).get("after", "0")
@@ -217,6 +227,7 @@ class Admin:
         ctx.clock.reset()
         ctx.config = ctx.initial_config
         self.emulator.faults = FaultPlan()
+        self.emulator.protection.reset()
         anchor = ctx.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
         with ctx.store.write(ctx.now()) as tx:
             tx.clear()

@@ -1,10 +1,12 @@
 """Routing: identity endpoints, the Web API under `/api/data/v9.2/`, and the admin endpoint.
 
-For a Web API call the order is: bearer check (401 + challenge), fault decision (which may answer
-429/503/504, delay, or drop the connection before or after executing), dispatch by URL shape,
-then the headers every Dataverse response carries (`OData-Version`, `REQ_ID`,
-`x-ms-service-request-id`, rate-limit and parallelism hints). Each API call is recorded in the
-request log the admin endpoint serves. Identity and admin calls are never faulted nor logged.
+For a Web API call the order is: bearer check (401 + challenge), service protection (429 when the
+caller's window is full), fault decision (which may answer 429/503/504, delay, or drop the
+connection before or after executing), dispatch by URL shape, then the headers every Dataverse
+response carries (`OData-Version`, `REQ_ID`, `x-ms-service-request-id`, rate-limit and
+parallelism hints). `$batch` parts are dispatched through the same routing. Each API call is
+recorded in the request log the admin endpoint serves. Identity and admin calls are never
+faulted, throttled nor logged.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import errors, metadata, reads, writes
+from emulator import actions, batch, errors, metadata, reads, writes
 from emulator.admin import Admin
 from emulator.context import Context
 from emulator.faults import FaultPlan
 from emulator.identity import Identity
+from emulator.limits import DISABLED_HEADERS, ServiceProtection
+from emulator.query import Compiled, sql_text
+from emulator.schema import Table
 from emulator.wire import Request, Response, error_response, json_response, new_guid
 
 API_PREFIX = "/api/data/v9.2"
@@ -31,12 +36,9 @@ _IDENTITY = re.compile(
     r"^/(?P<tenant>[^/]+)/(?:(?P<discovery>(?:v2\.0/)?\.well-known/openid-configuration)"
     r"|(?P<token>oauth2/v2\.0/token)|(?P<keys>discovery/v2\.0/keys))$"
 )
-_SERVICE_HEADERS = (
-    ("OData-Version", "4.0"),
-    ("x-ms-ratelimit-burst-remaining-xrm-requests", "7999"),
-    ("x-ms-ratelimit-time-remaining-xrm-requests", "1,200.00"),
-    ("x-ms-dop-hint", "4"),
-)
+_SERVICE_HEADERS = (("OData-Version", "4.0"), ("x-ms-dop-hint", "4"))
+_ACTION = "Microsoft.Dynamics.CRM."
+_REF = re.compile(r"^(?P<nav>[A-Za-z_]\w*)(?:\((?P<key>[^)]*)\))?/\$ref$")
 
 logger = logging.getLogger("emulator")
 
@@ -92,6 +94,7 @@ class Emulator:
         self.faults = faults
         self.defaults = defaults
         self.log = RequestLog()
+        self.protection = ServiceProtection(ctx.clock)
         self.admin = Admin(self)
 
     def handle(self, request: Request) -> Response:
@@ -112,28 +115,41 @@ class Emulator:
             return self.identity.keys()
         return self.identity.openid_configuration(tenant)
 
+    def caller(self, request: Request) -> str:
+        """Whom service protection counts a request against (§12.1: per user)."""
+        return (
+            request.header("callerobjectid")
+            or request.header("mscrmcallerid")
+            or self.ctx.client_id
+        )
+
     def _api(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_guid()
         fault_kind: str | None = None
+        throttled: str | None = None
+        limits = self.ctx.config.limits
+        caller = self.caller(request)
         if not self.identity.authorized(request.header("authorization")):
             response = self.identity.challenge()
         else:
-            resource = request.path[len(API_PREFIX) + 1 :]
-            fault = self.faults.decide(request.method, resource)
-            fault_kind = fault.kind if fault else None
-            if fault is None or fault.kind in ("slow", "commit-drop"):
-                if fault is not None and fault.kind == "slow":
-                    time.sleep(fault.rule.ms / 1000)
-                response = self._dispatch(request, resource)
-                if fault is not None and fault.kind == "commit-drop":
-                    response = response.dropped()
-            elif fault.kind == "drop":
-                response = Response(0, drop=True)
+            refusal = self.protection.enter(caller, limits) if limits.enabled else None
+            if refusal is not None:
+                throttled = refusal.measure
+                response = refusal.response()
             else:
-                response = fault.response()
+                try:
+                    response, fault_kind = self._faulted(request)
+                finally:
+                    if limits.enabled:
+                        elapsed_ms = (time.perf_counter() - started) * 1000
+                        self.protection.leave(caller, elapsed_ms)
+        rate = self.protection.headers(caller, limits) if limits.enabled else DISABLED_HEADERS
         response = response.with_headers(
-            *_SERVICE_HEADERS, ("REQ_ID", request_id), ("x-ms-service-request-id", request_id)
+            *_SERVICE_HEADERS,
+            *rate,
+            ("REQ_ID", request_id),
+            ("x-ms-service-request-id", request_id),
         )
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         status = None if response.status == 0 else response.status
@@ -146,6 +162,7 @@ class Emulator:
                 "query": request.query,
                 "status": status,
                 "fault": fault_kind,
+                "throttled": throttled,
                 "ms": elapsed,
                 "prefer": request.header("prefer"),
                 "if_match": request.header("if-match"),
@@ -155,6 +172,21 @@ class Emulator:
         )
         return response
 
+    def _faulted(self, request: Request) -> tuple[Response, str | None]:
+        """Execute the request, unless a fault rule answers, delays or drops it."""
+        resource = request.path[len(API_PREFIX) + 1 :]
+        fault = self.faults.decide(request.method, resource)
+        if fault is None:
+            return self._dispatch(request, resource), None
+        if fault.kind == "slow":
+            time.sleep(fault.rule.ms / 1000)
+            return self._dispatch(request, resource), fault.kind
+        if fault.kind == "commit-drop":
+            return self._dispatch(request, resource).dropped(), fault.kind
+        if fault.kind == "drop":
+            return Response(0, drop=True), fault.kind
+        return fault.response(), fault.kind
+
     def _dispatch(self, request: Request, resource: str) -> Response:
         try:
             return self._route(request, resource)
@@ -163,6 +195,14 @@ class Emulator:
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             return error_response(errors.unexpected())
+
+    def _charge(self, request: Request, extra: int) -> Response | None:
+        """Count the inner requests of a `$batch` (§12.1)."""
+        limits = self.ctx.config.limits
+        if not limits.enabled:
+            return None
+        refusal = self.protection.charge(self.caller(request), limits, extra)
+        return refusal.response() if refusal is not None else None
 
     def _route(self, request: Request, resource: str) -> Response:
         ctx, method = self.ctx, request.method
@@ -181,7 +221,11 @@ class Emulator:
                 return metadata.who_am_i(ctx)
             return metadata.entity_definitions(ctx, request, resource)
         if resource == "$batch":
-            raise errors.not_implemented("$batch")
+            if method != "POST":
+                raise method_not_allowed(method)
+            return batch.handle(
+                ctx, request, self._dispatch, lambda extra: self._charge(request, extra)
+            )
         match = _ENTITY.match(resource)
         if match is None:
             raise errors.resource_not_found(resource.split("/")[0])
@@ -198,8 +242,11 @@ class Emulator:
                 raise method_not_allowed(method)
             if rest == "$count" and method == "GET":
                 return reads.get_count(ctx, request, table)
-            if rest.startswith("Microsoft.Dynamics.CRM."):
-                raise errors.not_implemented(f"The action '{rest}'")
+            action = rest.removeprefix(_ACTION)
+            if rest.startswith(_ACTION) and action in actions.BULK_ACTIONS:
+                if method != "POST":
+                    raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
+                return actions.bulk(ctx, request, table, action)
             raise errors.resource_not_found(rest.split("/")[0])
         record_id = writes.parse_key(table, key)
         if rest is None:
@@ -210,13 +257,81 @@ class Emulator:
             if method == "DELETE":
                 return writes.delete_entity(ctx, request, table, record_id)
             raise method_not_allowed(method)
-        segment = rest.split("/")[0]
-        known = (
-            segment in table.by_read_name
-            or segment in table.navigations
-            or ctx.schema.collection(table.name, segment) is not None
-            or segment.startswith("Microsoft.Dynamics.CRM.")
-        )
-        if known:
-            raise errors.not_implemented(f"The path segment '{segment}' under a record")
-        raise errors.resource_not_found(segment)
+        return self._record_path(request, table, record_id, rest)
+
+    def _record_path(self, request: Request, table: Table, record_id: str, rest: str) -> Response:
+        """`<set>(<id>)/…`: a column, a navigation (or its `$ref`), or a bound action."""
+        ctx, method = self.ctx, request.method
+        if rest == f"{_ACTION}QualifyLead" and table.name == "lead":
+            if method != "POST":
+                raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
+            return actions.qualify_lead(ctx, request, table, record_id)
+        reference = _REF.match(rest)
+        if reference is not None:
+            return self._reference(request, table, record_id, reference)
+        attribute = table.by_read_name.get(rest)
+        if attribute is not None and attribute.name != table.primary_id:
+            if method == "GET":
+                return reads.get_property(ctx, table, record_id, attribute)
+            if method in ("PUT", "DELETE") and not attribute.is_lookup:
+                return writes.write_property(ctx, request, table, record_id, attribute)
+            raise method_not_allowed(method)
+        if rest in table.navigations:
+            if method != "GET":
+                raise method_not_allowed(method)
+            lookup, target = table.navigations[rest]
+            related = ctx.schema.by_name.get(target.table)
+            current = ctx.store.record(table, record_id)
+            if current is None:
+                raise errors.does_not_exist(table.name, record_id)
+            linked = current.get(lookup.read_name)
+            if (
+                related is None
+                or linked is None
+                or (lookup.type_column and current.get(lookup.type_column) != target.table)
+            ):
+                return Response(204)
+            return reads.get_entity(ctx, request, related, linked)
+        collection = ctx.schema.collection(table.name, rest)
+        if collection is not None:
+            if method == "PUT" and collection.table.is_party:
+                raise errors.bad_query(
+                    f"The collection '{rest}' cannot be replaced with PUT; PATCH the "
+                    f"{table.name} with its '{rest}' array instead."
+                )
+            if method != "GET":
+                raise method_not_allowed(method)
+            if ctx.store.record(table, record_id) is None:
+                raise errors.does_not_exist(table.name, record_id)
+            attribute = collection.attribute
+            sql = f't."{attribute.read_name}" = ?'
+            if attribute.type_column:
+                sql += f' AND t."{attribute.type_column}" = {sql_text(table.name)}'
+            return reads.get_collection(ctx, request, collection.table, Compiled(sql, (record_id,)))
+        raise errors.resource_not_found(rest.split("/")[0])
+
+    def _reference(
+        self, request: Request, table: Table, record_id: str, match: re.Match[str]
+    ) -> Response:
+        """`…/<nav>/$ref` (PUT, DELETE) and `…/<collection>[(<id>)]/$ref` (POST, DELETE)."""
+        ctx, method = self.ctx, request.method
+        navigation, key = match.group("nav"), match.group("key")
+        if navigation in table.navigations and key is None:
+            if method not in ("PUT", "DELETE"):
+                raise method_not_allowed(method)
+            return writes.write_reference(ctx, request, table, record_id, navigation)
+        collection = ctx.schema.collection(table.name, navigation)
+        if collection is None:
+            raise errors.resource_not_found(navigation)
+        if method == "POST" and key is None:
+            return writes.associate(ctx, request, table, record_id, collection)
+        if method != "DELETE":
+            raise method_not_allowed(method)
+        if key is None:
+            target = dict(request.options).get("$id")
+            if target is None:
+                raise errors.bad_query("The $id query option is required to remove a link.")
+            child = writes.parse_url(ctx, target, collection.table.name, "$id")[1]
+        else:
+            child = writes.parse_key(collection.table, key)
+        return writes.disassociate(ctx, table, record_id, collection, child)

@@ -1,8 +1,8 @@
 """Runtime state shared by the handlers: store, clock, URLs, caller identity, and configuration.
 
 `Config` holds what the admin endpoint can change at run time (change tracking per table, token
-lifetime, retention, and the switches of §16.2 for UNCONFIRMED behaviour); it is replaced as a
-whole, so a request always sees one consistent configuration.
+lifetime, retention, service protection limits, and the switches of §16.2 for UNCONFIRMED
+behaviour); it is replaced as a whole, so a request always sees one consistent configuration.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from emulator.clock import Clock, wire
+from emulator.limits import Limits
 from emulator.query import QueryCompiler
 from emulator.schema import Schema
 from emulator.storage import Store
@@ -34,15 +35,40 @@ def application_id(client_id: str) -> str:
         return str(uuid.uuid5(EMULATOR_NAMESPACE, f"application:{client_id}"))
 
 
+SWITCHES = (
+    "zero_property_codes",  # U5: "0x0" for unknown/invalid property errors
+    "allow_lead_qualify_patch",  # U21: PATCH a lead to Qualified
+    "allow_state_on_create",  # U19: statecode accepted on create
+    "closed_activities_read_only",  # U22: updating a closed activity fails
+    "unresolved_parties",  # U24: parties with only `addressused`
+    "replace_parties_on_patch",  # U25: a PATCH's party array replaces (else adds to) the parties
+    "batch_error_keeps_earlier_responses",  # U26: stop-on-error also returns earlier responses
+    "changeset_error_in_changeset",  # U27: failed change set as a changesetresponse part
+    "bulk_on_activities",  # U28: CreateMultiple & co. on phonecall, task, appointment
+    "qualify_links_lead",  # U37: QualifyLead sets the lead's parent contact and account
+    "duplicates_across_tables",  # §7.10: a lead's email also matches contacts, and vice versa
+)
+
+
 @dataclass(frozen=True)
 class Config:
-    """Run-time settings (`PATCH /_emulator/config`)."""
+    """Run-time settings (`PATCH /_emulator/config`); each switch picks a §17 alternative."""
 
     untracked: frozenset[str] = frozenset()
     token_lifetime: int = 3599
     retention_days: int = 7
     zero_property_codes: bool = False
     allow_lead_qualify_patch: bool = False
+    allow_state_on_create: bool = False
+    closed_activities_read_only: bool = True
+    unresolved_parties: bool = True
+    replace_parties_on_patch: bool = True
+    batch_error_keeps_earlier_responses: bool = False
+    changeset_error_in_changeset: bool = False
+    bulk_on_activities: bool = False
+    qualify_links_lead: bool = False
+    duplicates_across_tables: bool = False
+    limits: Limits = field(default_factory=Limits)
     tables: tuple[str, ...] = field(default=(), compare=False)
 
     def tracked(self, table: str) -> bool:
@@ -53,8 +79,8 @@ class Config:
             "change_tracking": {name: self.tracked(name) for name in self.tables},
             "token_lifetime": self.token_lifetime,
             "retention_days": self.retention_days,
-            "zero_property_codes": self.zero_property_codes,
-            "allow_lead_qualify_patch": self.allow_lead_qualify_patch,
+            **{name: getattr(self, name) for name in SWITCHES},
+            "service_protection": self.limits.as_json(),
         }
 
     def updated(self, changes: dict[str, Any]) -> Config:
@@ -75,10 +101,12 @@ class Config:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ValueError(f"{key} must be a non-negative integer")
                 config = replace(config, **{key: value})  # type: ignore[arg-type]
-            elif key in ("zero_property_codes", "allow_lead_qualify_patch"):
+            elif key in SWITCHES:
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
                 config = replace(config, **{key: value})  # type: ignore[arg-type]
+            elif key == "service_protection":
+                config = replace(config, limits=config.limits.updated(value))
             else:
                 raise ValueError(f"unknown configuration key {key!r}")
         return replace(config, untracked=frozenset(untracked))

@@ -164,5 +164,31 @@ def no_http_resource(url: str) -> ApiError:
     return ApiError(404, "", f"No HTTP resource was found that matches the request URI '{url}'.")
 
 
+def duplicates_found() -> ApiError:
+    """DuplicateRecordsFound (§7.10): HTTP 500."""
+    return ApiError(
+        500,
+        "0x80040333",
+        "A record was not created or updated because a duplicate of the current record "
+        "already exists.",
+    )
+
+
+def read_only_record() -> ApiError:
+    """An update of a closed activity (U22)."""
+    return ApiError(400, "0x80043b09", "The object cannot be updated because it is read-only.")
+
+
+def stream_not_readable() -> ApiError:
+    """A `$batch` body without CRLF line endings (§9.1)."""
+    return payload_error("Stream was not readable")
+
+
+def content_id_missing(reference: str) -> ApiError:
+    return payload_error(
+        f"Content-ID Reference: '{reference}' does not exist in the batch context."
+    )
+
+
 def unexpected() -> ApiError:
     return ApiError(500, "0x80040216", "An unexpected error occurred.")

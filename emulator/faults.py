@@ -22,21 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from emulator.wire import Response, json_response
+from emulator.limits import REAL, throttled
+from emulator.wire import Response
 
-THROTTLING = {
-    "requests": (
-        "0x80072322",
-        "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
-    ),
-    "time": (
-        "0x80072321",
-        "Combined execution time of incoming requests exceeded limit of 1,200,000 milliseconds "
-        "over time window of 300 seconds. Decrease number of concurrent requests or reduce the "
-        "duration of requests and try again later.",
-    ),
-    "concurrency": ("0x80072326", "Number of concurrent requests exceeded the limit of 52."),
-}
+THROTTLING = ("requests", "time", "concurrency")
 GATEWAY_PAGES = {
     503: "<html><head><title>503 Service Unavailable</title></head><body><h1>Service Unavailable"
     "</h1><p>The service is temporarily unavailable. Please try again later.</p></body></html>",
@@ -159,8 +148,7 @@ class Fault:
         rule = self.rule
         retry = (("Retry-After", str(rule.retry_after)),) if rule.retry_after is not None else ()
         if rule.kind == "429":
-            code, message = THROTTLING[rule.code]
-            return json_response(429, {"error": {"code": code, "message": message}}, *retry)
+            return throttled(rule.code, REAL, rule.retry_after).response()
         status = int(rule.kind)
         page = GATEWAY_PAGES[status].encode()
         return Response(status, (("Content-Type", "text/html; charset=utf-8"), *retry), page)

@@ -20,6 +20,7 @@ from odata_query import ast
 
 from emulator import errors
 from emulator.context import BUSINESS_UNIT_ID, EMULATOR_NAMESPACE, ORGANIZATION_ID, Context
+from emulator.query import split_top
 from emulator.reads import query_options
 from emulator.schema import Attribute, AttributeType, Table
 from emulator.wire import Request, Response, json_response
@@ -47,6 +48,7 @@ _METADATA_KINDS = {
     AttributeType.STATE: "State",
     AttributeType.STATUS: "Status",
     AttributeType.UNIQUEIDENTIFIER: "UniqueIdentifier",
+    AttributeType.ENTITYNAME: "EntityName",
 }
 ATTRIBUTE_PROPERTIES = (
     "MetadataId", "LogicalName", "SchemaName", "EntityLogicalName", "AttributeType",
@@ -99,7 +101,7 @@ def entity_item(ctx: Context, table: Table) -> dict[str, Any]:
         "PrimaryIdAttribute": table.primary_id,
         "PrimaryNameAttribute": table.primary_name,
         "OwnershipType": table.ownership,
-        "IsActivity": False,
+        "IsActivity": table.is_activity,
         "IsCustomEntity": False,
         "ChangeTrackingEnabled": ctx.config.tracked(table.name),
         "CanChangeTrackingBeEnabled": {
@@ -239,34 +241,15 @@ def one_to_many(ctx: Context, table: Table) -> list[dict[str, Any]]:
 # -- query options over item lists -----------------------------------------------------------
 
 
-def _split_top(text: str, separator: str) -> list[str]:
-    """Split on `separator` outside parentheses."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == separator and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return [part.strip() for part in parts if part.strip()]
-
-
 def _expansions(text: str | None, allowed: Iterable[str]) -> dict[str, dict[str, str]]:
     """`$expand=A($select=x;$filter=y),B` → {"A": {"$select": "x", "$filter": "y"}, "B": {}}."""
     expansions: dict[str, dict[str, str]] = {}
-    for part in _split_top(text or "", ","):
+    for part in split_top(text or "", ","):
         match = re.match(r"^(\w+)(?:\((.*)\))?$", part)
         if match is None or match.group(1) not in allowed:
             raise errors.bad_query(f"The $expand option '{part}' is not supported here.")
         inner: dict[str, str] = {}
-        for option in _split_top(match.group(2) or "", ";"):
+        for option in split_top(match.group(2) or "", ";"):
             name, _, value = option.partition("=")
             if name not in ("$select", "$filter"):
                 raise errors.bad_query(

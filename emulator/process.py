@@ -52,6 +52,7 @@ class EmulatorProcess:
         retention_days: int | None = None,
         client_certificate: Path | None = None,
         now: str | None = None,
+        service_protection: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.client_id = client_id
@@ -68,6 +69,7 @@ class EmulatorProcess:
             ("--retention-days", retention_days),
             ("--client-certificate", client_certificate),
             ("--now", now),
+            ("--service-protection", service_protection),
             ("--no-change-tracking", ",".join(no_change_tracking) or None),
         ]
         for flag, value in options:

@@ -43,6 +43,14 @@ TOTAL_COUNT = "Microsoft.Dynamics.CRM.totalrecordcount"
 COUNT_LIMIT_EXCEEDED = "Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"
 COUNT_LIMIT = 5000
 CACHE_SIZE = 512
+EXPAND_LIMIT = 15
+EXPAND_ROWS = 5000  # U6: rows of one expanded collection
+RESTRICTED_EXPAND = (
+    "Only $select and $filter clause can be provided while doing $expand on many-to-one "
+    "relationship or nested one-to-many relationship."
+)
+EXPAND_OPTIONS = frozenset({"$select", "$filter", "$orderby", "$top", "$expand"})
+_EXPAND_ITEM = re.compile(r"^([A-Za-z_]\w*)(/\$ref)?(?:\((.*)\))?$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,70 @@ class Compiled:
 class OrderKey:
     attribute: Attribute
     descending: bool = False
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """One `$expand` item (§3.7): the related table, the lookup that joins it (on the owner for
+    a single-valued navigation, on the related table for a collection) and its own options."""
+
+    navigation: str
+    table: Table
+    attribute: Attribute
+    single: bool
+    select: tuple[Attribute, ...] | None = None
+    filter: str | None = None
+    order: tuple[OrderKey, ...] = ()
+    top: int | None = None
+    expand: tuple[Expansion, ...] = ()
+
+
+def split_top(text: str, separator: str) -> list[str]:
+    """Split on `separator` outside parentheses and quotes."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quoted = False
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        if char == separator and depth == 0 and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def select_context(select: tuple[Attribute, ...] | None, expand: tuple[Expansion, ...]) -> str:
+    """The column list of an `@odata.context`: `fullname,parentcontactid(fullname)`."""
+    items = [a.read_name for a in select] if select else []
+    items += [f"{e.navigation}({select_context(e.select, e.expand)})" for e in expand]
+    return ",".join(items)
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int | float):
+        return repr(value)
+    return sql_text(str(value))
+
+
+def inline(compiled: Compiled) -> str:
+    """A compiled filter with its parameters written in as SQL literals (for subqueries in the
+    select list, whose text is cached and shared)."""
+    pieces = compiled.sql.split("?")
+    if len(pieces) != len(compiled.params) + 1:
+        raise errors.bad_query("The $filter of an $expand cannot be compiled.")
+    return pieces[0] + "".join(
+        _literal(value) + rest for value, rest in zip(compiled.params, pieces[1:], strict=True)
+    )
 
 
 class _Cache:
@@ -168,24 +240,28 @@ class QueryCompiler:
         select: tuple[Attribute, ...] | None,
         annotations: Annotations,
         alias: str = "t",
+        expand: tuple[Expansion, ...] = (),
     ) -> str:
-        """SQL producing one row's JSON object text (`@odata.etag` first).
+        """SQL producing one row's JSON object text (`@odata.etag` first, expansions last).
 
         Without annotations it is one `json_object()` call; with them, one `printf()` whose
         arguments are the values and, per column, the annotations text ('' when the value is null).
+        Each expansion is a correlated subquery rendering the related row(s) the same way.
         """
         names = None if select is None else tuple(a.name for a in select)
-        key = (table.name, names, annotations, alias)
+        key = (table.name, names, annotations, alias, expand)
         cached: str | None = self._rows.get(key)
         if cached is not None:
             return cached
         etag = f"'W/\"' || {alias}.versionnumber || '\"'"
         columns = self.columns(table, select)
+        expanded = [(e.navigation, self._expansion(table, e, alias, annotations)) for e in expand]
         if not annotations.patterns:
             pairs = [f"'@odata.etag', {etag}"]
             for attribute in columns:
                 column = f'{alias}."{attribute.read_name}"'
                 pairs.append(f"'{attribute.read_name}', {self._value(attribute, column)}")
+            pairs += [f"'{navigation}', json({sql})" for navigation, sql in expanded]
             return self._rows.put(key, f"json_object({', '.join(pairs)})")
         template = ['{"@odata.etag":%s']
         arguments = [f"json_quote({etag})"]
@@ -201,9 +277,116 @@ class QueryCompiler:
                 arguments.append(f"CASE WHEN {column} IS NULL THEN '' ELSE {rendered} END")
             template.append(f',"{attribute.read_name}":%s')
             arguments.append(f"json_quote({self._value(attribute, column)})")
+        for navigation, sql in expanded:
+            template.append(f',"{navigation}":%s')
+            arguments.append(f"coalesce({sql}, 'null')")
         template.append("}")
         rendered_row = f"printf({sql_text(''.join(template))}, {', '.join(arguments)})"
         return self._rows.put(key, rendered_row)
+
+    def _expansion(
+        self, owner: Table, expansion: Expansion, alias: str, annotations: Annotations
+    ) -> str:
+        """The correlated subquery of one expansion: an object (or NULL), or an array."""
+        inner = f"x{int(alias[1:] or 0) + 1}" if alias.startswith("x") else "x1"
+        related = expansion.table
+        row = self.row_json(related, expansion.select, annotations, inner, expansion.expand)
+        attribute = expansion.attribute
+        if expansion.single:
+            conditions = [f'{inner}."{related.primary_id}" = {alias}."{attribute.read_name}"']
+            if attribute.type_column:
+                conditions.append(f'{alias}."{attribute.type_column}" = {sql_text(related.name)}')
+        else:
+            conditions = [f'{inner}."{attribute.read_name}" = {alias}."{owner.primary_id}"']
+            if attribute.type_column:
+                conditions.append(f'{inner}."{attribute.type_column}" = {sql_text(owner.name)}')
+        if expansion.filter is not None:
+            conditions.append(inline(self.filter(related, expansion.filter, inner)))
+        where = " AND ".join(conditions)
+        if expansion.single:
+            return f'(SELECT {row} FROM "{related.name}" {inner} WHERE {where})'
+        order = ", ".join(
+            f"{self.sort_expression(k.attribute, inner)} {'DESC' if k.descending else 'ASC'}"
+            for k in expansion.order or self.order(related, None)
+        )
+        limit = min(expansion.top, EXPAND_ROWS) if expansion.top is not None else EXPAND_ROWS
+        return (
+            f"(SELECT json_group_array(json(r)) FROM (SELECT {row} AS r FROM "
+            f'"{related.name}" {inner} WHERE {where} ORDER BY {order} LIMIT {limit}))'
+        )
+
+    # -- $expand -------------------------------------------------------------------------------
+
+    def expand(self, table: Table, text: str) -> tuple[Expansion, ...]:
+        """`$expand` text → expansions (at most 15 in all; §3.7 restrictions)."""
+        key = ("expand", table.name, text)
+        cached: tuple[Expansion, ...] | None = self._selects.get(key)
+        if cached is not None:
+            return cached
+        counter = [0]
+        return self._selects.put(key, self._expand(table, text, False, counter))  # type: ignore[no-any-return]
+
+    def _expand(
+        self, table: Table, text: str, nested: bool, counter: list[int]
+    ) -> tuple[Expansion, ...]:
+        items: list[Expansion] = []
+        for part in split_top(text, ","):
+            match = _EXPAND_ITEM.match(part)
+            if match is None:
+                raise errors.bad_query(f"Syntax error in the $expand item '{part}'.")
+            name, ref, inner = match.groups()
+            counter[0] += 1
+            if counter[0] > EXPAND_LIMIT:
+                raise errors.bad_query(
+                    f"The $expand query option cannot expand more than {EXPAND_LIMIT} navigation "
+                    "properties."
+                )
+            navigation = table.navigations.get(name)
+            reference = None if navigation else self.schema.collection(table.name, name)
+            if navigation is not None and navigation[1].table in self.schema.by_name:
+                attribute, related = navigation[0], self.schema.by_name[navigation[1].table]
+            elif reference is not None:
+                attribute, related = reference.attribute, reference.table
+            else:
+                raise errors.unknown_property(table.type_name, name)
+            single = navigation is not None
+            if ref:
+                if not single:
+                    raise errors.bad_query(
+                        "Expand with $ref is only supported on lookup type navigation property."
+                    )
+                raise errors.not_implemented("$expand with $ref")
+            options: dict[str, str] = {}
+            for option in split_top(inner or "", ";"):
+                option_name, _, value = option.partition("=")
+                if option_name not in EXPAND_OPTIONS:
+                    raise errors.bad_query(
+                        f"The query option '{option_name}' is not supported inside $expand."
+                    )
+                options[option_name] = value
+            if (single or nested) and {"$orderby", "$top"} & options.keys():
+                raise errors.bad_query(RESTRICTED_EXPAND)
+            top = options.get("$top")
+            if top is not None and not top.isdigit():
+                raise errors.bad_query(f"Invalid value '{top}' for $top query option found.")
+            if "$filter" in options:
+                self.filter(related, options["$filter"])  # syntax and column errors now
+            items.append(
+                Expansion(
+                    navigation=name,
+                    table=related,
+                    attribute=attribute,
+                    single=single,
+                    select=self.select(related, options.get("$select")),
+                    filter=options.get("$filter"),
+                    order=self.order(related, options["$orderby"]) if "$orderby" in options else (),
+                    top=int(top) if top is not None else None,
+                    expand=self._expand(related, options["$expand"], True, counter)
+                    if "$expand" in options
+                    else (),
+                )
+            )
+        return tuple(items)
 
     @staticmethod
     def _value(attribute: Attribute, column: str) -> str:
@@ -335,13 +518,13 @@ class QueryCompiler:
 
     # -- $filter ---------------------------------------------------------------------------------
 
-    def filter(self, table: Table, text: str) -> Compiled:
-        key = (table.name, text)
+    def filter(self, table: Table, text: str, alias: str = "t") -> Compiled:
+        key = (table.name, text, alias)
         cached: Compiled | None = self._filters.get(key)
         if cached is not None:
             return cached
         tree = self.parse(text)
-        compiled = _FilterCompiler(self, table).predicate(tree)
+        compiled = _FilterCompiler(self, table, alias).predicate(tree)
         return self._filters.put(key, compiled)
 
     def parse(self, text: str) -> ast._Node:
@@ -414,9 +597,9 @@ _DATETIME_LITERAL = re.compile(r"^\d{4}-\d{2}-\d{2}T")
 class _FilterCompiler(NodeVisitor):
     """One `$filter` tree → SQL over alias `t` of `table` (lambda variables get their own alias)."""
 
-    def __init__(self, compiler: QueryCompiler, table: Table) -> None:
+    def __init__(self, compiler: QueryCompiler, table: Table, alias: str) -> None:
         self.compiler = compiler
-        self.scopes = [_Scope(table, "t")]
+        self.scopes = [_Scope(table, alias)]
 
     def predicate(self, node: ast._Node) -> Compiled:
         result = self.visit(node)

@@ -10,6 +10,7 @@ version), then the tombstones in the same range, paged the same way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -29,18 +30,29 @@ from emulator.query import (
     COUNT_LIMIT_EXCEEDED,
     TOTAL_COUNT,
     Annotations,
+    Compiled,
+    Expansion,
     OrderKey,
+    select_context,
 )
 from emulator.schema import Attribute, Table
 from emulator.storage import TOMBSTONES
-from emulator.wire import MAX_PAGE_SIZE, Prefer, Request, Response, dumps, raw_json_response
+from emulator.wire import (
+    MAX_PAGE_SIZE,
+    Prefer,
+    Request,
+    Response,
+    dumps,
+    json_response,
+    raw_json_response,
+)
 
 COLLECTION_OPTIONS = frozenset(
-    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"}
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand"}
 )
-ENTITY_OPTIONS = frozenset({"$select"})
+ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
-LATER = {"$expand": "$expand", "$apply": "$apply (aggregation)", "fetchXml": "FetchXML"}
+LATER = {"$apply": "$apply (aggregation)", "fetchXml": "FetchXML"}
 CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
 
 
@@ -76,10 +88,19 @@ def preference_applied(prefer: Prefer, *, tracking: bool = False) -> list[str]:
 
 
 def context_url(
-    ctx: Context, table: Table, select: tuple[Attribute, ...] | None, suffix: str = ""
+    ctx: Context,
+    table: Table,
+    select: tuple[Attribute, ...] | None,
+    suffix: str = "",
+    expand: tuple[Expansion, ...] = (),
 ) -> str:
-    columns = f"({','.join(a.read_name for a in select)})" if select else ""
+    columns = select_context(select, expand)
+    columns = f"({columns})" if columns else ""
     return f"{ctx.api_root}$metadata#{table.entity_set}{columns}{suffix}"
+
+
+def _expansions(ctx: Context, table: Table, options: dict[str, str]) -> tuple[Expansion, ...]:
+    return ctx.compiler.expand(table, options["$expand"]) if "$expand" in options else ()
 
 
 def _top(options: dict[str, str]) -> int | None:
@@ -123,12 +144,15 @@ def _count_head(count: int | None, annotations: Annotations) -> list[str]:
     return head
 
 
-def get_collection(ctx: Context, request: Request, table: Table) -> Response:
+def get_collection(
+    ctx: Context, request: Request, table: Table, scope: Compiled | None = None
+) -> Response:
+    """A collection page; `scope` narrows it to the rows related to one record (no tracking)."""
     options = query_options(request, COLLECTION_OPTIONS)
     prefer = request.prefer
     select = ctx.compiler.select(table, options.get("$select"))
     annotations = Annotations.parse(prefer.annotations)
-    tracked = ctx.config.tracked(table.name)
+    tracked = ctx.config.tracked(table.name) and scope is None
     delta = "$deltatoken" in options
     if delta or (prefer.track_changes and tracked):
         for name in CHANGE_TRACKING_EXCLUDES:
@@ -138,7 +162,7 @@ def get_collection(ctx: Context, request: Request, table: Table) -> Response:
     if delta:
         return _delta_page(ctx, request, table, options, select, annotations, applied)
     tracking = prefer.track_changes and tracked
-    return _page(ctx, request, table, options, select, annotations, applied, tracking)
+    return _page(ctx, request, table, options, select, annotations, applied, tracking, scope)
 
 
 def _page(
@@ -150,12 +174,14 @@ def _page(
     annotations: Annotations,
     applied: list[str],
     tracking: bool,
+    scope: Compiled | None,
 ) -> Response:
     compiler = ctx.compiler
     keys = compiler.order(table, options.get("$orderby"))
     key_attributes = [key.attribute for key in keys]
-    conditions: list[str] = []
-    params: list[Any] = []
+    expand = _expansions(ctx, table, options)
+    conditions: list[str] = [scope.sql] if scope else []
+    params: list[Any] = list(scope.params) if scope else []
     if "$filter" in options:
         compiled = compiler.filter(table, options["$filter"])
         conditions.append(compiled.sql)
@@ -175,11 +201,11 @@ def _page(
         conditions.append(keyset.sql)
         params.extend(keyset.params)
     rows, last, first, more = _fetch(
-        ctx, table, select, annotations, keys, conditions, params, size
+        ctx, table, select, annotations, keys, conditions, params, size, expand
     )
     if top is not None and request.prefer.max_page_size is None and served + len(rows) >= top:
         more = False
-    head = ['"@odata.context":' + dumps(context_url(ctx, table, select))]
+    head = ['"@odata.context":' + dumps(context_url(ctx, table, select, expand=expand))]
     head += _count_head(count, annotations)
     link: tuple[str, str] | None = None
     if more and last is not None:
@@ -213,6 +239,7 @@ def _fetch(
     conditions: list[str],
     params: list[Any],
     size: int,
+    expand: tuple[Expansion, ...],
 ) -> tuple[list[str], tuple[Any, ...] | None, str | None, bool]:
     """One page: row JSON texts, the last row's sort keys, the first row's id, more rows exist."""
     if size <= 0:
@@ -225,7 +252,8 @@ def _fetch(
         for expression, key in zip(sort, keys, strict=True)
     )
     sql = (
-        f"SELECT {compiler.row_json(table, select, annotations)}, {', '.join(sort)} "
+        f"SELECT {compiler.row_json(table, select, annotations, expand=expand)}, "
+        f"{', '.join(sort)} "
         f'FROM "{table.name}" t{where} ORDER BY {order} LIMIT ?'
     )
     fetched = ctx.store.rows(sql, (*params, size + 1))
@@ -335,17 +363,18 @@ def entity_json(
     record_id: str,
     select: tuple[Attribute, ...] | None,
     annotations: Annotations,
+    expand: tuple[Expansion, ...] = (),
 ) -> tuple[str, int] | None:
     """A record as the Web API writes it (with `@odata.context`), and its version."""
     sql = (
-        f"SELECT {ctx.compiler.row_json(table, select, annotations)}, t.versionnumber "
-        f'FROM "{table.name}" t WHERE t."{table.primary_id}" = ?'
+        f"SELECT {ctx.compiler.row_json(table, select, annotations, expand=expand)}, "
+        f't.versionnumber FROM "{table.name}" t WHERE t."{table.primary_id}" = ?'
     )
     found = ctx.store.rows(sql, (record_id,))
     if not found:
         return None
     row, version = found[0]
-    entity_context = dumps(context_url(ctx, table, select, "/$entity"))
+    entity_context = dumps(context_url(ctx, table, select, "/$entity", expand))
     return '{"@odata.context":' + entity_context + "," + row[1:], int(version)
 
 
@@ -353,13 +382,27 @@ def get_entity(ctx: Context, request: Request, table: Table, record_id: str) -> 
     options = query_options(request, ENTITY_OPTIONS)
     select = ctx.compiler.select(table, options.get("$select"))
     annotations = Annotations.parse(request.prefer.annotations)
-    found = entity_json(ctx, table, record_id, select, annotations)
+    expand = _expansions(ctx, table, options)
+    found = entity_json(ctx, table, record_id, select, annotations, expand)
     if found is None:
         raise errors.does_not_exist(table.name, record_id)
     body, version = found
     etag = f'W/"{version}"'
-    if request.header("if-none-match") == etag:
+    if request.header("if-none-match") == etag and not expand and not annotations.patterns:
         return Response(304, (("ETag", etag),))
     applied = preference_applied(Prefer(annotations=request.prefer.annotations))
     headers = (("ETag", etag),) + ((("Preference-Applied", applied[0]),) if applied else ())
     return raw_json_response(200, body, *headers)
+
+
+def get_property(ctx: Context, table: Table, record_id: str, attribute: Attribute) -> Response:
+    """`GET <set>(<id>)/<column>`: `{"@odata.context": …, "value": …}`."""
+    value = ctx.compiler.row_json(table, (attribute,), Annotations())
+    found = ctx.store.rows(
+        f'SELECT {value} FROM "{table.name}" t WHERE t."{table.primary_id}" = ?', (record_id,)
+    )
+    if not found:
+        raise errors.does_not_exist(table.name, record_id)
+    row = json.loads(found[0][0])
+    context = f"{ctx.api_root}$metadata#{table.entity_set}({record_id})/{attribute.read_name}"
+    return json_response(200, {"@odata.context": context, "value": row[attribute.read_name]})

@@ -31,6 +31,7 @@ class AttributeType(StrEnum):
     STATE = "State"
     STATUS = "Status"
     UNIQUEIDENTIFIER = "Uniqueidentifier"
+    ENTITYNAME = "EntityName"
 
 
 class RequiredLevel(StrEnum):
@@ -52,7 +53,7 @@ class OnDelete(StrEnum):
 
 LOOKUP_TYPES = frozenset({AttributeType.LOOKUP, AttributeType.CUSTOMER, AttributeType.OWNER})
 CHOICE_TYPES = frozenset({AttributeType.PICKLIST, AttributeType.STATE, AttributeType.STATUS})
-TEXT_TYPES = frozenset({AttributeType.STRING, AttributeType.MEMO})
+TEXT_TYPES = frozenset({AttributeType.STRING, AttributeType.MEMO, AttributeType.ENTITYNAME})
 INTEGER_TYPES = frozenset({AttributeType.INTEGER, AttributeType.BIGINT}) | CHOICE_TYPES
 GUID_TYPES = frozenset({AttributeType.UNIQUEIDENTIFIER}) | LOOKUP_TYPES
 
@@ -154,6 +155,13 @@ class Table:
     attributes: tuple[Attribute, ...]
     computed_fullname: bool = False
     deletable: bool = True
+    is_activity: bool = False
+    duplicate_keys: tuple[str, ...] = ()
+
+    @property
+    def is_party(self) -> bool:
+        """activityparty: written only through an activity's `<activity>_activity_parties`."""
+        return self.name == "activityparty"
 
     @property
     def type_name(self) -> str:
@@ -355,6 +363,7 @@ LEAD = Table(
     object_type_code=4,
     ownership="UserOwned",
     computed_fullname=True,
+    duplicate_keys=("emailaddress1",),
     attributes=(
         _key("leadid", "Lead"),
         _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
@@ -412,6 +421,11 @@ LEAD = Table(
             "Parent Account for lead",
             LookupTarget("account", "parentaccountid", "lead_parent_account"),
         ),
+        _lookup(
+            "qualifyingopportunityid",
+            "Qualifying Opportunity",
+            LookupTarget("opportunity", "qualifyingopportunityid", "lead_qualifying_opportunity"),
+        ),
         _owner("owner_leads"),
         *_system("lead"),
     ),
@@ -428,6 +442,7 @@ CONTACT = Table(
     object_type_code=2,
     ownership="UserOwned",
     computed_fullname=True,
+    duplicate_keys=("emailaddress1",),
     attributes=(
         _key("contactid", "Contact"),
         _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
@@ -631,4 +646,264 @@ SYSTEMUSER = Table(
     ),
 )
 
-SCHEMA = Schema((LEAD, CONTACT, ACCOUNT, SYSTEMUSER))
+PRIORITIES = {0: "Low", 1: "Normal", 2: "High"}
+ACTIVITY_TABLES = ("phonecall", "task", "appointment")
+PARTY_TARGETS = ("contact", "lead", "systemuser", "account")
+PARTICIPATION_TYPES = {
+    1: "Sender",
+    2: "To Recipient",
+    3: "CC Recipient",
+    4: "BCC Recipient",
+    5: "Required attendee",
+    6: "Optional attendee",
+    7: "Organizer",
+    8: "Regarding",
+    9: "Owner",
+    10: "Resource",
+    11: "Customer",
+    12: "Chat Participant",
+}
+
+
+def _integer(
+    name: str, display: str, *, low: int = 0, high: int = 2_147_483_647, read_only: bool = False
+) -> Attribute:
+    return Attribute(
+        name,
+        AttributeType.INTEGER,
+        display,
+        min_value=low,
+        max_value=high,
+        create=not read_only,
+        update=not read_only,
+    )
+
+
+def _datetime(name: str, display: str) -> Attribute:
+    return Attribute(name, AttributeType.DATETIME, display)
+
+
+def _activity(
+    name: str,
+    schema_name: str,
+    plural: str,
+    object_type_code: int,
+    specific: tuple[Attribute, ...],
+    states: dict[int, tuple[str, int]],
+    statuses: dict[int, tuple[str, int]],
+) -> Table:
+    """An activity table (§13.5-13.7): key `activityid`, polymorphic regarding, parties."""
+    regarding = tuple(
+        LookupTarget(target, f"regardingobjectid_{target}_{name}", f"{prefix}_{plural}",
+                     OnDelete.CASCADE)
+        for target, prefix in (("account", "Account"), ("contact", "Contact"), ("lead", "Lead"))
+    )  # fmt: skip
+    return Table(
+        name=name,
+        schema_name=schema_name,
+        entity_set=f"{name}s",
+        primary_id="activityid",
+        primary_name="subject",
+        display=schema_name if name != "phonecall" else "Phone Call",
+        display_plural=f"{plural}" if name != "phonecall" else "Phone Calls",
+        object_type_code=object_type_code,
+        ownership="UserOwned",
+        is_activity=True,
+        attributes=(
+            _key("activityid", "Activity"),
+            _text("subject", "Subject", 200, required=RequiredLevel.APPLICATION_REQUIRED),
+            _memo("description", "Description", 2000),
+            *specific,
+            _choice("prioritycode", "Priority", PRIORITIES, 1),
+            _lookup("regardingobjectid", "Regarding", *regarding),
+            Attribute(
+                "activitytypecode", AttributeType.ENTITYNAME, "Activity Type", create=False,
+                update=False,
+            ),
+            _state(states),
+            _status(statuses),
+            _owner(f"owner_{name}s"),
+            *_system(name),
+        ),
+    )  # fmt: skip
+
+
+PHONECALL = _activity(
+    "phonecall",
+    "PhoneCall",
+    "Phonecalls",
+    4210,
+    (
+        _text("phonenumber", "Phone Number", 200, format="Phone"),
+        Attribute(
+            "directioncode", AttributeType.BOOLEAN, "Direction", labels=("Outgoing", "Incoming"),
+            default=True,
+        ),
+        _datetime("scheduledstart", "Start Date"),
+        _datetime("scheduledend", "Due"),
+        _datetime("actualstart", "Actual Start"),
+        _datetime("actualend", "Actual End"),
+        _integer("actualdurationminutes", "Duration"),
+        _integer("scheduleddurationminutes", "Scheduled Duration"),
+        _boolean("leftvoicemail", "Left Voice Mail", "Yes", "No"),
+    ),
+    {0: ("Open", 1), 1: ("Completed", 2), 2: ("Canceled", 3)},
+    {1: ("Open", 0), 2: ("Made", 1), 4: ("Received", 1), 3: ("Canceled", 2)},
+)  # fmt: skip
+
+TASK = _activity(
+    "task",
+    "Task",
+    "Tasks",
+    4212,
+    (
+        _datetime("scheduledstart", "Start Date"),
+        _datetime("scheduledend", "Due Date"),
+        _datetime("actualstart", "Actual Start"),
+        _datetime("actualend", "Actual End"),
+        _integer("scheduleddurationminutes", "Duration", read_only=True),
+        _integer("actualdurationminutes", "Actual Duration"),
+        _integer("percentcomplete", "Percent Complete", high=100),
+    ),
+    {0: ("Open", 2), 1: ("Completed", 5), 2: ("Canceled", 6)},
+    {
+        2: ("Not Started", 0),
+        3: ("In Progress", 0),
+        4: ("Waiting on someone else", 0),
+        7: ("Deferred", 0),
+        5: ("Completed", 1),
+        6: ("Canceled", 2),
+    },
+)
+
+APPOINTMENT = _activity(
+    "appointment",
+    "Appointment",
+    "Appointments",
+    4201,
+    (
+        Attribute(
+            "scheduledstart", AttributeType.DATETIME, "Start Time",
+            required=RequiredLevel.APPLICATION_REQUIRED,
+        ),
+        Attribute(
+            "scheduledend", AttributeType.DATETIME, "End Time",
+            required=RequiredLevel.APPLICATION_REQUIRED,
+        ),
+        _datetime("actualstart", "Actual Start"),
+        _datetime("actualend", "Actual End"),
+        _integer("scheduleddurationminutes", "Duration"),
+        _text("location", "Location", 200),
+        _boolean("isalldayevent", "All Day Event", "Yes", "No"),
+    ),
+    {0: ("Open", 1), 1: ("Completed", 3), 2: ("Canceled", 4), 3: ("Scheduled", 5)},
+    {
+        1: ("Free", 0),
+        2: ("Tentative", 0),
+        3: ("Completed", 1),
+        4: ("Canceled", 2),
+        5: ("Busy", 3),
+        6: ("Out of Office", 3),
+    },
+)  # fmt: skip
+
+ACTIVITYPARTY = Table(
+    name="activityparty",
+    schema_name="ActivityParty",
+    entity_set="activityparties",
+    primary_id="activitypartyid",
+    primary_name="partyidname",
+    display="Activity Party",
+    display_plural="Activity Parties",
+    object_type_code=135,
+    ownership="None",
+    attributes=(
+        _key("activitypartyid", "Activity Party"),
+        _lookup(
+            "activityid",
+            "Activity",
+            *(
+                LookupTarget(t, f"activityid_{t}", f"{t}_activity_parties", OnDelete.CASCADE)
+                for t in ACTIVITY_TABLES
+            ),
+        ),
+        _lookup(
+            "partyid",
+            "Party",
+            *(
+                LookupTarget(
+                    t,
+                    f"partyid_{t}",
+                    "system_user_activity_parties"
+                    if t == "systemuser"
+                    else f"{t}_activity_parties",
+                )
+                for t in PARTY_TARGETS
+            ),
+        ),
+        Attribute(
+            "participationtypemask",
+            AttributeType.PICKLIST,
+            "Participation Type",
+            options=tuple(Option(v, label) for v, label in PARTICIPATION_TYPES.items()),
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _text("addressused", "Address", 200),
+        *_system("activityparty"),
+    ),
+)
+
+OPPORTUNITY = Table(
+    name="opportunity",
+    schema_name="Opportunity",
+    entity_set="opportunities",
+    primary_id="opportunityid",
+    primary_name="name",
+    display="Opportunity",
+    display_plural="Opportunities",
+    object_type_code=3,
+    ownership="UserOwned",
+    attributes=(
+        _key("opportunityid", "Opportunity"),
+        _text("name", "Topic", 300, required=RequiredLevel.APPLICATION_REQUIRED),
+        _memo("description", "Description", 2000),
+        _lookup(
+            "customerid",
+            "Potential Customer",
+            LookupTarget("account", "customerid_account", "opportunity_customer_accounts"),
+            LookupTarget("contact", "customerid_contact", "opportunity_customer_contacts"),
+            kind=AttributeType.CUSTOMER,
+        ),
+        _lookup(
+            "parentcontactid",
+            "Contact",
+            LookupTarget("contact", "parentcontactid", "opportunity_parent_contact"),
+        ),
+        _lookup(
+            "parentaccountid",
+            "Account",
+            LookupTarget("account", "parentaccountid", "opportunity_parent_account"),
+        ),
+        _lookup(
+            "originatingleadid",
+            "Originating Lead",
+            LookupTarget("lead", "originatingleadid", "opportunity_originating_lead"),
+        ),
+        _state({0: ("Open", 1), 1: ("Won", 3), 2: ("Lost", 4)}),
+        _status(
+            {
+                1: ("In Progress", 0),
+                2: ("On Hold", 0),
+                3: ("Won", 1),
+                4: ("Canceled", 2),
+                5: ("Out-Sold", 2),
+            }
+        ),
+        _owner("owner_opportunitys"),
+        *_system("opportunity"),
+    ),
+)
+
+SCHEMA = Schema(
+    (LEAD, CONTACT, ACCOUNT, SYSTEMUSER, PHONECALL, TASK, APPOINTMENT, ACTIVITYPARTY, OPPORTUNITY)
+)

@@ -38,6 +38,7 @@ from emulator.clock import Clock, parse_wire
 from emulator.context import Config, Context
 from emulator.faults import FaultPlan, FaultRule, FaultSpecError, parse_spec
 from emulator.identity import Identity
+from emulator.limits import Limits
 from emulator.schema import SCHEMA
 from emulator.storage import Store
 from emulator.wire import Request, Response
@@ -204,6 +205,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--faults", default="", help="fault rules, e.g. '429:every=5,drop:at=3;7'")
     add("--fault-seed", type=int, default=0, help="seed of the fault RNG")
     add(
+        "--service-protection",
+        default="",
+        help="limits per caller: 'off', or e.g. 'requests=1200,window=60,execution-ms=240000,"
+        "concurrency=10' (the defaults: the real limits scaled down by five)",
+    )
+    add(
         "--no-change-tracking", default="", help="tables without change tracking, e.g. lead,contact"
     )
     add("--now", help="start the emulator clock at this ISO-8601 time")
@@ -241,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     except FaultSpecError as error:
         print(f"emulator: --faults: {error}", file=sys.stderr)
         return 2
+    try:
+        limits = Limits.parse(args.service_protection)
+    except ValueError as error:
+        print(f"emulator: --service-protection: {error}", file=sys.stderr)
+        return 2
     untracked = frozenset(
         name.strip() for name in args.no_change_tracking.split(",") if name.strip()
     )
@@ -269,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="dvconnect-emulator-")) if temporary else args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _serve(args, data_dir.resolve(), rules, untracked, certificate, start)
+        return _serve(args, data_dir.resolve(), rules, untracked, limits, certificate, start)
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -280,6 +292,7 @@ def _serve(
     data_dir: Path,
     rules: tuple[FaultRule, ...],
     untracked: frozenset[str],
+    limits: Limits,
     certificate: x509.Certificate | None,
     start: datetime | None,
 ) -> int:
@@ -289,6 +302,7 @@ def _serve(
         untracked=untracked,
         token_lifetime=args.token_lifetime,
         retention_days=args.retention_days,
+        limits=limits,
         tables=tuple(SCHEMA.by_name),
     )
     ctx = Context(

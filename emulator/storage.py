@@ -3,7 +3,10 @@
 Columns are named as the Web API names them (`_parentcontactid_value` for lookups) so the file can
 be inspected with plain SQL. Every write runs in a `WriteTx` under one lock: it takes the next value
 of a single global counter as the row's `versionnumber` (the etag), leaves a tombstone for each
-deleted row, and applies the delete cascades of the schema (RemoveLink, Cascade). Readers use one
+deleted row, and applies the delete cascades of the schema (RemoveLink, Cascade). A write opened
+inside another in the same thread is a savepoint of it, so a `$batch` change set or a bulk action
+commits or rolls back as a whole. Columns added to the schema since a data dir was made are added
+on open. Readers use one
 connection per thread in WAL mode and never block writers. Text columns compare case-insensitively
 (`COLLATE NOCASE` for sorting, `dv_fold()` for Unicode-aware filters).
 """
@@ -46,7 +49,8 @@ def fold(value: object) -> object:
     return value.casefold() if isinstance(value, str) else value
 
 
-def _column_ddl(table: Table) -> list[str]:
+def _column_ddl(table: Table) -> list[tuple[str, str]]:
+    """(column, definition) of every storage column."""
     columns = []
     for attribute in table.attributes:
         if attribute.type in TEXT_TYPES:
@@ -59,19 +63,28 @@ def _column_ddl(table: Table) -> list[str]:
             kind += " NOT NULL PRIMARY KEY"
         elif attribute.name == "versionnumber":
             kind += " NOT NULL"
-        columns.append(f'"{attribute.read_name}" {kind}')
+        columns.append((attribute.read_name, f'"{attribute.read_name}" {kind}'))
         if attribute.type_column:
-            columns.append(f'"{attribute.type_column}" TEXT')
+            columns.append((attribute.type_column, f'"{attribute.type_column}" TEXT'))
     return columns
 
 
+def duplicate_key(column: str) -> str:
+    """The comparison key of duplicate detection (§7.10): trimmed, case-insensitive."""
+    return f'lower(trim("{column}"))'
+
+
 def table_indexes(table: Table) -> dict[str, str]:
-    """Secondary indexes: versions (deltas), modifiedon (watermarks), lookups that cascade."""
+    """Secondary indexes: versions (deltas), modifiedon (watermarks), lookups that cascade,
+    duplicate-detection keys."""
     name, key = table.name, table.primary_id
     indexes = {
         f"{name}_version": f'CREATE UNIQUE INDEX "{name}_version" ON "{name}" (versionnumber)',
         f"{name}_modifiedon": f'CREATE INDEX "{name}_modifiedon" ON "{name}" (modifiedon, "{key}")',
     }
+    for column in table.duplicate_keys:
+        index = f"{name}_{column}_duplicates"
+        indexes[index] = f'CREATE INDEX "{index}" ON "{name}" ({duplicate_key(column)})'
     for attribute in table.attributes:
         if any(t.on_delete is not OnDelete.RESTRICT for t in attribute.targets):
             index = f"{name}_{attribute.name}"
@@ -89,7 +102,7 @@ def schema_ddl(schema: Schema) -> str:
         f"ON {TOMBSTONES} (tablename, versionnumber)",
     ]
     for table in schema.tables:
-        columns = ", ".join(_column_ddl(table))
+        columns = ", ".join(ddl for _, ddl in _column_ddl(table))
         statements.append(f'CREATE TABLE IF NOT EXISTS "{table.name}" ({columns}) WITHOUT ROWID')
         statements += [
             sql.replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX IF NOT EXISTS").replace(
@@ -111,8 +124,17 @@ class Store:
         connection = self.connection()
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(schema_ddl(schema))
+        self._add_missing_columns(connection)
         stored = self.meta("version")
         self._version = int(stored) if stored is not None else VERSION_START
+
+    def _add_missing_columns(self, connection: sqlite3.Connection) -> None:
+        """A data dir made by an older emulator gets the columns added since (as nulls)."""
+        for table in self.schema.tables:
+            existing = {row[1] for row in connection.execute(f'PRAGMA table_info("{table.name}")')}
+            for column, ddl in _column_ddl(table):
+                if column not in existing:
+                    connection.execute(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}')
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -158,11 +180,22 @@ class Store:
 
     @contextmanager
     def write(self, now: str) -> Iterator[WriteTx]:
-        """One atomic write transaction; `now` stamps modifiedon of rows changed by cascades."""
+        """One atomic write transaction; `now` stamps modifiedon of rows changed by cascades.
+
+        Called again in the same thread while a transaction is open (a `$batch` change set, a
+        bulk action), it opens a savepoint of that transaction instead: a failure undoes the inner
+        part only, and nothing is committed before the outermost block ends.
+        """
+        current: WriteTx | None = getattr(self._local, "tx", None)
+        if current is not None:
+            with current.savepoint():
+                yield current
+            return
         with self._lock:
             connection = self.connection()
             connection.execute("BEGIN IMMEDIATE")
             tx = WriteTx(self.schema, connection, now, self._version)
+            self._local.tx = tx
             try:
                 yield tx
                 if tx.version != self._version:
@@ -171,6 +204,8 @@ class Store:
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.tx = None
             self._version = tx.version
 
 
@@ -194,6 +229,26 @@ class WriteTx:
         self.now = now
         self.version = version
         self._connection = connection
+        self._depth = 0
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of this transaction, undone alone when it raises."""
+        self._depth += 1
+        name = f"part{self._depth}"
+        version = self.version
+        self._connection.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._connection.execute(f"ROLLBACK TO {name}")
+            self._connection.execute(f"RELEASE {name}")
+            self.version = version
+            raise
+        else:
+            self._connection.execute(f"RELEASE {name}")
+        finally:
+            self._depth -= 1
 
     def _next_version(self) -> int:
         self.version += 1

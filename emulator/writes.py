@@ -1,10 +1,14 @@
-"""Web API writes (§7-8): create, upsert/update with conditions, delete, `@odata.bind`.
+"""Web API writes (§7-8): create, upsert/update with conditions, delete, associations.
 
-The record operations (`create`, `upsert`, `delete`) take an open `WriteTx`, so a later `$batch`
-change set can run several in one transaction. Bodies are validated against the schema: unknown
-properties, wrong navigation names, value types, MaxLength, choice values, state/status pairs.
-Read-only columns are ignored, except `statecode` on create (U19). `fullname`, owner, created/
-modified stamps and defaults are filled in here; versions, tombstones and cascades by the store.
+The record operations (`create`, `upsert`, `update`, `delete`) take an open `WriteTx`, so a
+`$batch` change set, a bulk action or QualifyLead runs several in one transaction. Bodies are
+validated against the schema: unknown properties, wrong navigation names, value types, MaxLength,
+choice values, state/status pairs, closed activities (U22). Single-valued `x@odata.bind`,
+collection binds, deep insert and `<activity>_activity_parties` arrays are written here, as are
+the `$ref` and single-property requests. Duplicate detection (§7.10) runs when a request asks for
+it. Read-only columns are ignored, except `statecode` on create (U19). `fullname`, owner,
+created/modified stamps and defaults are filled in here; versions, tombstones and cascades by
+the store.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from emulator import errors
@@ -25,11 +30,11 @@ from emulator.schema import (
     INTEGER_TYPES,
     Attribute,
     AttributeType,
-    LookupTarget,
+    Reference,
     RequiredLevel,
     Table,
 )
-from emulator.storage import RestrictedDelete, WriteTx
+from emulator.storage import RestrictedDelete, WriteTx, duplicate_key
 from emulator.wire import Request, Response, raw_json_response
 
 _BIND = re.compile(r"^/?(?:.*/api/data/v9\.\d/)?([A-Za-z_]\w*)\(([^)]*)\)$")
@@ -102,37 +107,51 @@ def coerce(table: Table, attribute: Attribute, value: object) -> object:
     raise errors.payload_error(f"The property '{attribute.name}' cannot be written.")
 
 
-def _bind(
-    ctx: Context, tx: WriteTx, target: LookupTarget, navigation: str, value: object
-) -> str | None:
-    """The id an `x@odata.bind` value points at (checked to exist), or None to clear the lookup."""
-    if value is None:
-        return None
+def parse_url(ctx: Context, value: object, expected: str | None, what: str) -> tuple[Table, str]:
+    """The (table, id) a record URL such as `/contacts(<id>)` names; `expected` is a table name.
+
+    The leading `/` is optional and an absolute URL works too (§8.1).
+    """
     match = _BIND.match(value) if isinstance(value, str) else None
     if match is None:
-        example = ctx.schema.by_name[target.table].entity_set
-        raise errors.payload_error(
-            f"The value of '{navigation}@odata.bind' must be a URL like '/{example}(<id>)'."
-        )
+        example = ctx.schema.by_name[expected].entity_set if expected else "<entityset>"
+        raise errors.payload_error(f"The value of '{what}' must be a URL like '/{example}(<id>)'.")
     other = ctx.schema.by_set.get(match.group(1))
-    if other is None or other.name != target.table:
+    if other is None or (expected is not None and other.name != expected):
         raise errors.payload_error(
-            f"The entity set '{match.group(1)}' is not a valid target of the navigation "
-            f"property '{navigation}'."
+            f"The entity set '{match.group(1)}' is not a valid target of '{what}'."
         )
-    record_id = parse_key(other, match.group(2))
+    return other, parse_key(other, match.group(2))
+
+
+def resolve(
+    ctx: Context, tx: WriteTx, value: object, expected: str | None, what: str
+) -> tuple[Table, str]:
+    """`parse_url`, and the record must exist."""
+    other, record_id = parse_url(ctx, value, expected, what)
     if tx.record(other, record_id) is None:
         raise errors.does_not_exist(other.name, record_id)
-    return record_id
+    return other, record_id
+
+
+@dataclass(frozen=True)
+class _Related:
+    """Writes that follow the record's own: deep-inserted children, collection binds."""
+
+    reference: Reference
+    bodies: tuple[object, ...] = ()
+    ids: tuple[str, ...] = ()
 
 
 def _values(
     ctx: Context, tx: WriteTx, table: Table, body: object, *, creating: bool
-) -> dict[str, Any]:
-    """Validate a create/update body; returns storage column → value (primary key excluded)."""
+) -> tuple[dict[str, Any], list[_Related]]:
+    """Validate a create/update body: storage column → value (primary key excluded), and the
+    related writes to make once the record exists."""
     if not isinstance(body, dict):
         raise errors.payload_error("The request body must be a JSON object.")
     values: dict[str, Any] = {}
+    related: list[_Related] = []
     for key, value in body.items():
         if key.startswith("@"):
             if key == "@odata.type" and str(value).lstrip("#") != table.type_name:
@@ -146,36 +165,123 @@ def _values(
             if annotation != "odata.bind":
                 continue
             navigation = table.navigations.get(name)
-            if navigation is None:
+            collection = ctx.schema.collection(table.name, name)
+            if navigation is not None:
+                attribute, target = navigation
+                if attribute.create if creating else attribute.update:
+                    bound = (
+                        resolve(ctx, tx, value, target.table, key)[1] if value is not None else None
+                    )
+                    values[attribute.read_name] = bound
+                    if attribute.type_column:
+                        values[attribute.type_column] = target.table if value is not None else None
+            elif collection is not None:
+                if not isinstance(value, list):
+                    raise errors.payload_error(
+                        f"The value of '{key}' must be an array of record URLs."
+                    )
+                ids = tuple(resolve(ctx, tx, url, collection.table.name, key)[1] for url in value)
+                related.append(_Related(collection, ids=ids))
+            else:
                 raise errors.undeclared_property(name)
-            attribute, target = navigation
-            if attribute.create if creating else attribute.update:
-                values[attribute.read_name] = _bind(ctx, tx, target, name, value)
-                if attribute.type_column:
-                    values[attribute.type_column] = target.table if value is not None else None
             continue
         column = table.by_name.get(key)
         if column is None or column.is_lookup:
-            if key in table.navigations:
-                if isinstance(value, dict):
-                    raise errors.not_implemented("Deep insert")
-                raise errors.payload_error(
-                    "A node of type 'PrimitiveValue' was read from the JSON reader when trying to "
-                    f"read the contents of the navigation property '{key}'; however, a "
-                    "'StartObject' node was expected."
-                )
-            raise errors.invalid_property(table.type_name, key)
+            _navigation_value(ctx, tx, table, key, value, values, related, creating=creating)
+            continue
         if column.name == table.primary_id:
             continue
         if not (column.create if creating else column.update):
             if creating and column.type is AttributeType.STATE:
-                raise errors.invalid_argument(
-                    f"The '{column.name}' attribute of the '{table.name}' entity is not valid "
-                    "for create: records are created in their default state."
-                )
+                if not ctx.config.allow_state_on_create:
+                    raise errors.invalid_argument(
+                        f"The '{column.name}' attribute of the '{table.name}' entity is not "
+                        "valid for create: records are created in their default state."
+                    )
+                values[column.read_name] = coerce(table, column, value)
             continue
         values[column.read_name] = coerce(table, column, value)
-    return values
+    return values, related
+
+
+def _navigation_value(
+    ctx: Context,
+    tx: WriteTx,
+    table: Table,
+    key: str,
+    value: object,
+    values: dict[str, Any],
+    related: list[_Related],
+    *,
+    creating: bool,
+) -> None:
+    """A navigation property written with a value: deep insert (§7.3) or activity parties."""
+    if key in table.navigations:
+        if not isinstance(value, dict):
+            raise errors.payload_error(
+                "A node of type 'PrimitiveValue' was read from the JSON reader when trying to "
+                f"read the contents of the navigation property '{key}'; however, a "
+                "'StartObject' node was expected."
+            )
+        attribute, target = table.navigations[key]
+        values[attribute.read_name] = create(ctx, tx, ctx.schema.by_name[target.table], value)
+        if attribute.type_column:
+            values[attribute.type_column] = target.table
+        return
+    reference = ctx.schema.collection(table.name, key)
+    if reference is None:
+        raise errors.invalid_property(table.type_name, key)
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise errors.payload_error(
+            f"The navigation property '{key}' must be written as an array of objects."
+        )
+    if not creating and not reference.table.is_party:
+        raise errors.payload_error(
+            f"The navigation property '{key}' can be written on create only (deep insert)."
+        )
+    related.append(_Related(reference, bodies=tuple(value)))
+
+
+def _write_related(
+    ctx: Context, tx: WriteTx, table: Table, record_id: str, related: list[_Related]
+) -> None:
+    """Deep-inserted children and collection binds, now that the record exists."""
+    for item in related:
+        attribute, child = item.reference.attribute, item.reference.table
+        link: dict[str, Any] = {attribute.read_name: record_id}
+        if attribute.type_column:
+            link[attribute.type_column] = table.name
+        if item.bodies and child.is_party and ctx.config.replace_parties_on_patch:
+            where = f'WHERE "{attribute.read_name}" = ?'
+            for party_id in tx.ids(child, where, (record_id,)):
+                tx.delete(child, party_id)
+        for body in item.bodies:
+            create(ctx, tx, child, body, link=link)
+        for child_id in item.ids:
+            tx.update(child, child_id, {**link, "modifiedon": tx.now})
+
+
+def duplicates_exist(
+    ctx: Context, tx: WriteTx, table: Table, values: dict[str, Any], record_id: str
+) -> bool:
+    """§7.10: another record with the same duplicate key (email, trimmed, any case)."""
+    tables = [table]
+    if ctx.config.duplicates_across_tables:
+        tables += [t for t in ctx.schema.tables if t is not table and t.duplicate_keys]
+    for column in table.duplicate_keys:
+        value = values.get(column)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        for other in tables:
+            if column not in other.duplicate_keys:
+                continue
+            sql = (
+                f'SELECT 1 FROM "{other.name}" WHERE {duplicate_key(column)} = lower(trim(?)) '
+                f'AND "{other.primary_id}" != ? LIMIT 1'
+            )
+            if tx.rows(sql, (value, record_id)):
+                return True
+    return False
 
 
 def default_status(table: Table, state: int) -> int | None:
@@ -234,6 +340,7 @@ def fill_defaults(ctx: Context, table: Table, values: dict[str, Any], now: str) 
         "createdon": now,
         "modifiedon": now,
         "statecode": 0,
+        "activitytypecode": table.name,
     }
     for attribute in table.attributes:
         column = attribute.read_name
@@ -248,10 +355,19 @@ def fill_defaults(ctx: Context, table: Table, values: dict[str, Any], now: str) 
 
 
 def create(
-    ctx: Context, tx: WriteTx, table: Table, body: object, record_id: str | None = None
+    ctx: Context,
+    tx: WriteTx,
+    table: Table,
+    body: object,
+    record_id: str | None = None,
+    *,
+    detect_duplicates: bool = False,
+    link: dict[str, Any] | None = None,
 ) -> str:
-    """Insert a record; the id comes from the URL (upsert), the body, or is new."""
-    values = _values(ctx, tx, table, body, creating=True)
+    """Insert a record; the id comes from the URL (upsert), the body, or is new. `link` sets the
+    lookup of a child created through its parent's collection (activity parties)."""
+    values, related = _values(ctx, tx, table, body, creating=True)
+    values.update(link or {})
     if record_id is None:
         supplied = body.get(table.primary_id) if isinstance(body, dict) else None
         record_id = (
@@ -260,7 +376,7 @@ def create(
     if tx.record(table, record_id) is not None:
         raise errors.duplicate_key()
     if values.get("statuscode") is not None:
-        _check_pair(table, 0, values["statuscode"])
+        _check_pair(table, values.get("statecode", 0), values["statuscode"])
     fill_defaults(ctx, table, values, tx.now)
     for attribute in table.attributes:
         if (
@@ -272,24 +388,66 @@ def create(
             raise errors.invalid_argument(
                 f"The '{attribute.name}' attribute of the '{table.name}' entity is required."
             )
+    if table.is_party:
+        _check_party(ctx, values)
     fill_fullname(table, values, None)
+    if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
+        raise errors.duplicates_found()
     values[table.primary_id] = record_id
     tx.insert(table, values)
+    _write_related(ctx, tx, table, record_id, related)
     return record_id
 
 
-def update(
-    ctx: Context, tx: WriteTx, table: Table, record_id: str, body: object, current: dict[str, Any]
+def _check_party(ctx: Context, values: dict[str, Any]) -> None:
+    """An activity party names a record, or (U24) only an address."""
+    if values.get("_partyid_value") is not None:
+        return
+    if not values.get("addressused"):
+        raise errors.invalid_argument(
+            "An activity party needs a party (partyid_<table>@odata.bind) or an addressused."
+        )
+    if not ctx.config.unresolved_parties:
+        raise errors.invalid_argument(
+            "An activity party with only an addressused (unresolved) is not allowed here."
+        )
+
+
+def _check_closed(
+    ctx: Context, table: Table, current: dict[str, Any], values: dict[str, Any], related: list[Any]
 ) -> None:
-    values = _values(ctx, tx, table, body, creating=False)
+    """U22: a closed activity takes a state change only (reopen it to change anything else)."""
+    if not (table.is_activity and ctx.config.closed_activities_read_only):
+        return
+    if current.get("statecode") == 0:
+        return
+    if related or "statecode" not in values or set(values) - {"statecode", "statuscode"}:
+        raise errors.read_only_record()
+
+
+def update(
+    ctx: Context,
+    tx: WriteTx,
+    table: Table,
+    record_id: str,
+    body: object,
+    current: dict[str, Any],
+    *,
+    detect_duplicates: bool = False,
+) -> None:
+    values, related = _values(ctx, tx, table, body, creating=False)
     supplied = body.get(table.primary_id) if isinstance(body, dict) else None
     if supplied is not None and _guid(supplied, table, table.primary_id) != record_id:
         raise errors.payload_error(f"The '{table.primary_id}' in the body does not match the URL.")
+    _check_closed(ctx, table, current, values, related)
     _check_status(ctx, table, values, current)
     fill_fullname(table, values, current)
+    if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
+        raise errors.duplicates_found()
     values["modifiedon"] = tx.now
     values["_modifiedby_value"] = ctx.caller_id
     tx.update(table, record_id, values)
+    _write_related(ctx, tx, table, record_id, related)
 
 
 def _check_if_match(
@@ -312,6 +470,7 @@ def upsert(
     *,
     if_match: str | None = None,
     if_none_match: str | None = None,
+    detect_duplicates: bool = False,
 ) -> bool:
     """PATCH semantics (§7.4-7.6): update, or create when missing; True when it created."""
     current = tx.record(table, record_id)
@@ -319,9 +478,9 @@ def upsert(
         raise errors.matching_key_exists()
     _check_if_match(if_match, current, table, record_id)
     if current is None:
-        create(ctx, tx, table, body, record_id)
+        create(ctx, tx, table, body, record_id, detect_duplicates=detect_duplicates)
         return True
-    update(ctx, tx, table, record_id, body, current)
+    update(ctx, tx, table, record_id, body, current, detect_duplicates=detect_duplicates)
     return False
 
 
@@ -347,7 +506,7 @@ def delete(
 # -- HTTP handlers -----------------------------------------------------------------------------
 
 
-def _body(request: Request) -> object:
+def body_of(request: Request) -> object:
     try:
         return request.json()
     except (UnicodeDecodeError, ValueError):
@@ -356,8 +515,22 @@ def _body(request: Request) -> object:
         ) from None
 
 
-def _entity_url(ctx: Context, table: Table, record_id: str) -> str:
+def detects_duplicates(request: Request) -> bool:
+    """§7.10: duplicate detection runs only when the request switches it on."""
+    header = request.header("mscrm.suppressduplicatedetection") or ""
+    return header.strip().lower() == "false"
+
+
+def entity_url(ctx: Context, table: Table, record_id: str) -> str:
     return f"{ctx.api_root}{table.entity_set}({record_id})"
+
+
+def _direct(method: str, table: Table) -> None:
+    """activityparty is written through its activity only (reference silent; emulator wording)."""
+    if table.is_party:
+        raise errors.not_supported(
+            f"The '{method}' method does not support entities of type '{table.name}'."
+        )
 
 
 def _representation(
@@ -377,30 +550,33 @@ def _representation(
         body,
         ("Preference-Applied", "return=representation"),
         ("ETag", f'W/"{version}"'),
-        ("Location", _entity_url(ctx, table, record_id)),
+        ("Location", entity_url(ctx, table, record_id)),
     )
 
 
 def post_collection(ctx: Context, request: Request, table: Table) -> Response:
-    body = _body(request)
+    _direct("Create", table)
+    body = body_of(request)
     with ctx.store.write(ctx.now()) as tx:
-        record_id = create(ctx, tx, table, body)
-    if request.prefer.return_representation:
-        return _representation(ctx, request, table, record_id, 201)
-    url = _entity_url(ctx, table, record_id)
+        record_id = create(ctx, tx, table, body, detect_duplicates=detects_duplicates(request))
+        if request.prefer.return_representation:
+            return _representation(ctx, request, table, record_id, 201)
+    url = entity_url(ctx, table, record_id)
     return Response(204, (("OData-EntityId", url), ("Location", url)))
 
 
 def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:
-    body = _body(request)
+    _direct("Update", table)
+    body = body_of(request)
     with ctx.store.write(ctx.now()) as tx:
         created = upsert(
             ctx, tx, table, record_id, body,
             if_match=request.header("if-match"), if_none_match=request.header("if-none-match"),
+            detect_duplicates=detects_duplicates(request),
         )  # fmt: skip
-    if request.prefer.return_representation:
-        return _representation(ctx, request, table, record_id, 201 if created else 200)
-    url = _entity_url(ctx, table, record_id)
+        if request.prefer.return_representation:
+            return _representation(ctx, request, table, record_id, 201 if created else 200)
+    url = entity_url(ctx, table, record_id)
     headers = (
         (("OData-EntityId", url), ("Location", url)) if created else (("OData-EntityId", url),)
     )
@@ -408,6 +584,80 @@ def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -
 
 
 def delete_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:
+    _direct("Delete", table)
     with ctx.store.write(ctx.now()) as tx:
         delete(ctx, tx, table, record_id, if_match=request.header("if-match"))
+    return Response(204)
+
+
+def _existing(tx: WriteTx, table: Table, record_id: str) -> dict[str, Any]:
+    current = tx.record(table, record_id)
+    if current is None:
+        raise errors.does_not_exist(table.name, record_id)
+    return current
+
+
+def write_property(
+    ctx: Context, request: Request, table: Table, record_id: str, attribute: Attribute
+) -> Response:
+    """`PUT <set>(<id>)/<column>` with `{"value": …}`, or `DELETE` to clear it (§7.4)."""
+    _direct("Update", table)
+    if request.method == "PUT":
+        body = body_of(request)
+        if not isinstance(body, dict) or set(body) - {"value", "@odata.context"}:
+            raise errors.payload_error('The body of a property PUT must be {"value": …}.')
+        value = body.get("value")
+    else:
+        value = None
+    with ctx.store.write(ctx.now()) as tx:
+        current = _existing(tx, table, record_id)
+        update(ctx, tx, table, record_id, {attribute.name: value}, current)
+    return Response(204)
+
+
+def write_reference(
+    ctx: Context, request: Request, table: Table, record_id: str, navigation: str
+) -> Response:
+    """`PUT <set>(<id>)/<nav>/$ref` with `{"@odata.id": url}`, or `DELETE` to clear (§8.4)."""
+    _direct("Update", table)
+    target = None
+    if request.method == "PUT":
+        body = body_of(request)
+        if not isinstance(body, dict) or "@odata.id" not in body:
+            raise errors.payload_error('The body of a $ref request must be {"@odata.id": url}.')
+        target = body["@odata.id"]
+    with ctx.store.write(ctx.now()) as tx:
+        current = _existing(tx, table, record_id)
+        update(ctx, tx, table, record_id, {f"{navigation}@odata.bind": target}, current)
+    return Response(204)
+
+
+def associate(
+    ctx: Context, request: Request, table: Table, record_id: str, reference: Reference
+) -> Response:
+    """`POST <set>(<id>)/<collection>/$ref` with `{"@odata.id": url}`: link a child (§8.4)."""
+    body = body_of(request)
+    if not isinstance(body, dict) or "@odata.id" not in body:
+        raise errors.payload_error('The body of a $ref request must be {"@odata.id": url}.')
+    with ctx.store.write(ctx.now()) as tx:
+        _existing(tx, table, record_id)
+        child = resolve(ctx, tx, body["@odata.id"], reference.table.name, "@odata.id")[1]
+        _write_related(ctx, tx, table, record_id, [_Related(reference, ids=(child,))])
+    return Response(204)
+
+
+def disassociate(
+    ctx: Context, table: Table, record_id: str, reference: Reference, child: str
+) -> Response:
+    """`DELETE <set>(<id>)/<collection>(<child>)/$ref` or `…/$ref?$id=<url>` (§8.4)."""
+    attribute = reference.attribute
+    with ctx.store.write(ctx.now()) as tx:
+        _existing(tx, table, record_id)
+        current = _existing(tx, reference.table, child)
+        if current.get(attribute.read_name) != record_id:
+            raise errors.does_not_exist(reference.table.name, child)
+        cleared: dict[str, Any] = {attribute.read_name: None, "modifiedon": tx.now}
+        if attribute.type_column:
+            cleared[attribute.type_column] = None
+        tx.update(reference.table, child, cleared)
     return Response(204)

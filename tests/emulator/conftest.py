@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from emulator.process import EmulatorProcess
+from emulator.schema import SCHEMA
 
 
 class Api:
@@ -46,9 +47,15 @@ class Api:
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         return self.emulator.admin(method, path, body)
 
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return self.session.put(self.url(path), json=body, timeout=30, **kwargs)
+
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
-        key = {"lead": "leadid", "contact": "contactid", "account": "accountid"}[table]
+        key = SCHEMA.by_name[table].primary_id
         return {row[key]: row for row in self.emulator.rows(table)}
+
+    def config(self, **changes: Any) -> None:
+        self.admin("PATCH", "/config", changes)
 
     def pages(self, path: str, prefer: str) -> list[dict[str, Any]]:
         """Every page of a read, following nextLinks exactly as received."""
@@ -58,6 +65,12 @@ class Api:
             assert response.status_code == 200, response.text
             pages.append(response.json())
         return pages
+
+
+def created_id(response: requests.Response) -> str:
+    """The GUID at the end of `OData-EntityId` (§7.1)."""
+    assert response.status_code == 204, response.text
+    return response.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
 
 
 def error(response: requests.Response) -> tuple[int, str, str]:

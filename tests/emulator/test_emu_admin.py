@@ -111,7 +111,7 @@ def test_admin_deletes_cascade_like_web_api_deletes(web: Api) -> None:
 
 def test_admin_errors_are_plain_json(web: Api) -> None:
     with pytest.raises(EmulatorError, match="404"):
-        web.admin("GET", "/tables/opportunity")
+        web.admin("GET", "/tables/campaign")
     with pytest.raises(EmulatorError, match="unknown column 'nope'"):
         web.admin("POST", "/tables/lead", {"rows": [{"nope": 1}]})
     with pytest.raises(EmulatorError, match="405"):

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from emulator.faults import FaultSpecError, parse_spec
+from tests.emulator import batch_wire as bw
 from tests.emulator.conftest import Api
 
 
@@ -156,3 +157,64 @@ def test_identity_and_admin_calls_are_never_faulted(web: Api) -> None:
     assert web.get("WhoAmI").status_code == 503
     web.admin("DELETE", "/faults")
     assert web.get("WhoAmI").status_code == 200
+
+
+def _batch_of_leads(ids: list[str]) -> bytes:
+    operations = [
+        bw.op(
+            "POST", "/api/data/v9.2/leads", {"leadid": i, "lastname": "Batched"}, content_id=str(n)
+        )
+        for n, i in enumerate(ids, start=1)
+    ]
+    return bw.body("batch_cd", bw.changeset("changeset_cd", *operations))
+
+
+def _send_batches(web: Api, count: int) -> tuple[list[bool], list[list[str]]]:
+    """Send `count` batches of two creates; which ones lost their answer, and their ids."""
+    dropped, sent = [], []
+    for _ in range(count):
+        ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        sent.append(ids)
+        try:
+            response = web.session.post(
+                web.url("$batch"),
+                data=_batch_of_leads(ids),
+                headers={"Content-Type": "multipart/mixed; boundary=batch_cd"},
+                timeout=30,
+            )
+            assert response.status_code == 200
+            dropped.append(False)
+        except requests.ConnectionError:
+            dropped.append(True)
+    return dropped, sent
+
+
+def test_commit_drop_on_a_batch_commits_it_all_reproducibly_for_a_seed(web: Api) -> None:
+    faults(web, "commit-drop:path=$batch:rate=0.5", seed=7)
+    dropped, sent = _send_batches(web, 8)
+    assert 0 < dropped.count(True) < 8
+    leads = web.rows("lead")
+    for ids in sent:  # dropped or not, every batch was committed as a whole
+        assert {leads[i]["lastname"] for i in ids} == {"Batched"}
+    log = web.emulator.requests_after(0)
+    assert [e["fault"] == "commit-drop" for e in log] == dropped
+    assert [e["status"] for e in log if e["fault"]] == [200] * dropped.count(True)
+    web.emulator.reset()
+    faults(web, "commit-drop:path=$batch:rate=0.5", seed=7)
+    again, _ = _send_batches(web, 8)
+    assert again == dropped
+
+
+def test_commit_drop_on_a_bulk_action_commits_every_target(web: Api) -> None:
+    faults(web, "commit-drop:path=*CreateMultiple:first=1")
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    targets = [{"@odata.type": "Microsoft.Dynamics.CRM.contact", "contactid": i, "lastname": "Bulk"}
+               for i in ids]  # fmt: skip
+    with pytest.raises(requests.ConnectionError):
+        web.post("contacts/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": targets})
+    contacts = web.rows("contact")
+    assert all(contacts[i]["lastname"] == "Bulk" for i in ids)
+    retry = web.post("contacts/Microsoft.Dynamics.CRM.CreateMultiple", {"Targets": targets})
+    assert retry.status_code == 412
+    upsert = web.post("contacts/Microsoft.Dynamics.CRM.UpsertMultiple", {"Targets": targets})
+    assert upsert.status_code == 204

@@ -133,11 +133,13 @@ def test_the_client_secret_never_appears_in_the_output(tmp_path: Path) -> None:
 
 
 def test_bad_options_return_2_without_serving(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--no-change-tracking", "opportunity"]) == 2
+    assert main(["--no-change-tracking", "campaign"]) == 2
     assert main(["--faults", "drop:every=x"]) == 2
     assert main(["--now", "yesterday"]) == 2
     assert main(["--port", "many"]) == 2
+    assert main(["--service-protection", "requests=lots"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "opportunity" in captured.err
+    assert "campaign" in captured.err
     assert "'drop:every=x'" in captured.err
+    assert "--service-protection: 'requests=lots'" in captured.err
