@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,7 +91,7 @@ class Dataverse:
             table=table.name,
             primary_key=table.primary_key,
             request_id=rid,
-            tracking=TRACK_CHANGES in response.headers.get("Preference-Applied", ""),
+            server_time=_server_time(response.headers.get("Date")),
         )
 
     def who_am_i(self) -> dict[str, Any]:
@@ -109,3 +111,16 @@ class Dataverse:
         path = entity_definition_path(logical_name, "/Attributes")
         body = self.transport.send("GET", f"{path}?$select=LogicalName,AttributeType").json()
         return {a["LogicalName"]: a["AttributeType"] for a in body.get("value", [])}
+
+
+def _server_time(date_header: str | None) -> str | None:
+    """The server's clock from an HTTP `Date` header, as ISO-8601 UTC; None when absent or bad."""
+    if not date_header:
+        return None
+    try:
+        moment = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

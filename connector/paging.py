@@ -23,8 +23,8 @@ class Page:
     deleted_ids: list[str]
     next_link: str | None
     delta_link: str | None
-    tracking: bool
     request_id: str
+    server_time: str | None  # when the server answered (its Date header), ISO-8601 UTC
 
     @property
     def is_last(self) -> bool:
@@ -36,7 +36,9 @@ def _fail(table: str, request_id: str, what: str) -> SyncError:
     return SyncError(f"{table}: page of unexpected shape: {what} (request id {request_id or '?'})")
 
 
-def parse_page(body: Any, *, table: str, primary_key: str, request_id: str, tracking: bool) -> Page:
+def parse_page(
+    body: Any, *, table: str, primary_key: str, request_id: str, server_time: str | None = None
+) -> Page:
     """Split a decoded JSON body into rows, deleted ids and links, or raise SyncError."""
     if not isinstance(body, dict):
         raise _fail(table, request_id, "the body is not a JSON object")
@@ -68,8 +70,8 @@ def parse_page(body: Any, *, table: str, primary_key: str, request_id: str, trac
         deleted_ids=deleted,
         next_link=next_link,
         delta_link=delta_link,
-        tracking=tracking,
         request_id=request_id,
+        server_time=server_time,
     )
 
 

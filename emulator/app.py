@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import format_datetime
 from typing import Any
 
 from emulator import actions, batch, errors, metadata, reads, writes
@@ -147,6 +148,7 @@ class Emulator:
         rate = self.protection.headers(caller, limits) if limits.enabled else DISABLED_HEADERS
         response = response.with_headers(
             *_SERVICE_HEADERS,
+            ("Date", format_datetime(self.ctx.clock.now(), usegmt=True)),  # the emulator's clock
             *rate,
             ("REQ_ID", request_id),
             ("x-ms-service-request-id", request_id),

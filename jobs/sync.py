@@ -62,7 +62,7 @@ def plan_read(dataverse: Dataverse, table: TableMapping, state: SyncState) -> Re
         )
         state = state.start_full()
     if state.next_link is not None:
-        tracking = table.change_tracking and state.mode != "watermark"
+        tracking = table.change_tracking if state.phase == "full" else state.mode == "delta"
         return ReadPlan(f"resume-{state.phase}", state.next_link, tracking, state)
     if state.phase != "full":
         if state.mode == "delta" and state.delta_link:
@@ -104,7 +104,7 @@ def _read(
         with ctx.store.transaction() as conn:
             counts.upserted += ctx.store.upsert_rows(conn, table.name, page.rows, state.generation)
             counts.deleted += ctx.store.delete_rows(conn, table.name, page.deleted_ids)
-            state = _after_page(state, page, table)
+            state = _after_page(state, page)
             if page.is_last and state.phase == "full":
                 counts.deleted += ctx.store.sweep(conn, table.name, state.generation)
                 state = replace(state, last_full_sync_at=utc_now())
@@ -121,19 +121,31 @@ def _read(
             return
 
 
-def _after_page(state: SyncState, page: Page, table: TableMapping) -> SyncState:
-    """The state that follows a page: its next link, and on the last page the new cursor."""
-    mode = state.mode
-    if mode is None:  # the first page of a full read says whether change tracking applies
-        mode = "delta" if page.tracking else "watermark"
+def _after_page(state: SyncState, page: Page) -> SyncState:
+    """The state that follows a page: its next link, and on the last page the new cursor.
+
+    A full read is not ordered by `modifiedon`, so its watermark is when it started (the
+    server's time on its first page): rows changed behind its cursor are read again by the
+    next run. Only incremental watermark reads, ordered by `modifiedon`, advance it by the rows
+    they saw. Whether the table follows change tracking is decided by the last page of the full
+    read: a delta link came, or it did not.
+    """
+    if state.phase == "full":
+        started = state.watermark or page.server_time or utc_now()
+        mode = ("delta" if page.delta_link else "watermark") if page.is_last else state.mode
+        return replace(
+            state,
+            mode=mode,
+            next_link=page.next_link,
+            delta_link=page.delta_link,
+            watermark=started,
+        )
+    if state.mode == "delta":
+        delta_link = page.delta_link or state.delta_link  # no new link: keep the old one (U9)
+        return replace(state, next_link=page.next_link, delta_link=delta_link)
     newest = max((str(r["modifiedon"]) for r in page.rows if r.get("modifiedon")), default=None)
     watermark = max(filter(None, (state.watermark, newest)), default=None)
-    delta_link = (page.delta_link or state.delta_link) if mode == "delta" else None
-    if page.is_last and mode == "delta" and page.delta_link is None and state.phase == "full":
-        mode = "watermark"  # change tracking was promised but no delta link came: follow modifiedon
-    return replace(
-        state, mode=mode, next_link=page.next_link, delta_link=delta_link, watermark=watermark
-    )
+    return replace(state, next_link=page.next_link, watermark=watermark)
 
 
 def _minus_seconds(stamp: str, seconds: int) -> str:

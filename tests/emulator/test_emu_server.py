@@ -143,3 +143,11 @@ def test_bad_options_return_2_without_serving(capsys: pytest.CaptureFixture[str]
     assert "campaign" in captured.err
     assert "'drop:every=x'" in captured.err
     assert "--service-protection: 'requests=lots'" in captured.err
+
+
+def test_responses_carry_a_date_from_the_emulator_clock(web: Api) -> None:
+    web.admin("POST", "/clock", {"now": "2031-05-06T07:08:09Z"})
+    web.renew()
+    response = web.get("WhoAmI")
+    assert response.headers["Date"].startswith("Tue, 06 May 2031 07:08:")
+    assert response.headers["Date"].endswith(" GMT")

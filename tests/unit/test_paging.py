@@ -13,7 +13,7 @@ BASE = "https://org.example.crm.dynamics.com/api/data/v9.2/"
 
 
 def _parse(body: Any) -> Any:
-    return parse_page(body, table="lead", primary_key="leadid", request_id="req-1", tracking=True)
+    return parse_page(body, table="lead", primary_key="leadid", request_id="req-1")
 
 
 def test_delta_page_splits_changed_rows_from_deleted_entities() -> None:

@@ -53,7 +53,7 @@ class ScriptedTransport:
     def __init__(self) -> None:
         self.replies: dict[str, Reply] = {}
         self.sent: list[tuple[str, str]] = []
-        self.tracking = True
+        self.date = "Sat, 02 Mar 2024 12:00:00 GMT"  # the server's clock
 
     @property
     def requests_sent(self) -> int:
@@ -87,8 +87,7 @@ class ScriptedTransport:
         response._content = json.dumps(reply).encode()
         response.headers["Content-Type"] = "application/json; odata.metadata=minimal"
         response.headers["x-ms-service-request-id"] = f"req-{len(self.sent)}"
-        if self.tracking and "odata.track-changes" in prefer:
-            response.headers["Preference-Applied"] = "odata.track-changes,odata.maxpagesize=2"
+        response.headers["Date"] = self.date
         return response
 
 
@@ -205,26 +204,42 @@ def test_an_expired_delta_token_resyncs_in_full_and_removes_rows_deleted_meanwhi
 def test_without_change_tracking_the_table_follows_modifiedon_with_overlap(
     ctx: Context, transport: ScriptedTransport
 ) -> None:
-    transport.tracking = False
     transport.page(FULL, [lead(1, "2024-03-01T10:00:00Z"), lead(2, "2024-03-02T10:00:00Z")])
-    sync_lead(ctx)
+    sync_lead(ctx)  # no delta link came: the table has no change tracking
     state = ctx.store.load_state("lead")
-    assert (state.mode, state.watermark, state.delta_link) == (
-        "watermark",
-        "2024-03-02T10:00:00Z",
-        None,
-    )
-    since = ctx.dataverse.watermark_url(ctx.mapping.tables["lead"], "2024-03-02T09:55:00Z")  # type: ignore[union-attr]
+    assert (state.mode, state.delta_link) == ("watermark", None)
+    assert state.watermark == "2024-03-02T12:00:00Z"  # when the full read started, server time
+    since = ctx.dataverse.watermark_url(ctx.mapping.tables["lead"], "2024-03-02T11:55:00Z")  # type: ignore[union-attr]
     assert (
-        "$filter=modifiedon%20ge%202024-03-02T09:55:00Z&$orderby=modifiedon%20asc,leadid%20asc"
+        "$filter=modifiedon%20ge%202024-03-02T11:55:00Z&$orderby=modifiedon%20asc,leadid%20asc"
         in since
     )
-    assert transport.sent[-1][0] == FULL
-    transport.page(API + since, [lead(2, "2024-03-02T10:00:00Z"), lead(5, "2024-03-03T08:00:00Z")])
+    transport.page(API + since, [lead(2, "2024-03-02T12:30:00Z"), lead(5, "2024-03-03T08:00:00Z")])
     counts = sync_lead(ctx)
     assert (counts.full, counts.upserted) == (False, 2)
     assert transport.sent[-1] == (API + since, "odata.maxpagesize=2")
     assert ctx.store.load_state("lead").watermark == "2024-03-03T08:00:00Z"
+
+
+def test_rows_changed_behind_a_full_reads_cursor_are_read_by_the_next_run(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.date = "Sat, 02 Mar 2024 10:05:00 GMT"  # the full read starts at 10:05
+    transport.page(FULL, [lead(1, "2024-03-02T10:00:00Z")], next_link=API + "leads?$skiptoken=p2")
+    # lead 1 is edited at 10:06, after its page was read; lead 9 at 10:20, before its page was
+    transport.page(API + "leads?$skiptoken=p2", [lead(9, "2024-03-02T10:20:00Z")])
+    sync_lead(ctx)
+    assert ctx.store.load_state("lead").watermark == "2024-03-02T10:05:00Z"
+    since = ctx.dataverse.watermark_url(ctx.mapping.tables["lead"], "2024-03-02T10:00:00Z")  # type: ignore[union-attr]
+    transport.page(
+        API + since,
+        [lead(1, "2024-03-02T10:06:00Z", subject="edited"), lead(9, "2024-03-02T10:20:00Z")],
+    )
+    sync_lead(ctx)
+    assert transport.sent[-1][0] == API + since
+    with ctx.store.engine.connect() as conn:
+        subject = conn.exec_driver_sql(f"SELECT subject FROM lead WHERE leadid = '{lead(1)['leadid']}'").scalar()
+    assert subject == "edited"
 
 
 def test_a_page_of_unexpected_shape_fails_without_advancing_the_state(
