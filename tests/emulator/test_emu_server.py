@@ -15,6 +15,7 @@ import requests
 
 from emulator.process import EmulatorProcess
 from emulator.server import main
+from tests.emulator.conftest import Api
 
 LINES = [
     r"DVCONNECT_DATAVERSE_URL=https://127\.0\.0\.1:(\d+)",
