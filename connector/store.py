@@ -7,16 +7,19 @@ correctly on both databases. Each data table has one extra column, `dvc_generati
 sync that last saw the row, used to remove rows deleted while change tracking could not say so.
 
 The connector's own tables start with `dvc_`: `dvc_sync_state` (one cursor per table, saved in
-the same transaction as the page it follows) and `dvc_runs` (one record per job run).
+the same transaction as the page it follows), `dvc_runs` (one record per job run) and
+`dvc_leases` (who is running what: two syncs on one store would undo each other's work).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -43,13 +46,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.types import TypeEngine
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, SyncError
 from connector.mapping import ColumnType, Mapping, TableMapping
 
 GENERATION_COLUMN = "dvc_generation"
+LEASE_SECONDS = 600  # renewed with every page; a holder silent this long is taken over
 _DELETE_CHUNK = 500
 
 _TYPES: dict[ColumnType, TypeEngine[Any]] = {
@@ -148,6 +152,14 @@ class Store:
             Column("counts", Text(), nullable=False),
             Column("requests", Integer(), nullable=False),
             Column("error", Text()),
+        )
+        self.leases = Table(
+            "dvc_leases",
+            self.metadata,
+            Column("name", String(64), primary_key=True),
+            Column("host", String(255), nullable=False),
+            Column("pid", Integer(), nullable=False),
+            Column("expires_at", String(20), nullable=False),
         )
         self._upserts = {name: _upsert(self.engine, table) for name, table in self.tables.items()}
 
@@ -251,6 +263,49 @@ class Store:
         stale = (column < generation) | column.is_(None)
         return int(conn.execute(delete(table).where(stale)).rowcount)
 
+    # -- leases -------------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, name: str, seconds: int = LEASE_SECONDS) -> Iterator[None]:
+        """Hold the lease `name` while the block runs; SyncError when another process holds it.
+
+        A lease is taken over when it has expired, or when the process holding it on this host
+        is gone (a kill -9 must not block the re-run). Holders renew it with `renew_lease` in
+        each page's transaction; a renewal that finds the lease taken over aborts that page.
+        """
+        mine = {"name": name, "host": socket.gethostname(), "pid": os.getpid()}
+        with self.engine.begin() as conn:
+            held = conn.execute(select(self.leases).where(self.leases.c.name == name)).first()
+            if held is not None and not _stale(held.host, held.pid, held.expires_at):
+                raise SyncError(
+                    f"{name} is already running (pid {held.pid} on {held.host}, lease until "
+                    f"{held.expires_at}); try again when it has finished"
+                )
+            conn.execute(delete(self.leases).where(self.leases.c.name == name))
+            try:
+                conn.execute(self.leases.insert().values(**mine, expires_at=_in_seconds(seconds)))
+            except IntegrityError:
+                raise SyncError(f"{name} is already running (it started just now)") from None
+        try:
+            yield
+        finally:
+            with self.engine.begin() as conn:
+                conn.execute(delete(self.leases).where(*self._lease_is_mine(name)))
+
+    def renew_lease(self, conn: Connection, name: str, seconds: int = LEASE_SECONDS) -> None:
+        """Extend our lease inside a page's transaction; SyncError (and rollback) if it was lost."""
+        renewed = conn.execute(
+            self.leases.update()
+            .where(*self._lease_is_mine(name))
+            .values(expires_at=_in_seconds(seconds))
+        )
+        if renewed.rowcount == 0:
+            raise SyncError(f"{name}: the lease was taken over by another process; stopping")
+
+    def _lease_is_mine(self, name: str) -> tuple[Any, ...]:
+        c = self.leases.c
+        return (c.name == name, c.host == socket.gethostname(), c.pid == os.getpid())
+
     # -- runs and status ----------------------------------------------------------------------
 
     def start_run(self, job: str) -> int:
@@ -290,6 +345,25 @@ class Store:
             return int(
                 conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one()
             )
+
+
+def _in_seconds(seconds: int) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stale(host: str, pid: int, expires_at: str) -> bool:
+    """An expired lease, or one whose holder on this host no longer runs."""
+    if expires_at < utc_now():
+        return True
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _data_table(metadata: MetaData, mapping: TableMapping) -> Table:

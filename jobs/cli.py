@@ -20,6 +20,7 @@ from connector.errors import DvconnectError
 from connector.mapping import load_mapping
 from connector.settings import Settings, load_settings
 from jobs.context import Context, build_context
+from jobs.sync import sync_lease
 
 log = logging.getLogger("dvconnect")
 
@@ -159,7 +160,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
     ctx = build_context(settings)
-    ctx.store.reset_state(args.table)
+    with ctx.store.lease(sync_lease(args.table)):  # never under a running sync of the table
+        ctx.store.reset_state(args.table)
     print(f"{args.table}: cursor forgotten; the next sync reads the whole table")
     return 0
 

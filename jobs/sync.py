@@ -26,6 +26,11 @@ log = logging.getLogger("dvconnect.sync")
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
+def sync_lease(table: str) -> str:
+    """The lease of a table's sync: two syncs of one table would undo each other's work."""
+    return f"sync {table}"
+
+
 @dataclass
 class TableCounts:
     """What one table's sync did in this run."""
@@ -76,7 +81,12 @@ def plan_read(dataverse: Dataverse, table: TableMapping, state: SyncState) -> Re
 
 
 def sync_table(ctx: Context, table: TableMapping) -> TableCounts:
-    """Bring one table of the store up to date with Dataverse."""
+    """Bring one table of the store up to date with Dataverse (one sync of a table at a time)."""
+    with ctx.store.lease(sync_lease(table.name)):
+        return _sync_table(ctx, table)
+
+
+def _sync_table(ctx: Context, table: TableMapping) -> TableCounts:
     dataverse = ctx.online()
     counts = TableCounts()
     while True:
@@ -111,6 +121,7 @@ def _read(
             if page.is_last:
                 state = replace(state, phase="idle", last_sync_at=utc_now())
             ctx.store.save_state(conn, state)
+            ctx.store.renew_lease(conn, sync_lease(table.name))
         counts.read += len(page.rows) + len(page.deleted_ids)
         counts.pages += 1
         if ctx.progress is not None:

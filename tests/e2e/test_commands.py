@@ -119,3 +119,18 @@ def test_sigterm_during_a_scheduled_sync_saves_the_page_and_the_next_run_resumes
     result = cli.run("run", "sync")
     assert result.returncode == 0, result.stderr
     cli.assert_store_matches_org()
+
+
+def test_a_second_sync_of_the_same_store_is_refused_while_one_runs(cli: Cli) -> None:
+    cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=400:path=leads*"})
+    first = cli.popen("run", "sync", DVCONNECT_PAGE_SIZE="20")  # 15 slow pages: ~6 s of reading
+    cli.wait_for(cli.reading_mid_table("lead"))
+    second = cli.run("run", "sync")
+    assert second.returncode == 1
+    assert "dvconnect: sync lead is already running (pid " in second.stderr
+    reset = cli.run("state", "reset", "lead")
+    assert reset.returncode == 1
+    assert "sync lead is already running" in reset.stderr
+    assert first.wait(timeout=120) == 0
+    cli.assert_store_matches_org()
+    assert cli.run("run", "sync").returncode == 0  # released: the next one runs

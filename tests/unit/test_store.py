@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, SyncError
 from connector.mapping import Mapping, TableMapping, load_mapping
 from connector.store import Store, SyncState
 
@@ -153,3 +156,61 @@ def test_table_mapping_select_follows_mapping_order() -> None:
         "lead", "leads", "leadid", True, 300, {"leadid": "guid", "modifiedon": "datetime"}
     )
     assert table.select == ["leadid", "modifiedon"]
+
+
+def _hold(store: Store, host: str, pid: int, expires_at: str) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            store.leases.insert().values(
+                name="sync lead", host=host, pid=pid, expires_at=expires_at
+            )
+        )
+
+
+def test_a_held_lease_refuses_a_second_holder(store: Store) -> None:
+    with store.lease("sync lead"):
+        with (
+            pytest.raises(SyncError, match=r"^sync lead is already running \(pid \d+ on "),
+            store.lease("sync lead"),
+        ):
+            pass
+        with store.transaction() as conn:
+            store.renew_lease(conn, "sync lead")
+    with store.lease("sync lead"):  # released at the end of the block
+        pass
+
+
+def test_a_lease_whose_holder_is_gone_or_expired_is_taken_over(store: Store) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    _hold(
+        store, socket.gethostname(), int(finished.stdout), "2999-01-01T00:00:00Z"
+    )  # killed holder
+    with store.lease("sync lead"):
+        pass
+    _hold(store, "another-host", 1, "2000-01-01T00:00:00Z")  # expired, on another machine
+    with store.lease("sync lead"):
+        pass
+
+
+def test_a_live_holder_on_another_host_keeps_its_lease(store: Store) -> None:
+    _hold(store, "another-host", 1, "2999-01-01T00:00:00Z")
+    with pytest.raises(SyncError, match=r"pid 1 on another-host"), store.lease("sync lead"):
+        pass
+
+
+def test_renewing_a_lease_taken_over_aborts_the_page(store: Store) -> None:
+    with store.lease("sync lead"):
+        with store.transaction() as conn:
+            conn.execute(store.leases.update().values(host="another-host"))
+        with (
+            pytest.raises(SyncError, match="the lease was taken over"),
+            store.transaction() as conn,
+        ):
+            store.upsert_rows(conn, "lead", [{"leadid": A}], generation=1)
+            store.renew_lease(conn, "sync lead")
+    assert _rows(store) == []

@@ -238,7 +238,9 @@ def test_rows_changed_behind_a_full_reads_cursor_are_read_by_the_next_run(
     sync_lead(ctx)
     assert transport.sent[-1][0] == API + since
     with ctx.store.engine.connect() as conn:
-        subject = conn.exec_driver_sql(f"SELECT subject FROM lead WHERE leadid = '{lead(1)['leadid']}'").scalar()
+        subject = conn.exec_driver_sql(
+            f"SELECT subject FROM lead WHERE leadid = '{lead(1)['leadid']}'"
+        ).scalar()
     assert subject == "edited"
 
 
