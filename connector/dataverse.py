@@ -67,7 +67,8 @@ class Dataverse:
         if track_changes:
             prefer = f"{TRACK_CHANGES},{prefer}"
         guard = LinkGuard(table.name)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{table.name}") as ahead:
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{table.name}")
+        try:
             pending: Future[Page] | None = ahead.submit(self._page, table, url, prefer)
             while pending is not None:
                 page = pending.result()
@@ -76,6 +77,8 @@ class Dataverse:
                     guard.check(page.next_link, page.request_id)
                     pending = ahead.submit(self._page, table, page.next_link, prefer)
                 yield page
+        finally:  # a caller that stops early does not wait for the page read ahead
+            ahead.shutdown(wait=False, cancel_futures=True)
 
     def _page(self, table: TableMapping, url: str, prefer: str) -> Page:
         response = self.transport.send("GET", url, headers={"Prefer": prefer})

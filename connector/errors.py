@@ -9,15 +9,16 @@ status, code, message and request id, never a token or a secret.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import requests
 
 # Dataverse error codes the connector branches on (dataverse-webapi.md §11.5).
 EXPIRED_VERSION_STAMP = "0x80044352"
+EXPIRED_VERSION_STAMP_TEXT = "Version stamp associated with the client has expired"
 DUPLICATE_RECORDS_FOUND = "0x80040333"
-OBJECT_DOES_NOT_EXIST = "0x80040217"
-SERVICE_PROTECTION_CODES = frozenset({"0x80072322", "0x80072321", "0x80072326"})
+MAX_SERVER_WAIT_SECONDS = 300.0  # the service-protection window: no honest wait is longer
 
 
 class DvconnectError(Exception):
@@ -133,6 +134,12 @@ class ServerError(DataverseError):
     """5xx other than duplicate detection: transient or unexpected server failures."""
 
 
+class UnavailableError(ServerError):
+    """502/503/504 after the retries: the org is down, being updated, or timing out."""
+
+    exit_code = 3
+
+
 class DuplicateDetectedError(DataverseError):
     """Duplicate detection found an existing record (HTTP 500, 0x80040333); never retried."""
 
@@ -151,28 +158,33 @@ _BY_STATUS: dict[int, type[DataverseError]] = {
 }
 
 
-def error_class(status: int, code: str) -> type[DataverseError]:
+def error_class(status: int, code: str, message: str = "") -> type[DataverseError]:
     """Choose the error class for a status and a Dataverse error code (code first, then status)."""
-    if code == EXPIRED_VERSION_STAMP:
+    if code == EXPIRED_VERSION_STAMP or EXPIRED_VERSION_STAMP_TEXT in message:
         return ExpiredDeltaTokenError
     if code == DUPLICATE_RECORDS_FOUND:
         return DuplicateDetectedError
     if status in _BY_STATUS:
         return _BY_STATUS[status]
+    if status in (502, 503, 504):
+        return UnavailableError
     if status >= 500:
         return ServerError
     return DataverseError
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (integer or decimal seconds); None when absent or bad."""
+    """Seconds from a `Retry-After` header (integer or decimal seconds), at most five minutes;
+    None when absent or not a finite number."""
     if not value:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return max(seconds, 0.0)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_SERVER_WAIT_SECONDS)
 
 
 def error_body(response: requests.Response) -> tuple[str, str]:
@@ -198,7 +210,7 @@ def request_id(response: requests.Response) -> str:
 def from_response(response: requests.Response, path: str = "") -> DataverseError:
     """The error for a failed Dataverse response: status, code, message, request id."""
     code, message = error_body(response)
-    cls = error_class(response.status_code, code)
+    cls = error_class(response.status_code, code, message)
     return cls(
         status=response.status_code,
         code=code,

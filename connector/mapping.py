@@ -46,6 +46,8 @@ class _TableModel(_Strict):
     @classmethod
     def _column_names(cls, value: dict[str, ColumnType]) -> dict[str, ColumnType]:
         for name in value:
+            if name.startswith("dvc_"):
+                raise ValueError(f"column {name!r}: names starting with dvc_ are dvconnect's own")
             if not _LOGICAL_NAME.match(name):
                 raise ValueError(
                     f"column {name!r}: a lower-case logical name (lookups as _name_value)"

@@ -47,6 +47,8 @@ def serve(ctx: Context, run_now: bool = False) -> None:
         log.info("scheduled %s: %s (%s)", job, cron, ctx.mapping.timezone)
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
+        if ctx.stop.is_set():
+            return  # a second signal while running jobs finish their page
         log.info(
             "%s received: finishing the current page, then stopping", signal.Signals(signum).name
         )

@@ -23,6 +23,7 @@ from connector.errors import (
     ThrottledError,
     UnauthorizedError,
     UnreachableError,
+    parse_retry_after,
 )
 from connector.http import ThrottleGate, Transport, should_retry
 from connector.settings import Connection
@@ -343,18 +344,27 @@ def test_a_429_storm_longer_than_max_attempts_raises_throttled(
     assert caught.value.retry_after == 2.0
 
 
-def test_a_wait_beyond_the_budget_is_not_waited(
+def test_server_waits_are_capped_at_the_window_and_stop_at_the_budget(
     rsps: responses.RequestsMock, transport: Transport, clock: FakeClock
 ) -> None:
-    rsps.get(
-        f"{API}leads", status=429, json=error_body("0x80072321"), headers={"Retry-After": "3600"}
-    )
+    for _ in range(4):
+        rsps.get(
+            f"{API}leads",
+            status=429,
+            json=error_body("0x80072321"),
+            headers={"Retry-After": "3600"},
+        )
 
     with pytest.raises(ThrottledError):
         transport.send("GET", "leads")
 
-    assert transport.requests_sent == 1
-    assert clock.waits() == []
+    assert transport.requests_sent == 4
+    assert clock.waits() == [300.0, 300.0, 300.0]  # a fourth would pass the 15-minute budget
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "soon"])
+def test_a_retry_after_that_is_not_a_finite_number_is_ignored(value: str) -> None:
+    assert parse_retry_after(value) is None
 
 
 def test_a_429_on_one_thread_delays_a_send_on_another_thread(
@@ -523,3 +533,14 @@ def test_a_connection_failure_is_logged_with_its_name(
 
     [line] = [record.getMessage() for record in caplog.records]
     assert line.startswith("POST leads ConnectionError ")
+
+
+def test_an_expired_change_token_is_known_by_its_message_too_and_5xx_outages_exit_3() -> None:
+    from connector.errors import UnavailableError, error_class
+
+    message = "Version stamp associated with the client has expired. Please perform a full sync."
+    assert error_class(400, "0x0", message) is ExpiredDeltaTokenError
+    assert error_class(503, "") is UnavailableError
+    assert UnavailableError.exit_code == 3
+    assert error_class(500, "") is ServerError
+    assert ServerError.exit_code == 1
