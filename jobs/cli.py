@@ -91,7 +91,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.runner import plan_named, run_named
 
-    ctx = build_context(settings, online=not args.dry_run)
+    ctx = build_context(settings, online=True)
     if args.dry_run:
         plan = plan_named(ctx, args.job)
         if args.json:

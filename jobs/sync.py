@@ -174,18 +174,22 @@ def run_sync(ctx: Context) -> dict[str, TableCounts]:
     return results
 
 
+_PLAN_TEXT = {
+    "full": "full read, then remove local rows Dataverse no longer has",
+    "delta": "changes since the last sync (change tracking)",
+    "watermark": "rows modified since {since} (watermark, {overlap} s overlap)",
+    "resume-full": "resume the full read from its saved page",
+    "resume-incremental": "resume the incremental read from its saved page",
+}
+
+
 def describe_plan(ctx: Context) -> list[dict[str, str]]:
     """What `run sync` would read for each table, without sending anything (the dry run)."""
     plans = []
     for table in ctx.mapping.tables.values():
-        state = ctx.store.load_state(table.name)
-        if state.next_link is not None:
-            kind = f"resume the {state.phase} read from its saved page"
-        elif state.phase != "full" and state.mode == "delta" and state.delta_link:
-            kind = "changes since the last sync (change tracking)"
-        elif state.phase != "full" and state.mode == "watermark" and state.watermark:
-            kind = f"rows modified since {state.watermark} (watermark)"
-        else:
-            kind = "full read, then remove local rows Dataverse no longer has"
-        plans.append({"table": table.name, "read": kind})
+        plan = plan_read(ctx.online(), table, ctx.store.load_state(table.name))
+        text = _PLAN_TEXT[plan.kind].format(
+            since=plan.state.watermark, overlap=table.watermark_overlap_seconds
+        )
+        plans.append({"table": table.name, "read": text})
     return plans
