@@ -181,7 +181,7 @@ class Store:
                         ddl = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {ddl}'))
                     if missing:
-                        self._save_state(conn, self._load_state(conn, name).start_full())
+                        self.save_state(conn, self._load_state(conn, name).start_full())
         except OperationalError as exc:
             raise ConfigError(
                 f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}"
@@ -208,9 +208,6 @@ class Store:
         return SyncState(**row) if row else SyncState(table_name=table_name)
 
     def save_state(self, conn: Connection, state: SyncState) -> None:
-        self._save_state(conn, state)
-
-    def _save_state(self, conn: Connection, state: SyncState) -> None:
         values = asdict(state)
         updated = conn.execute(
             self.sync_state.update()
@@ -226,7 +223,7 @@ class Store:
             known = ", ".join(sorted(self.tables))
             raise ConfigError(f"unknown table {table_name!r}: the mapping has {known}")
         with self.engine.begin() as conn:
-            self._save_state(conn, self._load_state(conn, table_name).start_full())
+            self.save_state(conn, self._load_state(conn, table_name).start_full())
 
     def upsert_rows(
         self, conn: Connection, table_name: str, rows: Sequence[dict[str, Any]], generation: int

@@ -52,7 +52,8 @@ def check_table(ctx: Context, table: TableMapping) -> tuple[list[str], list[str]
     if table.change_tracking and not definition.get("ChangeTrackingEnabled"):
         notes.append(
             f"{table.name}: change tracking is off in Dataverse; syncs follow modifiedon and "
-            "cannot see deletions (turn on 'Track changes' for the table)"
+            "cannot see deletions (turn on 'Track changes' for the table, then "
+            f"`dvconnect state reset {table.name}`)"
         )
     attributes = dataverse.attributes(table.name)
     for column, kind in table.columns.items():

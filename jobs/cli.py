@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from connector.errors import DvconnectError
+from connector.errors import ConfigError, DvconnectError
 from connector.mapping import load_mapping
 from connector.settings import Settings, load_settings
 from jobs.context import Context, build_context
@@ -161,6 +161,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
+    tables = load_mapping(settings.mappings_dir).tables
+    if args.table not in tables:  # before the store is touched
+        raise ConfigError(
+            f"unknown table {args.table!r}: the mapping has {', '.join(sorted(tables))}"
+        )
     ctx = build_context(settings)
     with ctx.store.lease(sync_lease(args.table)):  # never under a running sync of the table
         ctx.store.reset_state(args.table)

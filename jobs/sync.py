@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from connector.dataverse import Dataverse
-from connector.errors import ExpiredDeltaTokenError
+from connector.errors import BadRequestError, ExpiredDeltaTokenError, SyncError
 from connector.mapping import TableMapping
 from connector.paging import Page
 from connector.store import SyncState, utc_now
@@ -95,6 +95,13 @@ def _sync_table(ctx: Context, table: TableMapping) -> TableCounts:
         log.info("%s: %s read", table.name, plan.kind)
         try:
             _read(ctx, dataverse, table, plan, counts)
+        except BadRequestError as exc:
+            if plan.kind == "full":
+                raise
+            raise SyncError(
+                f"{table.name}: Dataverse refused the saved cursor ({exc}); "
+                f"`dvconnect state reset {table.name}` makes the next sync read it in full"
+            ) from None
         except ExpiredDeltaTokenError:
             if counts.resyncs:  # the full read itself was refused: do not loop
                 raise

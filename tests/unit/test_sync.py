@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from connector.dataverse import Dataverse
-from connector.errors import ExpiredDeltaTokenError, SyncError
+from connector.errors import BadRequestError, ExpiredDeltaTokenError, SyncError
 from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store
@@ -314,3 +314,19 @@ def test_a_server_that_refuses_even_the_full_read_as_expired_fails_instead_of_lo
     with pytest.raises(ExpiredDeltaTokenError):
         sync_lead(ctx)
     assert [url for url, _ in transport.sent[-2:]] == [API + "leads?$deltatoken=10", FULL]
+
+
+def test_a_saved_cursor_dataverse_refuses_names_the_remedy(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1)], delta_link=API + "leads?$deltatoken=10")
+    sync_lead(ctx)
+    transport.replies[API + "leads?$deltatoken=10"] = BadRequestError(
+        400, "0x8004112A", "Invalid paging cookie."
+    )
+    with pytest.raises(SyncError) as caught:
+        sync_lead(ctx)
+    assert str(caught.value) == (
+        "lead: Dataverse refused the saved cursor (Dataverse 400 0x8004112A: Invalid paging cookie.); "
+        "`dvconnect state reset lead` makes the next sync read it in full"
+    )
