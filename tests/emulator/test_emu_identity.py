@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +9,9 @@ from pathlib import Path
 import msal
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from emulator.process import EmulatorProcess
+from tests.certificates import self_signed
 from tests.emulator.conftest import Api
 
 
@@ -148,28 +144,12 @@ def test_revoking_makes_every_issued_token_fail(web: Api) -> None:
     assert call(web.emulator, web.emulator.token()).status_code == 200
 
 
-def _certificate(directory: Path, name: str) -> tuple[str, str, x509.Certificate]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    cert_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+def _certificate(directory: Path, name: str) -> tuple[str, str, str]:
+    """A self-signed certificate saved as `<name>.pem`: (key PEM, certificate PEM, thumbprint)."""
+    client = self_signed(name)
+    cert_pem = client.certificate_pem().decode()
     (directory / f"{name}.pem").write_text(cert_pem)
-    return key_pem, cert_pem, certificate
+    return client.key_pem().decode(), cert_pem, client.thumbprint
 
 
 @dataclass(frozen=True)
@@ -184,8 +164,7 @@ class Registered:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
     """An emulator that accepts assertions signed with one certificate (and the secret)."""
     directory = tmp_path_factory.mktemp("certs")
-    key_pem, cert_pem, certificate = _certificate(directory, "client")
-    thumbprint = certificate.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - x5t is SHA-1
+    key_pem, cert_pem, thumbprint = _certificate(directory, "client")
     with EmulatorProcess(leads=5, contacts=5, client_certificate=directory / "client.pem") as emu:
         yield Registered(emu, key_pem, cert_pem, thumbprint)
 
