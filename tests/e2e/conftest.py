@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from connector.mapping import load_mapping
 from connector.store import Store
@@ -80,11 +80,17 @@ class Cli:
         """A condition: a read of `table` has committed `at_least` rows and has pages to go."""
 
         def mid_read() -> bool:
-            if not self.database.exists() or self.store().load_state(table).next_link is None:
+            if not self.store_ready() or self.store().load_state(table).next_link is None:
                 return False
             return len(self.store_rows(table)) >= at_least
 
         return mid_read
+
+    def store_ready(self) -> bool:
+        """Whether the CLI has created the store's tables (the file comes a moment earlier)."""
+        if not self.database.exists():
+            return False
+        return inspect(self.store().engine).has_table("dvc_runs")
 
     def store(self) -> Store:
         return Store(f"sqlite:///{self.database}", load_mapping(ROOT / "mappings"))

@@ -92,7 +92,7 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     process = cli.popen("schedule", "--now")
 
     def first_run_finished() -> bool:
-        runs = cli.store().recent_runs(1) if cli.database.exists() else []
+        runs = cli.store().recent_runs(1) if cli.store_ready() else []
         return bool(runs) and runs[0].outcome != "running"
 
     cli.wait_for(first_run_finished)
