@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, sync, throttled
+from benchmarks import emulator, orphans, sync, throttled
 
-BENCHMARKS = {"sync": sync.run, "throttled": throttled.run, "emulator": emulator.run}
+BENCHMARKS = {
+    "sync": sync.run,
+    "throttled": throttled.run,
+    "orphans": orphans.run,
+    "emulator": emulator.run,
+}
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Verbs on Dataverse entity sets over the Web API: paged reads, change tracking, metadata.
+"""Verbs on Dataverse entity sets over the Web API: paged reads, change tracking, metadata,
+writes ($batch and bulk actions).
 
 Reads stream: `pages` yields one validated page at a time and follows `@odata.nextLink` exactly
 as received, sending the same `Prefer` on every page, with a guard against repeated links. While
@@ -8,7 +9,7 @@ the database and the network work at the same time and memory stays at two pages
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from connector.batch import Part, PartOutcome, decode, encode, outcomes
 from connector.errors import SyncError, request_id
 from connector.http import Transport
 from connector.mapping import TableMapping
@@ -24,6 +26,7 @@ from connector.odata import collection_url, entity_definition_path
 from connector.paging import LinkGuard, Page, parse_page
 
 TRACK_CHANGES = "odata.track-changes"
+IDEMPOTENT_BULK_ACTIONS = frozenset({"UpsertMultiple", "UpdateMultiple"})
 
 
 class Dataverse:
@@ -97,6 +100,56 @@ class Dataverse:
             server_time=_server_time(response.headers.get("Date")),
         )
 
+    def batch(
+        self, parts: Sequence[Part], *, safe: bool, continue_on_error: bool = True
+    ) -> list[PartOutcome]:
+        """POST one $batch; `safe` says the whole batch may be re-sent after a lost response
+        (every operation idempotent). Returns one outcome per part, in order.
+
+        Without continue-on-error, a failing part makes Dataverse answer 400 for the whole batch,
+        which the transport raises as `BadRequestError` without the part's own error: dvconnect
+        sends continue-on-error, and gets every part's outcome.
+        """
+        content_type, body = encode(parts, urlsplit(self.transport.api_url).path)
+        headers = {"Content-Type": content_type}
+        if continue_on_error:
+            headers["Prefer"] = "odata.continue-on-error"
+        response = self.transport.send("POST", "$batch", headers=headers, data=body, safe=safe)
+        decoded = decode(response.headers.get("Content-Type", ""), response.content)
+        return outcomes(parts, decoded, request_id(response))
+
+    def bulk(
+        self,
+        table: TableMapping,
+        action: str,
+        targets: Sequence[dict[str, Any]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """One bulk action (`UpsertMultiple`, `UpdateMultiple`) on a table, all-or-nothing.
+
+        Every target names its type. Both actions may be re-sent after a lost response: they
+        set the same values on the same ids again.
+        """
+        if action not in IDEMPOTENT_BULK_ACTIONS:
+            raise ValueError(f"{action}: not a bulk action dvconnect sends")
+        kind = f"Microsoft.Dynamics.CRM.{table.name}"
+        body = {"Targets": [{"@odata.type": kind, **target} for target in targets]}
+        self.transport.send(
+            "POST",
+            f"{table.entity_set}/Microsoft.Dynamics.CRM.{action}",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            data=orjson.dumps(body),
+            safe=True,
+        )
+
+    def first_rows(
+        self, entity_set: str, select: list[str], filter: str, top: int
+    ) -> list[dict[str, Any]]:
+        """At most `top` rows matching `filter`, for a lookup (not for reading a table)."""
+        url = collection_url(entity_set, select, filter=filter, top=top)
+        rows: list[dict[str, Any]] = self.transport.send("GET", url).json().get("value", [])
+        return rows
+
     def who_am_i(self) -> dict[str, Any]:
         """The caller's ids (`UserId`, `BusinessUnitId`, `OrganizationId`)."""
         body: dict[str, Any] = self.transport.send("GET", "WhoAmI").json()
@@ -114,6 +167,18 @@ class Dataverse:
         path = entity_definition_path(logical_name, "/Attributes")
         body = self.transport.send("GET", f"{path}?$select=LogicalName,AttributeType").json()
         return {a["LogicalName"]: a["AttributeType"] for a in body.get("value", [])}
+
+    def string_lengths(self, logical_name: str) -> dict[str, int]:
+        """Text column logical name → MaxLength for one table (what a value may hold)."""
+        path = entity_definition_path(
+            logical_name, "/Attributes/Microsoft.Dynamics.CRM.StringAttributeMetadata"
+        )
+        body = self.transport.send("GET", f"{path}?$select=LogicalName,MaxLength").json()
+        return {
+            a["LogicalName"]: int(a["MaxLength"])
+            for a in body.get("value", [])
+            if a.get("MaxLength") is not None
+        }
 
 
 def _server_time(date_header: str | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import requests
@@ -68,6 +69,10 @@ class UnreachableError(DvconnectError):
 
 class SyncError(DvconnectError):
     """The sync met data it cannot trust (a repeated next link, a page of unexpected shape)."""
+
+
+class ProtocolError(DvconnectError):
+    """Dataverse answered something the connector cannot read (a malformed `$batch` response)."""
 
 
 class DataverseError(DvconnectError):
@@ -187,36 +192,59 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_SERVER_WAIT_SECONDS)
 
 
-def error_body(response: requests.Response) -> tuple[str, str]:
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value, whatever the case of its name; "" when absent."""
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), "")
+
+
+def error_body(content_type: str, content: bytes, reason: str) -> tuple[str, str]:
     """(code, message) from a Dataverse error body; bodies that are not JSON give the reason."""
-    content_type = response.headers.get("Content-Type", "")
     if "json" in content_type.split(";")[0]:
         try:
-            payload: Any = response.json()
-        except (ValueError, json.JSONDecodeError):
+            payload: Any = json.loads(content)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
             payload = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             err = payload["error"]
             return str(err.get("code") or ""), str(err.get("message") or "")
-    return "", response.reason or ""
+    return "", reason
+
+
+def _headers_request_id(headers: Mapping[str, str]) -> str:
+    """The request id Dataverse reports in response headers, for support tickets and logs."""
+    return _header(headers, "x-ms-service-request-id") or _header(headers, "REQ_ID")
 
 
 def request_id(response: requests.Response) -> str:
     """The request id Dataverse reports, for support tickets and logs."""
-    headers = response.headers
-    return headers.get("x-ms-service-request-id") or headers.get("REQ_ID") or ""
+    return _headers_request_id(response.headers)
+
+
+def error_from(
+    status: int, headers: Mapping[str, str], content: bytes, reason: str, method: str, path: str
+) -> DataverseError:
+    """The error for a failed Dataverse response given as its parts (a `$batch` part, say)."""
+    code, message = error_body(_header(headers, "Content-Type"), content, reason)
+    cls = error_class(status, code, message)
+    return cls(
+        status=status,
+        code=code,
+        message=message,
+        request_id=_headers_request_id(headers),
+        method=method,
+        path=path,
+        retry_after=parse_retry_after(_header(headers, "Retry-After")),
+    )
 
 
 def from_response(response: requests.Response, path: str = "") -> DataverseError:
     """The error for a failed Dataverse response: status, code, message, request id."""
-    code, message = error_body(response)
-    cls = error_class(response.status_code, code, message)
-    return cls(
-        status=response.status_code,
-        code=code,
-        message=message,
-        request_id=request_id(response),
-        method=(response.request.method or "") if response.request is not None else "",
-        path=path,
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    return error_from(
+        response.status_code,
+        response.headers,
+        response.content,
+        response.reason or "",
+        (response.request.method or "") if response.request is not None else "",
+        path,
     )

@@ -1,8 +1,10 @@
 """Loads and validates the admin-editable YAML under `mappings/` into typed, frozen values.
 
 `tables.yaml` says which Dataverse tables and columns are synced (and so which local tables
-exist); `schedule.yaml` gives each job's cron. Unknown keys are rejected and every error names
-the file, the key and what was expected, so an admin can fix it without reading Python.
+exist); `schedule.yaml` gives each job's cron; `orphans.yaml` says how `link-orphans` makes a
+contact for a lead that has none and whether `promote-contacts` runs. Unknown keys are rejected
+and every error names the file, the key and what was expected, so an admin can fix it without
+reading Python.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connector.errors import MappingError
 
 ColumnType = Literal["guid", "string", "integer", "bigint", "number", "boolean", "datetime", "date"]
-JOB_NAMES = ("sync",)
+JOB_NAMES = ("sync", "link-orphans", "promote-contacts")
 _LOGICAL_NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
 _ENTITY_SET = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -64,6 +66,53 @@ class _ScheduleFile(_Strict):
     jobs: dict[str, str]
 
 
+MatchRule = Literal["email", "email_and_lastname", "none"]
+# What link-orphans reads from the store: the columns it needs on each table.
+ORPHAN_LEAD_COLUMNS = ("leadid", "statecode", "_parentcontactid_value", "_ownerid_value",
+                       "createdon")  # fmt: skip
+ORPHAN_CONTACT_COLUMNS = ("contactid", "statecode", "marketingonly", "modifiedon")
+MATCH_COLUMNS: dict[str, tuple[str, ...]] = {
+    "email": ("emailaddress1",),
+    "email_and_lastname": ("emailaddress1", "lastname"),
+    "none": (),
+}
+
+
+class _LinkOrphansModel(_Strict):
+    lead_states: list[int] = Field(default=[0], min_length=1)
+    match: MatchRule = "email"
+    leads_without_email_or_name: Literal["create", "skip"] = "create"
+    too_long: Literal["truncate", "reject"] = "truncate"
+    duplicate_detection: bool = True
+    write: Literal["bulk", "batch"] = "bulk"
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    contact_columns: dict[str, str]
+
+
+class _PromoteContactsModel(_Strict):
+    enabled: bool = True
+
+
+class _OrphansFile(_Strict):
+    link_orphans: _LinkOrphansModel
+    promote_contacts: _PromoteContactsModel = _PromoteContactsModel()
+
+
+@dataclass(frozen=True)
+class OrphansMapping:
+    """How link-orphans makes and finds contacts for orphan leads; whether promotion runs."""
+
+    lead_states: tuple[int, ...]
+    match: MatchRule
+    leads_without_email_or_name: Literal["create", "skip"]
+    too_long: Literal["truncate", "reject"]
+    duplicate_detection: bool
+    write: Literal["bulk", "batch"]
+    batch_size: int
+    contact_columns: dict[str, str]  # contact column: the lead column it is copied from
+    promote_contacts: bool
+
+
 @dataclass(frozen=True)
 class TableMapping:
     """One synced table: where it lives in Dataverse and which columns come to the store."""
@@ -89,6 +138,7 @@ class Mapping:
     tables: dict[str, TableMapping]
     schedule: dict[str, str]
     timezone: str
+    orphans: OrphansMapping
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -171,8 +221,48 @@ def _schedule(path: Path, model: _ScheduleFile) -> dict[str, str]:
     return dict(model.jobs)
 
 
+def _orphans(path: Path, model: _OrphansFile, tables: dict[str, TableMapping]) -> OrphansMapping:
+    """The orphans configuration, checked against what tables.yaml syncs of lead and contact."""
+    link = model.link_orphans
+    needs = {
+        "lead": (*ORPHAN_LEAD_COLUMNS, *MATCH_COLUMNS[link.match]),
+        "contact": (*ORPHAN_CONTACT_COLUMNS, *MATCH_COLUMNS[link.match]),
+    }
+    for table, columns in needs.items():
+        synced = tables[table].columns if table in tables else {}
+        missing = [c for c in columns if c not in synced]
+        if missing:
+            raise MappingError(
+                str(path),
+                "link_orphans",
+                f"needs tables.yaml to sync {table} column(s) {', '.join(missing)}",
+            )
+    lead_columns = tables["lead"].columns
+    for contact_column, lead_column in link.contact_columns.items():
+        where = f"link_orphans.contact_columns.{contact_column}"
+        if not _LOGICAL_NAME.match(contact_column) or contact_column.startswith("_"):
+            raise MappingError(str(path), where, "a contact column's logical name")
+        if contact_column in ("contactid", "marketingonly", "ownerid", "statecode", "statuscode"):
+            raise MappingError(str(path), where, "set by link-orphans itself; remove it")
+        if lead_column not in lead_columns:
+            raise MappingError(
+                str(path), where, f"lead column {lead_column!r} is not synced (tables.yaml)"
+            )
+    return OrphansMapping(
+        lead_states=tuple(link.lead_states),
+        match=link.match,
+        leads_without_email_or_name=link.leads_without_email_or_name,
+        too_long=link.too_long,
+        duplicate_detection=link.duplicate_detection,
+        write=link.write,
+        batch_size=link.batch_size,
+        contact_columns=dict(link.contact_columns),
+        promote_contacts=model.promote_contacts.enabled,
+    )
+
+
 def load_mapping(directory: Path) -> Mapping:
-    """Load and validate `tables.yaml` and `schedule.yaml` from `directory`."""
+    """Load and validate `tables.yaml`, `schedule.yaml` and `orphans.yaml` from `directory`."""
     tables_path = directory / "tables.yaml"
     tables_file: _TablesFile = _parse(_TablesFile, tables_path)
     if not tables_file.tables:
@@ -187,9 +277,12 @@ def load_mapping(directory: Path) -> Mapping:
         raise MappingError(
             str(schedule_path), "timezone", "an IANA time zone such as 'UTC' or 'Europe/Paris'"
         ) from None
+    orphans_path = directory / "orphans.yaml"
+    orphans_file: _OrphansFile = _parse(_OrphansFile, orphans_path)
     return Mapping(
         directory=directory,
         tables=tables,
         schedule=_schedule(schedule_path, schedule_file),
         timezone=schedule_file.timezone,
+        orphans=_orphans(orphans_path, orphans_file, tables),
     )

@@ -54,6 +54,7 @@ def collection_url(
     select: Iterable[str],
     filter: str | None = None,
     orderby: str | None = None,
+    top: int | None = None,
 ) -> str:
     """A collection query relative to the API root, e.g. `leads?$select=leadid,subject`."""
     options = {"$select": ",".join(select)}
@@ -61,6 +62,8 @@ def collection_url(
         options["$filter"] = filter
     if orderby:
         options["$orderby"] = orderby
+    if top is not None:
+        options["$top"] = str(top)
     return f"{entity_set}?{query_string(options)}"
 
 

@@ -33,9 +33,11 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -259,6 +261,28 @@ class Store:
         column = table.c[GENERATION_COLUMN]
         stale = (column < generation) | column.is_(None)
         return int(conn.execute(delete(table).where(stale)).rowcount)
+
+    def set_column(
+        self, conn: Connection, table_name: str, column: str, values: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Set one column of rows given as (primary key, value) pairs, e.g. after a write-back."""
+        if not values:
+            return
+        table = self.tables[table_name]
+        key = table.c[self.mapping.tables[table_name].primary_key]
+        statement = (
+            table.update()
+            .where(key == bindparam("dvc_key"))
+            .values({column: bindparam("dvc_value")})
+        )
+        conn.execute(statement, [{"dvc_key": k, "dvc_value": v} for k, v in values])
+
+    def stream(self, statement: Select[Any], batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """The rows of a query, fetched `batch` at a time: memory stays flat on any table size."""
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
+            for row in result.mappings():
+                yield dict(row)
 
     # -- leases -------------------------------------------------------------------------------
 

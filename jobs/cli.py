@@ -64,6 +64,15 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _plain(value: Any) -> str:
+    """A plan value on one line: mappings as compact JSON, the rest as text."""
+    return (
+        json.dumps(value, ensure_ascii=False, sort_keys=True)
+        if isinstance(value, dict)
+        else str(value)
+    )
+
+
 def _print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
@@ -89,7 +98,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from jobs.runner import plan_named, run_named
+    from jobs.runner import JOBS, plan_named, run_named
 
     ctx = build_context(settings, online=True)
     if args.dry_run:
@@ -99,7 +108,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         else:
             for job, steps in plan.items():
                 for step in steps:
-                    print(f"{job}: {step['table']}: {step['read']}")
+                    print(f"{job}: " + ", ".join(f"{k} {_plain(v)}" for k, v in step.items()))
         return 0
     if sys.stderr.isatty() and not args.json:
         ctx.progress = _Progress()
@@ -112,13 +121,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         for result in results:
             took = f"{result.seconds:.1f}s, {result.requests} requests"
             print(f"{result.job}: {result.outcome} in {took}")
-            for name, counts in result.counts.items():
-                kind = "full" if counts.get("full") else "incremental"
-                print(
-                    f"  {name}: {kind}, {counts['read']} read, {counts['upserted']} upserted, "
-                    f"{counts['deleted']} deleted"
-                )
-    return 0
+            for line in JOBS[result.job].summary(result.counts):
+                print(f"  {line}")
+    return 1 if any(r.outcome == "partial" for r in results) else 0
 
 
 def status_document(ctx: Context) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Runs a job by name and records the run in `dvc_runs`: counts, requests, outcome, error.
 
 The CLI's `run` and the scheduler both come through here, so every run is recorded the same
-way. `all` runs every job in the contract's order.
+way. `all` runs every job in the contract's order. A run whose job reports `failed` records is
+`partial`: it ran to the end, and the CLI exits 1.
 """
 
 from __future__ import annotations
@@ -14,14 +15,83 @@ from typing import Any
 
 from connector.errors import DvconnectError
 from jobs.context import Context
+from jobs.orphans import (
+    plan_link_orphans,
+    plan_promote_contacts,
+    run_link_orphans,
+    run_promote_contacts,
+)
 from jobs.sync import describe_plan, run_sync
 
 log = logging.getLogger("dvconnect.jobs")
 
-JOBS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "sync": lambda ctx: {name: asdict(counts) for name, counts in run_sync(ctx).items()},
+
+@dataclass(frozen=True)
+class Job:
+    """A job: what it does, what it would do (the dry run), and how its outcome reads."""
+
+    run: Callable[[Context], dict[str, Any]]
+    plan: Callable[[Context], list[dict[str, Any]]]
+    summary: Callable[[dict[str, Any]], list[str]]
+
+
+def _sync_summary(counts: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}: {'full' if c.get('full') else 'incremental'}, {c['read']} read, "
+        f"{c['upserted']} upserted, {c['deleted']} deleted"
+        for name, c in counts.items()
+    ]
+
+
+def _link_summary(c: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{c['orphans']} orphan leads: {c['linked']} linked ({c['matched']} to existing contacts), "
+        f"{c['created']} contacts created, {c['skipped']} skipped, {c['failed']} failed",
+    ]
+    if c["several_matches"]:
+        lines.append(
+            f"{len(c['several_matches'])} leads matched several contacts (most recent used)"
+        )
+    if c["truncated"] or c["invalid_emails"]:
+        lines.append(
+            f"{c['truncated']} values truncated, {c['invalid_emails']} invalid emails left out"
+        )
+    lines += [f"skipped lead {s['lead_id']}: {s['reason']}" for s in c["skips"]]
+    lines += [_failure_line("lead", f) for f in c["failures"]]
+    return lines
+
+
+def _promote_summary(c: dict[str, Any]) -> list[str]:
+    if not c["enabled"]:
+        return ["disabled (mappings/orphans.yaml promote_contacts.enabled)"]
+    lines = [f"{c['promoted']} contacts promoted, {c['failed']} failed"]
+    return lines + [_failure_line("contact", f) for f in c["failures"]]
+
+
+def _failure_line(kind: str, failure: dict[str, Any]) -> str:
+    return (
+        f"failed {kind} {failure['record']}: {failure['status']} {failure['code']} "
+        f"{failure['message']} (request id {failure['request_id'] or '?'})"
+    )
+
+
+JOBS: dict[str, Job] = {
+    "sync": Job(
+        run=lambda ctx: {name: asdict(counts) for name, counts in run_sync(ctx).items()},
+        plan=describe_plan,
+        summary=_sync_summary,
+    ),
+    "link-orphans": Job(
+        run=lambda ctx: asdict(run_link_orphans(ctx)),
+        plan=plan_link_orphans,
+        summary=_link_summary,
+    ),
+    "promote-contacts": Job(
+        run=lambda ctx: asdict(run_promote_contacts(ctx)),
+        plan=plan_promote_contacts,
+        summary=_promote_summary,
+    ),
 }
-PLANS: dict[str, Callable[[Context], Any]] = {"sync": describe_plan}
 JOB_CHOICES = (*JOBS, "all")
 
 
@@ -31,15 +101,17 @@ class JobResult:
 
     job: str
     run_id: int
-    outcome: str  # "succeeded", "interrupted" or "failed"
+    outcome: str  # "succeeded", "partial" (some records failed), "interrupted" or "failed"
     counts: dict[str, Any]
     requests: int
     seconds: float
     error: str | None
 
 
-def _interrupted(counts: dict[str, Any]) -> bool:
-    return any(isinstance(c, dict) and c.get("interrupted") for c in counts.values())
+def _flag(counts: dict[str, Any], name: str) -> bool:
+    """Whether the job's counts (flat, or one dict per table) raise `name`."""
+    nested = (c for c in counts.values() if isinstance(c, dict))
+    return bool(counts.get(name)) or any(c.get(name) for c in nested)
 
 
 def run_job(ctx: Context, job: str) -> JobResult:
@@ -52,13 +124,17 @@ def run_job(ctx: Context, job: str) -> JobResult:
         return (ctx.dataverse.requests_sent if ctx.dataverse else 0) - sent_before
 
     try:
-        counts = JOBS[job](ctx)
+        counts = JOBS[job].run(ctx)
     except Exception as exc:  # recorded whatever it is, then raised to the caller
         reason = str(exc) if isinstance(exc, DvconnectError) else f"{type(exc).__name__}: {exc}"
         ctx.store.finish_run(run_id, "failed", {}, requests(), reason)
         log.error("%s failed after %d requests: %s", job, requests(), reason)
         raise
-    outcome = "interrupted" if _interrupted(counts) or ctx.stop.is_set() else "succeeded"
+    outcome = "succeeded"
+    if _flag(counts, "failed"):
+        outcome = "partial"
+    if _flag(counts, "interrupted") or ctx.stop.is_set():
+        outcome = "interrupted"
     ctx.store.finish_run(run_id, outcome, counts, requests(), None)
     seconds = time.monotonic() - started
     log.info("%s %s in %.1fs, %d requests: %s", job, outcome, seconds, requests(), counts)
@@ -78,5 +154,5 @@ def run_named(ctx: Context, job: str) -> list[JobResult]:
 
 def plan_named(ctx: Context, job: str) -> dict[str, Any]:
     """What `job` (or `all`) would do, computed without sending anything."""
-    names = list(PLANS) if job == "all" else [job]
-    return {name: PLANS[name](ctx) for name in names}
+    names = list(JOBS) if job == "all" else [job]
+    return {name: JOBS[name].plan(ctx) for name in names}

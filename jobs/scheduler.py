@@ -1,7 +1,9 @@
 """`dvconnect schedule`: the long-running service that runs each job on its cron.
 
-APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one. SIGTERM or
-SIGINT asks running jobs to stop after their current page (state saved) and then exits.
+APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one. `--now` also
+runs every scheduled job once at start, one after the other in the order of `run all` (a job
+that works from the store must not start before the sync has filled it). SIGTERM or SIGINT asks
+running jobs to stop after their current page (state saved) and then exits.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.errors import ConfigError, DvconnectError
 from jobs.context import Context
-from jobs.runner import run_job
+from jobs.runner import JOBS, run_job
 
 log = logging.getLogger("dvconnect.scheduler")
 
@@ -29,10 +31,17 @@ def _run(ctx: Context, job: str) -> None:
         run_job(ctx, job)
 
 
+def _run_in_order(ctx: Context, jobs: list[str]) -> None:
+    for job in jobs:
+        if ctx.stop.is_set():
+            return
+        _run(ctx, job)
+
+
 def serve(ctx: Context, run_now: bool = False) -> None:
     """Run the scheduler until SIGTERM/SIGINT; returns after running jobs have stopped.
 
-    With `run_now`, every scheduled job also runs once at start, then follows its cron.
+    With `run_now`, every scheduled job also runs once at start, in order, then follows its cron.
     """
     if not ctx.mapping.schedule:
         raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
@@ -42,9 +51,17 @@ def serve(ctx: Context, run_now: bool = False) -> None:
     )
     for job, cron in ctx.mapping.schedule.items():
         trigger = CronTrigger.from_crontab(cron, timezone=ctx.mapping.timezone)
-        first = {"next_run_time": datetime.now(ZoneInfo(ctx.mapping.timezone))} if run_now else {}
-        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job, **first)
+        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
         log.info("scheduled %s: %s (%s)", job, cron, ctx.mapping.timezone)
+    if run_now:
+        in_order = [job for job in JOBS if job in ctx.mapping.schedule]
+        scheduler.add_job(
+            _run_in_order,
+            args=(ctx, in_order),
+            id="now",
+            name="every scheduled job, once, in order",
+            next_run_time=datetime.now(ZoneInfo(ctx.mapping.timezone)),
+        )
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
         if ctx.stop.is_set():

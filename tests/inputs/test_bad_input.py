@@ -59,7 +59,9 @@ def test_malformed_settings(workdir: Path, case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", _cases("mappings.yaml"))
 def test_malformed_mappings(workdir: Path, case: dict[str, Any]) -> None:
     path = workdir / "mappings" / case["file"]
-    if "whole" in case:
+    if case.get("delete"):
+        path.unlink()
+    elif "whole" in case:
         path.write_text(case["whole"])
     else:
         old, new = case["replace"]
@@ -69,5 +71,6 @@ def test_malformed_mappings(workdir: Path, case: dict[str, Any]) -> None:
     for args in (["check", "--offline"], ["run", "sync"]):
         result = _dvconnect(workdir, {}, *args)
         assert result.returncode == 2, result.stderr
-        assert result.stderr.strip() == f"dvconnect: {path.relative_to(workdir)}: {case['error']}"
+        reported = Path("mappings") / case.get("reported_in", case["file"])
+        assert result.stderr.strip() == f"dvconnect: {reported}: {case['error']}"
     assert not (workdir / "store.sqlite3").exists()

@@ -15,7 +15,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
 
 @pytest.fixture
 def mappings(tmp_path: Path) -> Path:
-    for name in ("tables.yaml", "schedule.yaml"):
+    for name in ("tables.yaml", "schedule.yaml", "orphans.yaml"):
         shutil.copy(SHIPPED / name, tmp_path / name)
     return tmp_path
 
@@ -47,7 +47,10 @@ def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) 
     assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(
         contact.columns
     )
-    assert mapping.schedule == {"sync": "*/15 * * * *"}
+    assert set(mapping.schedule) == {"sync", "link-orphans", "promote-contacts"}
+    assert mapping.orphans.match == "email"
+    assert mapping.orphans.contact_columns["emailaddress1"] == "emailaddress1"
+    assert mapping.orphans.promote_contacts
 
 
 def test_unknown_key_is_rejected(mappings: Path) -> None:
@@ -95,7 +98,7 @@ def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
         f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression"
     )
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
-    assert _error(mappings) == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync"
+    assert _error(mappings) == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync, link-orphans, promote-contacts"
 
 
 def test_bad_timezone_is_rejected(mappings: Path) -> None:

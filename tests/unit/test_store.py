@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import inspect
 
 from connector.errors import ConfigError, SyncError
-from connector.mapping import Mapping, TableMapping, load_mapping
+from connector.mapping import TableMapping, load_mapping
 from connector.store import Store, SyncState
 
 SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
@@ -127,7 +127,7 @@ def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(
     base = load_mapping(SHIPPED)
     lead = base.tables["lead"]
     grown = replace(lead, columns={**lead.columns, "description": "string"})
-    mapping = Mapping(base.directory, {**base.tables, "lead": grown}, base.schedule, base.timezone)
+    mapping = replace(base, tables={**base.tables, "lead": grown})
     again = Store(str(store.engine.url), mapping)
     again.create()
     assert again.load_state("lead").phase == "full"
