@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, orphans, sync, throttled
+from benchmarks import emulator, orphans, segments, sync, throttled
 
 BENCHMARKS = {
     "sync": sync.run,
     "throttled": throttled.run,
     "orphans": orphans.run,
+    "segments": segments.run,
     "emulator": emulator.run,
 }
 

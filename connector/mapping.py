@@ -2,9 +2,11 @@
 
 `tables.yaml` says which Dataverse tables and columns are synced (and so which local tables
 exist); `schedule.yaml` gives each job's cron; `orphans.yaml` says how `link-orphans` makes a
-contact for a lead that has none and whether `promote-contacts` runs. Unknown keys are rejected
-and every error names the file, the key and what was expected, so an admin can fix it without
-reading Python.
+contact for a lead that has none and whether `promote-contacts` runs; `segments/*.yaml` define
+segments as OData `$filter` text over the synced columns, compiled here once. Unknown keys are
+rejected and every error names the file, the key and what was expected, so an admin can fix it
+without reading Python. A bad segment does not stop the rest: it is kept in
+`Mapping.segment_errors`, so `check` fails on it while a scheduled run evaluates the others.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connector.errors import MappingError
+from connector.filters import CompiledFilter, FilterError, parse_filter
 
 ColumnType = Literal["guid", "string", "integer", "bigint", "number", "boolean", "datetime", "date"]
-JOB_NAMES = ("sync", "link-orphans", "promote-contacts")
+JOB_NAMES = ("sync", "link-orphans", "promote-contacts", "segments")
 _LOGICAL_NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
 _ENTITY_SET = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -113,6 +116,42 @@ class OrphansMapping:
     promote_contacts: bool
 
 
+Channel = Literal["any", "email", "phone"]
+CHANNEL_OPT_OUTS: dict[str, str] = {"email": "donotemail", "phone": "donotphone"}
+_SEGMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class _SegmentFile(_Strict):
+    name: str
+    description: str = ""
+    lead: str | None = None
+    contact: str | None = None
+    exclude: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    channel: Channel = "any"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SEGMENT_NAME.match(value):
+            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
+        return value
+
+
+@dataclass(frozen=True)
+class SegmentMapping:
+    """One segment: contacts with a lead matching `lead` (if given) that match `contact`."""
+
+    name: str
+    path: Path
+    description: str
+    lead: CompiledFilter | None
+    contact: CompiledFilter | None
+    exclude: str | None
+    limit: int | None
+    channel: Channel
+
+
 @dataclass(frozen=True)
 class TableMapping:
     """One synced table: where it lives in Dataverse and which columns come to the store."""
@@ -139,6 +178,8 @@ class Mapping:
     schedule: dict[str, str]
     timezone: str
     orphans: OrphansMapping
+    segments: dict[str, SegmentMapping]
+    segment_errors: dict[str, MappingError]  # by file name: what is wrong with a bad segment
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -261,6 +302,103 @@ def _orphans(path: Path, model: _OrphansFile, tables: dict[str, TableMapping]) -
     )
 
 
+def _segment(path: Path, tables: dict[str, TableMapping]) -> SegmentMapping:
+    """One segment file, parsed and its filters compiled against the synced columns."""
+    model: _SegmentFile = _parse(_SegmentFile, path)
+    if model.lead is None and model.contact is None:
+        raise MappingError(str(path), "(top level)", "a 'lead' condition, a 'contact' one, or both")
+    required = {"contact": ["contactid", "statecode"], "lead": []}
+    if model.channel != "any":
+        required["contact"].append(CHANNEL_OPT_OUTS[model.channel])
+    if model.lead is not None:
+        required["lead"].append("_parentcontactid_value")
+    for table, columns in required.items():
+        synced = tables[table].columns if table in tables else {}
+        missing = [c for c in columns if c not in synced]
+        if missing:
+            raise MappingError(
+                str(path), "(top level)", f"needs tables.yaml to sync {table} {', '.join(missing)}"
+            )
+    lines = _value_lines(path)
+    compiled: dict[str, CompiledFilter | None] = {}
+    for key in ("lead", "contact"):
+        text = getattr(model, key)
+        compiled[key] = None
+        if text is None:
+            continue
+        try:
+            compiled[key] = parse_filter(text, tables[key].columns)
+        except FilterError as exc:
+            where = f"{key} (line {lines.get(key, '?')})"
+            at = ""
+            if exc.position is not None and "position" not in exc.message:
+                at = f" (at character {exc.position + 1})"
+            raise MappingError(str(path), where, f"{exc.message}{at}") from None
+    return SegmentMapping(
+        name=model.name,
+        path=path,
+        description=model.description,
+        lead=compiled["lead"],
+        contact=compiled["contact"],
+        exclude=model.exclude,
+        limit=model.limit,
+        channel=model.channel,
+    )
+
+
+def _value_lines(path: Path) -> dict[str, int]:
+    """The 1-based line of each top-level key's value in a YAML file."""
+    node = yaml.compose(path.read_text(encoding="utf-8"))
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {
+        str(key.value): value.start_mark.line + 1
+        for key, value in node.value
+        if isinstance(key, yaml.ScalarNode)
+    }
+
+
+def _segments(
+    directory: Path, tables: dict[str, TableMapping]
+) -> tuple[dict[str, SegmentMapping], dict[str, MappingError]]:
+    """Every good segment of `segments/` by name, and an error per bad file.
+
+    A segment whose exclusion is missing, bad, or part of a cycle is bad too.
+    """
+    segments: dict[str, SegmentMapping] = {}
+    errors: dict[str, MappingError] = {}
+
+    def reject(segment: SegmentMapping, key: str, expected: str) -> None:
+        errors[segment.path.name] = MappingError(str(segment.path), key, expected)
+        segments.pop(segment.name, None)
+
+    for path in sorted((directory / "segments").glob("*.yaml")):
+        try:
+            segment = _segment(path, tables)
+        except MappingError as exc:
+            errors[path.name] = exc
+            continue
+        if segment.name in segments:
+            first = segments[segment.name].path.name
+            errors[path.name] = MappingError(
+                str(path), "name", f"segment {segment.name!r} is already defined in {first}"
+            )
+            continue
+        segments[segment.name] = segment
+    for segment in list(segments.values()):
+        chain = [segment.name]
+        while (excluded := segments[chain[-1]].exclude) is not None:
+            if excluded in chain:
+                cycle = " -> ".join([*chain, excluded])
+                reject(segment, "exclude", f"exclusions form a cycle: {cycle}")
+                break
+            if excluded not in segments:
+                reject(segment, "exclude", f"segment {excluded!r} is missing or not valid")
+                break
+            chain.append(excluded)
+    return segments, errors
+
+
 def load_mapping(directory: Path) -> Mapping:
     """Load and validate `tables.yaml`, `schedule.yaml` and `orphans.yaml` from `directory`."""
     tables_path = directory / "tables.yaml"
@@ -279,10 +417,13 @@ def load_mapping(directory: Path) -> Mapping:
         ) from None
     orphans_path = directory / "orphans.yaml"
     orphans_file: _OrphansFile = _parse(_OrphansFile, orphans_path)
+    segments, segment_errors = _segments(directory, tables)
     return Mapping(
         directory=directory,
         tables=tables,
         schedule=_schedule(schedule_path, schedule_file),
         timezone=schedule_file.timezone,
         orphans=_orphans(orphans_path, orphans_file, tables),
+        segments=segments,
+        segment_errors=segment_errors,
     )

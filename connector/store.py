@@ -7,8 +7,11 @@ correctly on both databases. Each data table has one extra column, `dvc_generati
 sync that last saw the row, used to remove rows deleted while change tracking could not say so.
 
 The connector's own tables start with `dvc_`: `dvc_sync_state` (one cursor per table, saved in
-the same transaction as the page it follows), `dvc_runs` (one record per job run) and
-`dvc_leases` (who is running what: two syncs on one store would undo each other's work).
+the same transaction as the page it follows), `dvc_runs` (one record per job run),
+`dvc_leases` (who is running what: two syncs on one store would undo each other's work), and
+for segments `dvc_segment_members` (current members and their matching leads),
+`dvc_segment_events` (who entered or exited, when) and `dvc_segment_evaluations` (size and
+changes of every evaluation).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     Select,
@@ -163,6 +167,43 @@ class Store:
             Column("pid", Integer(), nullable=False),
             Column("expires_at", String(20), nullable=False),
         )
+        self.segment_members = Table(
+            "dvc_segment_members",
+            self.metadata,
+            Column("segment", String(64), primary_key=True),
+            Column("contactid", String(36), primary_key=True),
+            Column("lead_ids", Text()),  # the matching leads, comma-separated
+            Column("since", String(20), nullable=False),
+        )
+        self.segment_events = Table(
+            "dvc_segment_events",
+            self.metadata,
+            Column("event_id", Integer(), primary_key=True, autoincrement=True),
+            Column("segment", String(64), nullable=False, index=True),
+            Column("contactid", String(36), nullable=False),
+            Column("event", String(8), nullable=False),  # "entered" or "exited"
+            Column("at", String(20), nullable=False),
+        )
+        self.segment_evaluations = Table(
+            "dvc_segment_evaluations",
+            self.metadata,
+            Column("evaluation_id", Integer(), primary_key=True, autoincrement=True),
+            Column("segment", String(64), nullable=False, index=True),
+            Column("evaluated_at", String(20), nullable=False),
+            Column("size", Integer(), nullable=False),
+            Column("entered", Integer(), nullable=False),
+            Column("exited", Integer(), nullable=False),
+            Column("seconds", Float(), nullable=False),
+        )
+        self.segment_scratch = Table(  # one evaluation's result, before it is compared
+            "dvc_segment_scratch",
+            self.metadata,
+            Column("segment", String(64), primary_key=True),
+            Column("contactid", String(36), primary_key=True),
+            Column("lead_ids", Text()),
+        )
+        if "lead" in self.tables and "_parentcontactid_value" in self.tables["lead"].c:
+            Index("ix_lead_parentcontact", self.tables["lead"].c._parentcontactid_value)
         self._upserts = {name: _upsert(self.engine, table) for name, table in self.tables.items()}
 
     # -- schema -------------------------------------------------------------------------------
@@ -184,6 +225,8 @@ class Store:
                         conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {ddl}'))
                     if missing:
                         self.save_state(conn, self._load_state(conn, name).start_full())
+                    for index in table.indexes:  # stores made before the index existed
+                        index.create(conn, checkfirst=True)
         except OperationalError as exc:
             raise ConfigError(
                 f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}"

@@ -14,12 +14,14 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from connector.errors import ConfigError, DvconnectError
-from connector.mapping import load_mapping
+from connector.mapping import SegmentMapping, load_mapping
 from connector.settings import Settings, load_settings
 from jobs.context import Context, build_context
+from jobs.segments import last_evaluation, preview_segment, segment_history
 from jobs.sync import sync_lease
 
 log = logging.getLogger("dvconnect")
@@ -82,7 +84,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.check import check_online
 
     mapping = load_mapping(settings.mappings_dir)
-    print(f"mappings ok: {', '.join(mapping.tables)} ({settings.mappings_dir})")
+    for error in mapping.segment_errors.values():
+        print(f"error: {error}", file=sys.stderr)
+    if mapping.segment_errors:
+        return 2
+    segments = f", {len(mapping.segments)} segments" if mapping.segments else ""
+    print(f"mappings ok: {', '.join(mapping.tables)}{segments} ({settings.mappings_dir})")
     if args.offline:
         return 0
     ctx = build_context(settings, online=True)
@@ -141,7 +148,8 @@ def status_document(ctx: Context) -> dict[str, Any]:
             "watermark": state.watermark,
         }
     runs = [asdict(r) for r in ctx.store.recent_runs()]
-    return {"tables": tables, "runs": runs}
+    segments = {name: last_evaluation(ctx, name) for name in ctx.mapping.segments}
+    return {"tables": tables, "runs": runs, "segments": segments}
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -156,6 +164,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         extra = ", next run resumes a read under way" if t["resumable"] else ""
         when = t["last_sync_at"] or "never"
         print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{extra}")
+    if document["segments"]:
+        print("segments:")
+        for name, last in document["segments"].items():
+            size = (
+                f"{last['size']:,} members at {last['evaluated_at']}"
+                if last
+                else "not evaluated yet"
+            )
+            print(f"  {name}: {size}")
     print("recent runs:")
     for run in document["runs"]:
         print(
@@ -175,6 +192,66 @@ def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
     with ctx.store.lease(sync_lease(args.table)):  # never under a running sync of the table
         ctx.store.reset_state(args.table)
     print(f"{args.table}: cursor forgotten; the next sync reads the whole table")
+    return 0
+
+
+def _segment(ctx: Context, name: str) -> SegmentMapping:
+    if name in ctx.mapping.segments:
+        return ctx.mapping.segments[name]
+    for error in ctx.mapping.segment_errors.values():
+        if Path(error.path).stem == name:
+            raise ConfigError(str(error))
+    known = ", ".join(sorted(ctx.mapping.segments)) or "none"
+    raise ConfigError(f"unknown segment {name!r}: the mappings define {known}")
+
+
+def cmd_segments_list(settings: Settings, args: argparse.Namespace) -> int:
+    ctx = build_context(settings)
+    document: dict[str, dict[str, Any]] = {
+        name: {"description": s.description, "last": last_evaluation(ctx, name)}
+        for name, s in ctx.mapping.segments.items()
+    }
+    invalid = {file: str(error) for file, error in ctx.mapping.segment_errors.items()}
+    if args.json:
+        _print_json({"segments": document, "invalid": invalid})
+    else:
+        for name, entry in document.items():
+            last = entry["last"]
+            size = f"{last['size']:,} members ({last['evaluated_at']})" if last else "not evaluated"
+            about = f" - {entry['description']}" if entry["description"] else ""
+            print(f"{name}: {size}{about}")
+        for error in invalid.values():
+            print(f"invalid: {error}", file=sys.stderr)
+    return 2 if invalid else 0
+
+
+def cmd_segments_preview(settings: Settings, args: argparse.Namespace) -> int:
+    ctx = build_context(settings)
+    preview = preview_segment(ctx, _segment(ctx, args.name), sample=args.sample)
+    if args.json:
+        _print_json(preview)
+        return 0
+    print(f"{args.name}: {preview['size']:,} members ({preview['seconds']:.2f}s, nothing saved)")
+    for row in preview["sample"]:
+        print("  " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    if args.sql:
+        print(preview["sql"])
+    return 0
+
+
+def cmd_segments_history(settings: Settings, args: argparse.Namespace) -> int:
+    ctx = build_context(settings)
+    _segment(ctx, args.name)
+    history = segment_history(ctx, args.name, limit=args.limit)
+    if args.json:
+        _print_json({"segment": args.name, "evaluations": history})
+        return 0
+    print(f"{args.name}: {len(history)} evaluations, latest first")
+    for entry in history:
+        print(
+            f"  {entry['evaluated_at']}: {entry['size']:,} members, "
+            f"+{entry['entered']} entered, -{entry['exited']} exited ({entry['seconds']:.2f}s)"
+        )
     return 0
 
 
@@ -222,6 +299,25 @@ def _parser() -> argparse.ArgumentParser:
     reset = state_commands.add_parser("reset", help="forget a table's cursor: next sync is full")
     reset.add_argument("table")
     reset.set_defaults(handler=cmd_state_reset)
+
+    segments = commands.add_parser("segments", help="list, preview and follow segments")
+    segment_commands = segments.add_subparsers(
+        dest="segments_command", required=True, metavar="ACTION"
+    )
+    listing = segment_commands.add_parser("list", help="every segment, its last size")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(handler=cmd_segments_list)
+    preview = segment_commands.add_parser("preview", help="size and a sample now, nothing saved")
+    preview.add_argument("name")
+    preview.add_argument("--sample", type=int, default=10, help="how many members to show")
+    preview.add_argument("--sql", action="store_true", help="also print the SQL")
+    preview.add_argument("--json", action="store_true", help="print one JSON document")
+    preview.set_defaults(handler=cmd_segments_preview)
+    history = segment_commands.add_parser("history", help="sizes over time, entered and exited")
+    history.add_argument("name")
+    history.add_argument("--limit", type=int, default=30, help="how many evaluations")
+    history.add_argument("--json", action="store_true", help="print one JSON document")
+    history.set_defaults(handler=cmd_segments_history)
 
     commands.add_parser(
         "emulator",

@@ -21,6 +21,7 @@ from jobs.orphans import (
     run_link_orphans,
     run_promote_contacts,
 )
+from jobs.segments import plan_segments, run_segments
 from jobs.sync import describe_plan, run_sync
 
 log = logging.getLogger("dvconnect.jobs")
@@ -68,6 +69,17 @@ def _promote_summary(c: dict[str, Any]) -> list[str]:
     return lines + [_failure_line("contact", f) for f in c["failures"]]
 
 
+def _segments_summary(counts: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}: not evaluated: {c['error']}"
+        if c["error"]
+        else f"{name}: {c['size']} members, {c['entered']} entered, {c['exited']} exited "
+        f"({c['seconds']:.2f}s)"
+        for name, c in counts.items()
+        if isinstance(c, dict)
+    ]
+
+
 def _failure_line(kind: str, failure: dict[str, Any]) -> str:
     return (
         f"failed {kind} {failure['record']}: {failure['status']} {failure['code']} "
@@ -91,6 +103,7 @@ JOBS: dict[str, Job] = {
         plan=plan_promote_contacts,
         summary=_promote_summary,
     ),
+    "segments": Job(run=run_segments, plan=plan_segments, summary=_segments_summary),
 }
 JOB_CHOICES = (*JOBS, "all")
 

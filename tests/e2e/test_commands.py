@@ -20,7 +20,7 @@ def test_check_online_proves_credentials_and_every_column(cli: Cli) -> None:
     result = cli.run("check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"mappings ok: lead, contact ({ROOT / 'mappings'})",
+        f"mappings ok: lead, contact, 2 segments ({ROOT / 'mappings'})",
         f"dataverse ok: every mapped column exists ({cli.emulator.base_url})",
     ]
 
@@ -103,7 +103,9 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert "SIGTERM received" in stderr
     runs = list(reversed(cli.store().recent_runs()))
     assert runs[0].job == "sync"
-    assert [r.job for r in runs] == ["sync", "link-orphans", "promote-contacts"][: len(runs)]
+    assert [r.job for r in runs] == ["sync", "link-orphans", "promote-contacts", "segments"][
+        : len(runs)
+    ]
     assert {r.outcome for r in runs} == {"succeeded"}
 
 

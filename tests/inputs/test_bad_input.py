@@ -74,3 +74,13 @@ def test_malformed_mappings(workdir: Path, case: dict[str, Any]) -> None:
         reported = Path("mappings") / case.get("reported_in", case["file"])
         assert result.stderr.strip() == f"dvconnect: {reported}: {case['error']}"
     assert not (workdir / "store.sqlite3").exists()
+
+
+@pytest.mark.parametrize("case", _cases("segments.yaml"))
+def test_malformed_segments(workdir: Path, case: dict[str, Any]) -> None:
+    (workdir / "mappings" / "segments" / "bad.yaml").write_text(case["text"])
+    result = _dvconnect(workdir, {}, "check", "--offline")
+    assert result.returncode == 2, result.stderr
+    reported = Path("mappings") / "segments" / case.get("file", "bad.yaml")
+    assert f"error: {reported}: {case['error']}" in result.stderr.splitlines()
+    assert not (workdir / "store.sqlite3").exists()

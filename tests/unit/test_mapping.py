@@ -17,6 +17,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
 def mappings(tmp_path: Path) -> Path:
     for name in ("tables.yaml", "schedule.yaml", "orphans.yaml"):
         shutil.copy(SHIPPED / name, tmp_path / name)
+    shutil.copytree(SHIPPED / "segments", tmp_path / "segments")
     return tmp_path
 
 
@@ -47,7 +48,7 @@ def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) 
     assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(
         contact.columns
     )
-    assert set(mapping.schedule) == {"sync", "link-orphans", "promote-contacts"}
+    assert set(mapping.schedule) == {"sync", "link-orphans", "promote-contacts", "segments"}
     assert mapping.orphans.match == "email"
     assert mapping.orphans.contact_columns["emailaddress1"] == "emailaddress1"
     assert mapping.orphans.promote_contacts
@@ -98,7 +99,10 @@ def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
         f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression"
     )
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
-    assert _error(mappings) == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync, link-orphans, promote-contacts"
+    assert (
+        _error(mappings)
+        == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync, link-orphans, promote-contacts, segments"
+    )
 
 
 def test_bad_timezone_is_rejected(mappings: Path) -> None:
