@@ -24,7 +24,8 @@ from typing import Any
 import requests
 
 READY = "emulator ready"
-START_TIMEOUT = 60.0
+START_TIMEOUT = 60.0  # plus the time seeding takes: SEED_ROWS_PER_SECOND on this 2-core machine
+SEED_ROWS_PER_SECOND = 5_000
 
 
 class EmulatorError(RuntimeError):
@@ -57,6 +58,7 @@ class EmulatorProcess:
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
+        self.start_timeout = START_TIMEOUT + (leads + contacts) / SEED_ROWS_PER_SECOND
         args = [
             "--port", str(port), "--seed", str(seed), "--leads", str(leads),
             "--contacts", str(contacts), "--client-id", client_id,
@@ -112,7 +114,7 @@ class EmulatorProcess:
         assert self.process.stdout is not None
         stdout = self.process.stdout
         lines: list[str] = []
-        timer = threading.Timer(START_TIMEOUT, self.process.kill)
+        timer = threading.Timer(self.start_timeout, self.process.kill)
         timer.start()
         try:
             for raw in stdout:
