@@ -445,3 +445,19 @@ def test_syntax_errors_name_the_position_and_what_was_found(
 ) -> None:
     error = _error(text)
     assert (error.message, error.position) == (message, position)
+
+
+def test_injection_attempts_in_values_stay_values(matching: Matching) -> None:
+    assert matching("subject eq 'x'' or ''1'' eq ''1'") == set()
+    assert matching("subject eq 'O''Brien 100% _done_'") == {"cat"}
+    with pytest.raises(FilterError, match="syntax error"):
+        parse_filter("subject eq 'x') or (1 eq 1", COLUMNS)
+    with pytest.raises(FilterError):
+        parse_filter("subject eq 'x'; DROP TABLE lead; --'", COLUMNS)
+
+
+def test_a_guid_column_refuses_what_is_not_a_guid() -> None:
+    with pytest.raises(FilterError, match="_parentcontactid_value"):
+        parse_filter("_parentcontactid_value eq 'not-a-guid'", COLUMNS)
+    with pytest.raises(FilterError):
+        parse_filter("_parentcontactid_value eq 12345", COLUMNS)
