@@ -34,7 +34,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
-    Index,
     Integer,
     MetaData,
     Select,
@@ -202,8 +201,6 @@ class Store:
             Column("contactid", String(36), primary_key=True),
             Column("lead_ids", Text()),
         )
-        if "lead" in self.tables and "_parentcontactid_value" in self.tables["lead"].c:
-            Index("ix_lead_parentcontact", self.tables["lead"].c._parentcontactid_value)
         self._upserts = {name: _upsert(self.engine, table) for name, table in self.tables.items()}
 
     # -- schema -------------------------------------------------------------------------------
@@ -225,8 +222,6 @@ class Store:
                         conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {ddl}'))
                     if missing:
                         self.save_state(conn, self._load_state(conn, name).start_full())
-                    for index in table.indexes:  # stores made before the index existed
-                        index.create(conn, checkfirst=True)
         except OperationalError as exc:
             raise ConfigError(
                 f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}"

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, and_, case, exists, func, select
+from sqlalchemy import Select, and_, case, func, select
 
 from connector.batch import ChangeSet, Operation, PartOutcome, chunked
 from connector.dataverse import Dataverse
@@ -549,12 +549,10 @@ def plan_link_orphans(ctx: Context) -> list[dict[str, Any]]:
 def _promotion_query(ctx: Context) -> Select[Any]:
     """Marketing-only contacts linked to at least one qualified lead."""
     lead, contact = ctx.store.tables["lead"], ctx.store.tables["contact"]
-    qualified_lead = exists().where(
-        lead.c._parentcontactid_value == contact.c.contactid, lead.c.statecode == QUALIFIED
-    )
+    qualified_parents = select(lead.c._parentcontactid_value).where(lead.c.statecode == QUALIFIED)
     return (
         select(contact.c.contactid)
-        .where(contact.c.marketingonly.is_(True), qualified_lead)
+        .where(contact.c.marketingonly.is_(True), contact.c.contactid.in_(qualified_parents))
         .order_by(contact.c.contactid)
     )
 
