@@ -184,7 +184,7 @@ def test_batch_mode_writes_one_change_set_per_lead_and_gives_the_same_contacts(
 def test_faults_and_a_kill_mid_run_end_with_exactly_the_contacts_of_a_clean_run(
     cli: Cli, tmp_path: Path
 ) -> None:
-    mappings = mappings_with(tmp_path, batch_size=3)
+    mappings = mappings_with(tmp_path, batch_size=6)
     env = {"DVCONNECT_MAPPINGS_DIR": str(mappings)}
     contacts_before = {c["contactid"] for c in cli.emulator.rows("contact")}
     assert run(cli, "all", **env)[0] == 0
@@ -203,8 +203,8 @@ def test_faults_and_a_kill_mid_run_end_with_exactly_the_contacts_of_a_clean_run(
         "PUT",
         "/faults",
         {
-            "spec": "commit-drop:method=POST:rate=0.1,503:rate=0.05,429:rate=0.05:retry-after=0,"
-            "slow:method=POST:ms=150",
+            "spec": "commit-drop:method=POST:rate=0.1,503:rate=0.05:retry-after=0,"
+            "429:rate=0.05:retry-after=0,slow:method=POST:ms=100",
             "seed": 7,
         },
     )
