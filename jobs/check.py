@@ -1,7 +1,8 @@
 """`dvconnect check`: settings and mappings are valid; online, every mapped column exists.
 
 Online, each mapped table is looked up in EntityDefinitions (set name, primary key, change
-tracking) and each mapped column in its Attributes, with a type the mapping can hold.
+tracking) and each mapped column in its Attributes, with a type the mapping can hold; so is each
+contact column `link-orphans` writes (`orphans.yaml`), synced or not.
 """
 
 from __future__ import annotations
@@ -77,4 +78,11 @@ def check_online(ctx: Context) -> tuple[list[str], list[str]]:
         table_problems, table_notes = check_table(ctx, table)
         problems += table_problems
         notes += table_notes
+    contact_attributes = ctx.online().attributes("contact")
+    for column in ctx.mapping.orphans.contact_columns:
+        if column not in contact_attributes:
+            problems.append(
+                f"orphans.yaml: link_orphans.contact_columns.{column}: "
+                f"no column {column!r} on contact in Dataverse"
+            )
     return problems, notes

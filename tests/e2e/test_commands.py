@@ -31,10 +31,16 @@ def test_check_names_a_mapped_column_the_org_does_not_have(cli: Cli, tmp_path: P
     tables.write_text(
         tables.read_text().replace("      companyname: string\n", "      companynam: string\n", 1)
     )
+    orphans = mappings / "orphans.yaml"
+    orphans.write_text(orphans.read_text().replace("    jobtitle: jobtitle", "    job: jobtitle"))
     cli.emulator.admin("PATCH", "/config", {"change_tracking": {"contact": False}})
     result = cli.run("check", DVCONNECT_MAPPINGS_DIR=str(mappings))
     assert result.returncode == 2
     assert "error: lead.companynam: no column 'companynam' in Dataverse" in result.stderr
+    assert (
+        "error: orphans.yaml: link_orphans.contact_columns.job: no column 'job' on contact in "
+        "Dataverse" in result.stderr
+    )
     assert "note: contact: change tracking is off in Dataverse" in result.stdout
 
 
