@@ -28,14 +28,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select
 
-from connector.batch import ChangeSet, Operation, PartOutcome, chunked
+from connector.batch import MAX_OPERATIONS, ChangeSet, Operation, Part, chunked, operation_count
 from connector.dataverse import Dataverse
 from connector.errors import DataverseError, SyncError, ThrottledError
 from connector.mapping import MATCH_COLUMNS, OrphansMapping, TableMapping
@@ -50,7 +50,6 @@ QUALIFIED = 1
 ACTIVE = 0
 LINK_LEASE = "link-orphans"
 PROMOTE_LEASE = "promote-contacts"
-MAX_BATCH_OPERATIONS = 1000
 # Deliberately loose: it catches placeholders ("n/a", "-", "none@") and typing slips, not RFC 5322.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _SUPPRESS_DUPLICATE_DETECTION = "MSCRM.SuppressDuplicateDetection"
@@ -313,12 +312,10 @@ class _LinkWriter:
             else:
                 self._done(links, {})
                 return
-        failures: dict[str, Failure] = {}
-        for chunk in _by_operations(links, lambda link: 2 if link.new_contact else 1):
-            outcomes = self.dataverse.batch([self._change_set(link) for link in chunk], safe=True)
-            for link, outcome in zip(chunk, outcomes, strict=True):
-                if outcome.error is not None:
-                    failures[link.lead_id] = self._failure(link, outcome)
+        by_lead = {link.lead_id: link for link in links}
+        parts: list[tuple[str, Part]] = [(link.lead_id, self._change_set(link)) for link in links]
+        errors = _one_by_one(self.dataverse, parts)
+        failures = {lead: self._failure(by_lead[lead], error) for lead, error in errors.items()}
         self._done(links, failures)
 
     def _bulk(self, links: list[Link]) -> None:
@@ -371,9 +368,7 @@ class _LinkWriter:
         )
         return ChangeSet(tuple(operations))
 
-    def _failure(self, link: Link, outcome: PartOutcome) -> Failure:
-        error = outcome.error
-        assert error is not None
+    def _failure(self, link: Link, error: DataverseError) -> Failure:
         message = error.message
         if error.status == 404 and link.lead_id.lower() in message.lower():
             message = (
@@ -450,18 +445,29 @@ def _record_level(exc: DataverseError) -> bool:
     return exc.exit_code == 1 and not isinstance(exc, ThrottledError)
 
 
-def _by_operations(links: list[Link], cost: Callable[[Link], int]) -> Iterator[list[Link]]:
-    """Consecutive runs of links whose operations fit in one $batch."""
-    chunk: list[Link] = []
+def _one_by_one(dataverse: Dataverse, parts: list[tuple[str, Part]]) -> dict[str, DataverseError]:
+    """Send keyed parts in `$batch`es of at most MAX_OPERATIONS operations, continuing on error;
+    returns the error of each part that failed, by key."""
+    errors: dict[str, DataverseError] = {}
+
+    def send(chunk: list[tuple[str, Part]]) -> None:
+        outcomes = dataverse.batch([part for _, part in chunk], safe=True)
+        for (key, _), outcome in zip(chunk, outcomes, strict=True):
+            if outcome.error is not None:
+                errors[key] = outcome.error
+
+    chunk: list[tuple[str, Part]] = []
     used = 0
-    for link in links:
-        if used + cost(link) > MAX_BATCH_OPERATIONS:
-            yield chunk
+    for key, part in parts:
+        cost = operation_count([part])
+        if chunk and used + cost > MAX_OPERATIONS:
+            send(chunk)
             chunk, used = [], 0
-        chunk.append(link)
-        used += cost(link)
+        chunk.append((key, part))
+        used += cost
     if chunk:
-        yield chunk
+        send(chunk)
+    return errors
 
 
 # -- the jobs ----------------------------------------------------------------------------------
@@ -608,16 +614,11 @@ def _promote(dataverse: Dataverse, contact: TableMapping, ids: list[str]) -> dic
         )
         for contact_id in ids
     ]
-    failures = {}
-    for chunk in chunked(zip(ids, parts, strict=True), MAX_BATCH_OPERATIONS):
-        outcomes = dataverse.batch([part for _, part in chunk], safe=True)
-        for (contact_id, _), outcome in zip(chunk, outcomes, strict=True):
-            error = outcome.error
-            if error is not None:
-                failures[contact_id] = Failure(
-                    contact_id, error.status, error.code, error.request_id, error.message
-                )
-    return failures
+    errors = _one_by_one(dataverse, list(zip(ids, parts, strict=True)))
+    return {
+        contact_id: Failure(contact_id, error.status, error.code, error.request_id, error.message)
+        for contact_id, error in errors.items()
+    }
 
 
 def plan_promote_contacts(ctx: Context) -> list[dict[str, Any]]:
