@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.process import EmulatorProcess
+from tests.paths import MAPPINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -89,7 +90,7 @@ def cli_env(emulator: EmulatorProcess, database: Path, **extra: str) -> dict[str
         **base,
         **emulator.env(),
         "DVCONNECT_DATABASE_URL": f"sqlite:///{database}",
-        "DVCONNECT_MAPPINGS_DIR": str(ROOT / "mappings"),
+        "DVCONNECT_MAPPINGS_DIR": str(MAPPINGS),
         "DVCONNECT_LOG_LEVEL": "WARNING",
         **extra,
     }

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, cli_env, print_table, run_cli, write_result
+from benchmarks.common import cli_env, print_table, run_cli, write_result
 from emulator.process import EmulatorProcess
+from tests.paths import MAPPINGS
 
 LEADS = 37_500  # a third orphans, 80% of them open: about 10,000 open orphans
 CONTACTS = 15_000
@@ -29,7 +30,7 @@ REAL_LIMIT = 6_000  # requests per 5-minute window (§12.1)
 
 def _mappings(tmp: Path, write: str) -> Path:
     directory = tmp / f"mappings-{write}"
-    shutil.copytree(ROOT / "mappings", directory)
+    shutil.copytree(MAPPINGS, directory)
     path = directory / "orphans.yaml"
     path.write_text(path.read_text().replace("  write: bulk", f"  write: {write}"))
     return directory

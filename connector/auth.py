@@ -50,6 +50,7 @@ class DataverseAuth(AuthBase):
         self._authority_host = urlsplit(connection.authority).hostname or connection.authority
         self._scopes = [connection.scope]
         self._credential = _client_credential(connection)
+        self._verify: bool | str = str(connection.ca_bundle) if connection.ca_bundle else True
         self._app: Any = None  # msal.ConfidentialClientApplication once built
         self._app_lock = threading.Lock()
 
@@ -89,6 +90,7 @@ class DataverseAuth(AuthBase):
                             authority=self._authority,
                             client_credential=self._credential,
                             instance_discovery=False,
+                            verify=self._verify,
                         )
                     except ValueError as exc:  # tenant discovery refused: wrong tenant or URL
                         raise ConfigError(

@@ -9,6 +9,8 @@ the database and the network work at the same time and memory stays at two pages
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC
@@ -19,14 +21,23 @@ from urllib.parse import urlsplit
 import orjson
 
 from connector.batch import Part, PartOutcome, decode, encode, outcomes
-from connector.errors import SyncError, request_id
+from connector.errors import BadRequestError, NotFoundError, SyncError, request_id
 from connector.http import Transport
 from connector.mapping import TableMapping
-from connector.odata import collection_url, entity_definition_path
+from connector.odata import (
+    collection_url,
+    entity_definition_path,
+    entity_path,
+    literal,
+    query_string,
+)
 from connector.paging import LinkGuard, Page, parse_page
 
+log = logging.getLogger("dvconnect.dataverse")
+
 TRACK_CHANGES = "odata.track-changes"
-IDEMPOTENT_BULK_ACTIONS = frozenset({"UpsertMultiple", "UpdateMultiple"})
+LOOKUP_TYPES = 'odata.include-annotations="Microsoft.Dynamics.CRM.lookuplogicalname"'
+BULK_ACTIONS = frozenset({"CreateMultiple", "UpsertMultiple", "UpdateMultiple"})
 
 
 class Dataverse:
@@ -35,6 +46,7 @@ class Dataverse:
     def __init__(self, transport: Transport, page_size: int) -> None:
         self.transport = transport
         self.page_size = page_size
+        self._supported: dict[tuple[str, str], bool] = {}
 
     @property
     def requests_sent(self) -> int:
@@ -60,15 +72,20 @@ class Dataverse:
             orderby=f"modifiedon asc,{table.primary_key} asc",
         )
 
-    def pages(self, table: TableMapping, url: str, *, track_changes: bool) -> Iterator[Page]:
+    def pages(
+        self, table: TableMapping, url: str, *, track_changes: bool, lookup_types: bool = False
+    ) -> Iterator[Page]:
         """GET `url` and every next link after it, one validated page at a time, in order.
 
-        A failure to fetch or read a page is raised when the caller asks for that page, after
-        every page before it has been handed over.
+        `lookup_types` asks for each lookup's `lookuplogicalname` annotation (which table it
+        points at). A failure to fetch or read a page is raised when the caller asks for that
+        page, after every page before it has been handed over.
         """
         prefer = f"odata.maxpagesize={self.page_size}"
         if track_changes:
             prefer = f"{TRACK_CHANGES},{prefer}"
+        if lookup_types:
+            prefer = f"{prefer},{LOOKUP_TYPES}"
         guard = LinkGuard(table.name)
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{table.name}")
         try:
@@ -89,9 +106,12 @@ class Dataverse:
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
-            raise SyncError(
-                f"{table.name}: page of unexpected shape: not JSON (request id {rid or '?'})"
-            ) from None
+            try:  # the stdlib parser takes what orjson refuses: unpaired surrogates in \u escapes
+                body = json.loads(response.content)
+            except ValueError:
+                raise SyncError(
+                    f"{table.name}: page of unexpected shape: not JSON (request id {rid or '?'})"
+                ) from None
         return parse_page(
             body,
             table=table.name,
@@ -120,27 +140,55 @@ class Dataverse:
 
     def bulk(
         self,
-        table: TableMapping,
+        table: str,
+        entity_set: str,
         action: str,
         targets: Sequence[dict[str, Any]],
         headers: dict[str, str] | None = None,
     ) -> None:
-        """One bulk action (`UpsertMultiple`, `UpdateMultiple`) on a table, all-or-nothing.
+        """One bulk action (`CreateMultiple`, `UpdateMultiple`, `UpsertMultiple`) on a table,
+        all-or-nothing.
 
-        Every target names its type. Both actions may be re-sent after a lost response: they
-        set the same values on the same ids again.
+        Every target names its type and its primary key. Each may be re-sent after a lost
+        response: updates and upserts set the same values on the same ids again, and a
+        repeated create fails on the ids it already created instead of creating them twice.
         """
-        if action not in IDEMPOTENT_BULK_ACTIONS:
+        if action not in BULK_ACTIONS:
             raise ValueError(f"{action}: not a bulk action dvconnect sends")
-        kind = f"Microsoft.Dynamics.CRM.{table.name}"
+        kind = f"Microsoft.Dynamics.CRM.{table}"
         body = {"Targets": [{"@odata.type": kind, **target} for target in targets]}
         self.transport.send(
             "POST",
-            f"{table.entity_set}/Microsoft.Dynamics.CRM.{action}",
+            f"{entity_set}/Microsoft.Dynamics.CRM.{action}",
             headers={"Content-Type": "application/json", **(headers or {})},
             data=orjson.dumps(body),
             safe=True,
         )
+
+    def supports(self, table: str, message: str) -> bool:
+        """Whether the org supports a bulk `message` on `table` (the §10.3 probe, once each).
+
+        Activity tables do not list the bulk messages (§23.2); a probe that fails is taken as
+        "not supported": the per-record path is always correct, only slower.
+        """
+        known = self._supported.get((table, message))
+        if known is not None:
+            return known
+        options = {
+            "$select": "sdkmessagefilterid",
+            "$filter": "sdkmessageid/name eq @message and primaryobjecttypecode eq @table",
+            "@message": literal(message),
+            "@table": literal(table),
+        }
+        try:
+            found = self.transport.send("GET", f"sdkmessagefilters?{query_string(options)}")
+            supported = bool(found.json().get("value"))
+        except (BadRequestError, NotFoundError) as exc:
+            log.warning("%s on %s: support probe refused (%s); writing per record", message,
+                        table, exc)  # fmt: skip
+            supported = False
+        self._supported[(table, message)] = supported
+        return supported
 
     def first_rows(
         self, entity_set: str, select: list[str], filter: str, top: int
@@ -149,6 +197,29 @@ class Dataverse:
         url = collection_url(entity_set, select, filter=filter, top=top)
         rows: list[dict[str, Any]] = self.transport.send("GET", url).json().get("value", [])
         return rows
+
+    def record(self, entity_set: str, key: str, select: Sequence[str]) -> dict[str, Any] | None:
+        """One record by primary key, or None when it does not exist."""
+        url = f"{entity_path(entity_set, key)}?{query_string({'$select': ','.join(select)})}"
+        try:
+            body: dict[str, Any] = self.transport.send("GET", url).json()
+        except NotFoundError:
+            return None
+        return body
+
+    def create(self, entity_set: str, body: dict[str, Any]) -> None:
+        """POST one record (its id in `body`: a repeat fails instead of creating a second)."""
+        self.transport.send("POST", entity_set, json=body, safe=True)
+
+    def update(self, entity_set: str, key: str, body: dict[str, Any]) -> None:
+        """PATCH one existing record (`If-Match: *`: never creates it)."""
+        self.transport.send(
+            "PATCH", entity_path(entity_set, key), json=body, headers={"If-Match": "*"}
+        )
+
+    def call(self, action: str, body: dict[str, Any]) -> None:
+        """An unbound action such as `PublishXml`."""
+        self.transport.send("POST", action, json=body)
 
     def who_am_i(self) -> dict[str, Any]:
         """The caller's ids (`UserId`, `BusinessUnitId`, `OrganizationId`)."""

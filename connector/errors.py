@@ -1,7 +1,8 @@
 """The one error tree of dvconnect, and the mapping from Dataverse responses onto it.
 
 Every failure the service reports is a `DvconnectError`; its `exit_code` is the CLI's exit code
-(2 bad configuration, 3 Dataverse unreachable or authentication refused, 1 a record failed).
+(1 a record failed, 2 bad configuration, 3 Dataverse or the store unreachable or authentication
+refused, 4 the job did not run: its lease is held or a precondition is unmet).
 Dataverse errors are chosen by HTTP status plus the Dataverse error code (`0x8004…`), and carry
 status, code, message and request id, never a token or a secret.
 """
@@ -37,11 +38,13 @@ class ConfigError(DvconnectError):
 class MappingError(ConfigError):
     """A mapping file is invalid; the message names the file, the key and what was expected."""
 
-    def __init__(self, path: str, key: str, expected: str) -> None:
+    def __init__(self, path: str, key: str, expected: str, line: int | None = None) -> None:
         self.path = path
         self.key = key
         self.expected = expected
-        super().__init__(f"{path}: {key}: {expected}")
+        self.line = line
+        where = f"{key} (line {line})" if line is not None else key
+        super().__init__(f"{path}: {where}: {expected}")
 
 
 class AuthError(DvconnectError):
@@ -69,6 +72,18 @@ class UnreachableError(DvconnectError):
 
 class SyncError(DvconnectError):
     """The sync met data it cannot trust (a repeated next link, a page of unexpected shape)."""
+
+
+class NotRunError(DvconnectError):
+    """The job did not start: another run holds its lease, or a precondition is unmet."""
+
+    exit_code = 4
+
+
+class StoreError(DvconnectError):
+    """The store cannot be used: unreachable, locked, read-only or damaged."""
+
+    exit_code = 3
 
 
 class ProtocolError(DvconnectError):

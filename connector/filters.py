@@ -87,7 +87,8 @@ def parse_filter(text: str, columns: Mapping[str, ColumnType]) -> CompiledFilter
     """Parse `text` and check it against `columns` (the synced columns of one table, typed)."""
     if not text.strip():
         raise FilterError("the filter is empty", 0)
-    source = _LISTS.sub(_list_in_parentheses, text)
+    # YAML's folded and literal blocks end with a newline; trailing space is no part of a filter.
+    source = _LISTS.sub(_list_in_parentheses, text.rstrip())
     try:
         tokens = list(ODataLexer().tokenize(source))
     except odata.TokenizingException as exc:
@@ -107,6 +108,10 @@ def parse_filter(text: str, columns: Mapping[str, ColumnType]) -> CompiledFilter
         if "list_items" not in str(exc):
             raise
         raise FilterError("a function call has more than two named parameters") from None
+    except RecursionError:
+        raise FilterError(f"nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise FilterError(f"nested more than {MAX_DEPTH} levels deep")
     # The check builds the SQL once over a stand-in table, on the current clock.
     probe = sql_table("filter", *(sql_column(name) for name in columns))
     compiler = _Compiler(probe, columns, datetime.now(UTC), positions)
@@ -116,6 +121,40 @@ def parse_filter(text: str, columns: Mapping[str, ColumnType]) -> CompiledFilter
 
 
 # -- reading the text ------------------------------------------------------------------------
+
+MAX_DEPTH = 100  # parentheses and `not`s inside each other; `and`/`or` chains may be any length
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _depth(tree: ast._Node) -> int:
+    """How deeply conditions nest, not counting chains of one operator (`a and b and c`)."""
+    deepest = 0
+    stack: list[tuple[ast._Node, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        match node:
+            case ast.BoolOp(operator, left, right):
+                for side in (left, right):
+                    same = isinstance(side, ast.BoolOp) and type(side.op) is type(operator)
+                    stack.append((side, depth if same else depth + 1))
+            case ast.UnaryOp(_, operand):
+                stack.append((operand, depth + 1))
+    return deepest
+
+
+def _chain(node: ast.BoolOp) -> list[ast._Node]:
+    """The operands of a chain of one boolean operator, in order, without recursion."""
+    operands: list[ast._Node] = []
+    stack: list[ast._Node] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, ast.BoolOp) and type(current.op) is type(node.op):
+            stack += [current.right, current.left]
+        else:
+            operands.append(current)
+    return operands
+
 
 # Dataverse writes list parameters as ["a","b"]; odata-query reads ('a','b'). Same length, so
 # positions in the rewritten text are positions in the original.
@@ -291,10 +330,10 @@ class _Compiler:
 
     def condition(self, node: ast._Node) -> ColumnElement[bool]:
         match node:
-            case ast.BoolOp(ast.And(), left, right):
-                return and_(self.condition(left), self.condition(right))
-            case ast.BoolOp(ast.Or(), left, right):
-                return or_(self.condition(left), self.condition(right))
+            case ast.BoolOp(ast.And()):
+                return and_(*(self.condition(operand) for operand in _chain(node)))
+            case ast.BoolOp(ast.Or()):
+                return or_(*(self.condition(operand) for operand in _chain(node)))
             case ast.UnaryOp(ast.Not(), operand):
                 return not_(self.condition(operand))
             case ast.Compare(comparator, left, right):
@@ -370,6 +409,8 @@ class _Compiler:
             case "guid", ast.GUID(text):
                 return text.lower()
             case (("integer" | "bigint"), ast.Integer(text)):
+                if not INT64[0] <= int(text) <= INT64[1]:
+                    raise self.error(f"{text} is too large for {name} ({kind})", name)
                 return int(text)
             case "number", ast.Integer(text) | ast.Float(text):
                 return float(text)
@@ -423,10 +464,20 @@ class _Compiler:
             raise self.error(f"{function} needs a datetime or date column; {name} is {kind}", full)
         start, end = self.range(function, params.get(wanted), full)
         column = self.table.c[name]
-        after = true() if start is None else column >= _bound(start, kind, end=False)
-        return and_(after, true() if end is None else column < _bound(end, kind, end=True))
+        try:
+            after = true() if start is None else column >= _bound(start, kind, end=False)
+            before = true() if end is None else column < _bound(end, kind, end=True)
+        except OverflowError:
+            raise self.error(f"{function}: its range reaches past the year 9999", full) from None
+        return and_(after, before)
 
     def range(self, function: str, value: ast._Node | None, full: str) -> _Range:
+        try:
+            return self._range(function, value, full)
+        except OverflowError:
+            raise self.error(f"{function}: its range reaches past the year 9999", full) from None
+
+    def _range(self, function: str, value: ast._Node | None, full: str) -> _Range:
         if function in _PLAIN:
             return _PLAIN[function](self.now)
         if function in _DATED:

@@ -140,6 +140,8 @@ class Transport:
         self._auth = auth
         self._session = session if session is not None else requests.Session()
         self._session.headers.update(ODATA_HEADERS)
+        if connection.ca_bundle is not None:  # REQUESTS_CA_BUNDLE given in .env
+            self._session.verify = str(connection.ca_bundle)
         self._sleep = sleep
         self._gate = gate
         self._sent = 0

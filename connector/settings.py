@@ -2,19 +2,23 @@
 
 Commands that do not talk to Dataverse (`check --offline`, `emulator`) load settings without the
 connection values; `Settings.connection()` demands them and names the first missing variable.
-Secrets are `SecretStr`: their value is read only where a credential is built.
+Secrets are `SecretStr`: their value is read only where a credential is built. The standard
+`REQUESTS_CA_BUNDLE` (no prefix) is read here too, from the environment or the `.env` file.
+A `.env` file that is not UTF-8 is a configuration error like any bad value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.clock import Clock
 from connector.errors import ConfigError
 
 ENV_PREFIX = "DVCONNECT_"
@@ -48,6 +52,31 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     http_timeout: float = Field(default=130.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, le=50)
+    now: datetime | None = None  # for tests and rehearsals only: every command's clock
+    requests_ca_bundle: Path | None = Field(
+        default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")
+    )
+
+    @field_validator("now")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("must give its offset, e.g. 2027-01-04T09:00:00Z or +01:00")
+        return value.astimezone(UTC).replace(microsecond=0)
+
+    @field_validator("requests_ca_bundle")
+    @classmethod
+    def _bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def clock(self) -> Clock:
+        """The one clock of this process (fixed at `now` when set)."""
+        return Clock(self.now)
 
     @field_validator("dataverse_url", "authority")
     @classmethod
@@ -102,6 +131,7 @@ class Settings(BaseSettings):
             authority=self.authority or f"https://login.microsoftonline.com/{self.tenant_id}",
             timeout=self.http_timeout,
             max_attempts=self.max_attempts,
+            ca_bundle=self.requests_ca_bundle,
         )
 
 
@@ -119,6 +149,7 @@ class Connection:
     authority: str
     timeout: float
     max_attempts: int
+    ca_bundle: Path | None = None  # REQUESTS_CA_BUNDLE; None: requests' own default
 
     @property
     def api_url(self) -> str:
@@ -137,6 +168,9 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
+        field = str(first["loc"][0]) if first["loc"] else ""
+        name = "REQUESTS_CA_BUNDLE" if field == "REQUESTS_CA_BUNDLE" else ENV_PREFIX + field.upper()
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {message}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(".env: not UTF-8 text (save the file as UTF-8)") from None

@@ -3,26 +3,31 @@
 One table per synced Dataverse table, named by its logical name, one column per mapped attribute
 under its logical name, so the data can be queried with plain SQL. Datetimes are kept as the
 Web API writes them (ISO-8601 UTC text, `2024-06-12T14:13:17Z`), which sorts and compares
-correctly on both databases. Each data table has one extra column, `dvc_generation`: the full
-sync that last saw the row, used to remove rows deleted while change tracking could not say so.
+correctly on both databases. Each data table has one extra column, `dvc_generation` (the full
+read that last saw the row, used to remove rows deleted while change tracking could not say so),
+and a `dvc_key_<column>` for each column link-orphans matches people on (`connector.keys`).
 
-The connector's own tables start with `dvc_`: `dvc_sync_state` (one cursor per table, saved in
-the same transaction as the page it follows), `dvc_runs` (one record per job run),
-`dvc_leases` (who is running what: two syncs on one store would undo each other's work), and
-for segments `dvc_segment_members` (current members and their matching leads),
-`dvc_segment_events` (who entered or exited, when) and `dvc_segment_evaluations` (size and
-changes of every evaluation).
+Only the sync writes the data tables; jobs record what they wrote to Dataverse in `dvc_outbox`,
+and a later sync reads it back. dvconnect's own tables are declared in `connector.tables`.
+
+Opening a store changes nothing: `status`, `check` and dry runs read it (a missing SQLite file
+is an empty store, never created). `prepare()`, called by runs, creates the tables, adds the
+columns the mapping gained (such tables then resync in full) and computes missing match keys.
+Database errors never print row values (`hide_parameters`); `store_error` turns them into one
+line naming the store, its password masked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -51,15 +56,28 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    SAWarning,
+    SQLAlchemyError,
+)
 from sqlalchemy.types import TypeEngine
 
-from connector.errors import ConfigError, SyncError
+from connector import tables as dvc
+from connector.clock import Clock
+from connector.errors import ConfigError, NotRunError, StoreError
+from connector.keys import Accents, match_key
 from connector.mapping import ColumnType, Mapping, TableMapping
 
 GENERATION_COLUMN = "dvc_generation"
+KEY_PREFIX = "dvc_key_"
 LEASE_SECONDS = 600  # renewed with every page; a holder silent this long is taken over
 _DELETE_CHUNK = 500
+_KEY_CHUNK = 5000
+_INT64 = (-(2**63), 2**63 - 1)
+_PASSWORD = re.compile(r"^([^:/]+://[^:/@]*:)[^@]*@")
 
 _TYPES: dict[ColumnType, TypeEngine[Any]] = {
     "guid": String(36),
@@ -70,12 +88,13 @@ _TYPES: dict[ColumnType, TypeEngine[Any]] = {
     "boolean": Boolean(),
     "datetime": String(20),
     "date": String(10),
+    "lookuptype": String(64),
 }
 
 
-def utc_now() -> str:
-    """The current time as the store writes it: ISO-8601 UTC with `Z`."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def key_column(column: str) -> str:
+    """The store column holding the match key of `column`."""
+    return f"{KEY_PREFIX}{column}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,8 @@ class SyncState:
     while a delta or watermark read is under way, `idle` between runs. `next_link` is the page
     to read next when a run stopped mid-way; `mode` is how the table is followed once the full
     read is done: `delta` (change tracking, `delta_link`) or `watermark` (`modifiedon`).
+    `read_tick` is when the read under way began; `seen_tick` when the last completed one began
+    (a write confirmed before that tick is in the store).
     """
 
     table_name: str
@@ -97,6 +118,8 @@ class SyncState:
     generation: int = 0
     last_full_sync_at: str | None = None
     last_sync_at: str | None = None
+    read_tick: int | None = None
+    seen_tick: int | None = None
 
     def start_full(self) -> SyncState:
         """A new full read: a new generation, every cursor forgotten."""
@@ -106,12 +129,13 @@ class SyncState:
             generation=self.generation + 1,
             last_full_sync_at=self.last_full_sync_at,
             last_sync_at=self.last_sync_at,
+            seen_tick=self.seen_tick,
         )
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One job run as `status` and `report` show it."""
+    """One job run as `status` and `report` show it (`abandoned`: its process is gone)."""
 
     run_id: int
     job: str
@@ -121,111 +145,144 @@ class RunRecord:
     counts: dict[str, Any]
     requests: int
     error: str | None
+    host: str | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A synced row the store could not hold, by id; the reason names the column, never a value."""
+
+    record_id: str
+    reason: str
+
+
+def masked(url: str) -> str:
+    """A database URL for messages, as given, its password replaced by ***."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def store_error(exc: SQLAlchemyError, url: str) -> StoreError:
+    """One line about a database failure: which store, and the database's own first line."""
+    original = getattr(exc, "orig", None) or exc
+    reason = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    hints = {
+        "database is locked": "another process holds a write lock; try again",
+        "readonly database": "the file or its folder is read-only",
+        "file is not a database": "the file is not a SQLite database",
+        "malformed": "the file is damaged; restore it or start a new store",
+    }
+    hint = next((h for needle, h in hints.items() if needle in reason), "")
+    return StoreError(
+        f"the store {masked(url)} cannot be used: {reason}" + (f" ({hint})" if hint else "")
+    )
 
 
 class Store:
     """The one SQLAlchemy engine, the data tables built from the mapping and the dvc_ tables."""
 
-    def __init__(self, url: str, mapping: Mapping) -> None:
+    def __init__(self, url: str, mapping: Mapping, clock: Clock | None = None) -> None:
+        self.url = url
         self.engine = _create_engine(url)
         self.mapping = mapping
+        self.clock = clock or Clock()
         self.metadata = MetaData()
         self.tables: dict[str, Table] = {
-            name: _data_table(self.metadata, table) for name, table in mapping.tables.items()
+            name: _data_table(self.metadata, table, mapping.match_keys.get(name, ()))
+            for name, table in mapping.tables.items()
         }
-        self.sync_state = Table(
-            "dvc_sync_state",
-            self.metadata,
-            Column("table_name", String(128), primary_key=True),
-            Column("phase", String(16), nullable=False),
-            Column("mode", String(16)),
-            Column("next_link", Text()),
-            Column("delta_link", Text()),
-            Column("watermark", String(20)),
-            Column("generation", Integer(), nullable=False),
-            Column("last_full_sync_at", String(20)),
-            Column("last_sync_at", String(20)),
-        )
-        self.runs = Table(
-            "dvc_runs",
-            self.metadata,
-            Column("run_id", Integer(), primary_key=True, autoincrement=True),
-            Column("job", String(64), nullable=False),
-            Column("started_at", String(20), nullable=False),
-            Column("finished_at", String(20)),
-            Column("outcome", String(16), nullable=False),
-            Column("counts", Text(), nullable=False),
-            Column("requests", Integer(), nullable=False),
-            Column("error", Text()),
-        )
-        self.leases = Table(
-            "dvc_leases",
-            self.metadata,
-            Column("name", String(64), primary_key=True),
-            Column("host", String(255), nullable=False),
-            Column("pid", Integer(), nullable=False),
-            Column("expires_at", String(20), nullable=False),
-        )
-        self.segment_members = Table(
-            "dvc_segment_members",
-            self.metadata,
-            Column("segment", String(64), primary_key=True),
-            Column("contactid", String(36), primary_key=True),
-            Column("lead_ids", Text()),  # the matching leads, comma-separated
-            Column("since", String(20), nullable=False),
-        )
-        self.segment_events = Table(
-            "dvc_segment_events",
-            self.metadata,
-            Column("event_id", Integer(), primary_key=True, autoincrement=True),
-            Column("segment", String(64), nullable=False, index=True),
-            Column("contactid", String(36), nullable=False),
-            Column("event", String(8), nullable=False),  # "entered" or "exited"
-            Column("at", String(20), nullable=False),
-        )
-        self.segment_evaluations = Table(
-            "dvc_segment_evaluations",
-            self.metadata,
-            Column("evaluation_id", Integer(), primary_key=True, autoincrement=True),
-            Column("segment", String(64), nullable=False, index=True),
-            Column("evaluated_at", String(20), nullable=False),
-            Column("size", Integer(), nullable=False),
-            Column("entered", Integer(), nullable=False),
-            Column("exited", Integer(), nullable=False),
-            Column("seconds", Float(), nullable=False),
-        )
-        self.segment_scratch = Table(  # one evaluation's result, before it is compared
-            "dvc_segment_scratch",
-            self.metadata,
-            Column("segment", String(64), primary_key=True),
-            Column("contactid", String(36), primary_key=True),
-            Column("lead_ids", Text()),
-        )
-        self._upserts = {name: _upsert(self.engine, table) for name, table in self.tables.items()}
+        self._upserts = {
+            name: _upsert(self.engine, table, mapping.tables[name], mapping.accents)
+            for name, table in self.tables.items()
+        }
 
     # -- schema -------------------------------------------------------------------------------
 
-    def create(self) -> None:
-        """Create missing tables and add columns the mapping gained; such tables resync fully."""
+    @property
+    def exists(self) -> bool:
+        """Whether the store holds dvconnect's tables (a missing SQLite file is never created)."""
+        database = self.engine.url.database
+        file = self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+        if file and not Path(str(database)).exists():
+            return False
+        with self.engine.connect() as conn:
+            return inspect(conn).has_table(dvc.sync_state.name)
+
+    def prepare(self) -> None:
+        """Create missing tables and columns (tables that gained columns resync in full), and
+        compute match keys missing or made in another normal form. Runs call it; nothing else."""
         url = self.engine.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self.engine.begin() as conn:
-                self.metadata.create_all(conn)
-                existing = inspect(conn)
-                for name, table in self.tables.items():
+        with self.engine.connect() as conn:
+            existing = inspect(conn)
+            for name in self.tables:
+                if existing.has_table(name):
                     present = {c["name"] for c in existing.get_columns(name)}
-                    missing = [c for c in table.columns if c.name not in present]
-                    for column in missing:
-                        ddl = column.type.compile(dialect=self.engine.dialect)
-                        conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {ddl}'))
-                    if missing:
-                        self.save_state(conn, self._load_state(conn, name).start_full())
-        except OperationalError as exc:
-            raise ConfigError(
-                f"DVCONNECT_DATABASE_URL: cannot open the store: {exc.orig}"
-            ) from None
+                    if GENERATION_COLUMN not in present:
+                        raise ConfigError(
+                            f"DVCONNECT_DATABASE_URL: the store {masked(self.url)} has a table "
+                            f"{name!r} that dvconnect did not make (it has no {GENERATION_COLUMN} "
+                            "column); use a database of dvconnect's own"
+                        )
+            if self.engine.dialect.name == "sqlite":  # readers never block the writer
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        with self.engine.begin() as conn:
+            dvc.METADATA.create_all(conn)
+            self.metadata.create_all(conn)
+            existing = inspect(conn)
+            for table in [*dvc.METADATA.sorted_tables, *self.tables.values()]:
+                present = {c["name"] for c in existing.get_columns(table.name)}
+                missing = [c for c in table.columns if c.name not in present]
+                for column in missing:
+                    ddl = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}')
+                    )
+                mapped = [c for c in missing if not c.name.startswith("dvc_")]
+                if table.name in self.tables and mapped:
+                    self.save_state(conn, self._load_state(conn, table.name).start_full())
+            if (
+                conn.execute(select(dvc.ticks.c.value).where(dvc.ticks.c.name == "clock")).first()
+                is None
+            ):
+                conn.execute(dvc.ticks.insert().values(name="clock", value=0))
+            self._refresh_keys(conn)
+
+    def _refresh_keys(self, conn: Connection) -> None:
+        """(Re)compute `dvc_key_*` columns when the normal form or the matched columns changed."""
+        spec = json.dumps({"accents": self.mapping.accents, "keys": self.mapping.match_keys},
+                          sort_keys=True)  # fmt: skip
+        stored = conn.execute(
+            select(dvc.meta.c.value).where(dvc.meta.c.key == "match_keys")
+        ).scalar()
+        if stored == spec:
+            return
+        for name, columns in self.mapping.match_keys.items():
+            table = self.tables[name]
+            key = table.c[self.mapping.tables[name].primary_key]
+            after: str | None = None
+            while True:
+                query = select(key, *(table.c[c] for c in columns)).order_by(key).limit(_KEY_CHUNK)
+                if after is not None:
+                    query = query.where(key > after)
+                rows = conn.execute(query).all()
+                if not rows:
+                    break
+                values = [
+                    {"dvc_id": row[0], **{key_column(c): match_key(v, self.mapping.accents)
+                                          for c, v in zip(columns, row[1:], strict=True)}}
+                    for row in rows
+                ]  # fmt: skip
+                conn.execute(
+                    table.update()
+                    .where(key == bindparam("dvc_id"))
+                    .values({key_column(c): bindparam(key_column(c)) for c in columns}),
+                    values,
+                )
+                after = rows[-1][0]
+        conn.execute(delete(dvc.meta).where(dvc.meta.c.key == "match_keys"))
+        conn.execute(dvc.meta.insert().values(key="match_keys", value=spec))
 
     # -- sync ---------------------------------------------------------------------------------
 
@@ -235,13 +292,21 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    def next_tick(self, conn: Connection) -> int:
+        """The next value of the store's event counter (committed with `conn`'s transaction)."""
+        c = dvc.ticks.c
+        conn.execute(dvc.ticks.update().where(c.name == "clock").values(value=c.value + 1))
+        return int(conn.execute(select(c.value).where(c.name == "clock")).scalar_one())
+
     def load_state(self, table_name: str) -> SyncState:
+        if not self.exists:
+            return SyncState(table_name=table_name)
         with self.engine.connect() as conn:
             return self._load_state(conn, table_name)
 
     def _load_state(self, conn: Connection, table_name: str) -> SyncState:
         row = (
-            conn.execute(select(self.sync_state).where(self.sync_state.c.table_name == table_name))
+            conn.execute(select(dvc.sync_state).where(dvc.sync_state.c.table_name == table_name))
             .mappings()
             .first()
         )
@@ -250,12 +315,12 @@ class Store:
     def save_state(self, conn: Connection, state: SyncState) -> None:
         values = asdict(state)
         updated = conn.execute(
-            self.sync_state.update()
-            .where(self.sync_state.c.table_name == state.table_name)
+            dvc.sync_state.update()
+            .where(dvc.sync_state.c.table_name == state.table_name)
             .values(values)
         )
         if updated.rowcount == 0:
-            conn.execute(self.sync_state.insert().values(values))
+            conn.execute(dvc.sync_state.insert().values(values))
 
     def reset_state(self, table_name: str) -> None:
         """Forget every cursor of a table: its next sync is a full one (with the deletion sweep)."""
@@ -271,17 +336,66 @@ class Store:
         """Insert or update rows (Web API JSON objects) by primary key; returns how many.
 
         The statement is compiled once per table and its rows go to the driver as positional
-        tuples: per-row work stays in C, which is what keeps a full read fast.
+        tuples: per-row work stays in C, which is what keeps a full read fast. A row the
+        database cannot hold makes the statement fail (see `storable`).
         """
         if not rows:
             return 0
         upsert = self._upserts[table_name]
-        try:
-            params = [(*upsert.pick(row), generation) for row in rows]
-        except KeyError:  # a row without some selected column: take it as null
-            params = [(*(row.get(c) for c in upsert.columns), generation) for row in rows]
+        params = upsert.params(rows, generation)
         conn.exec_driver_sql(upsert.sql, params)
         return len(params)
+
+    def storable(
+        self, table_name: str, rows: Sequence[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[Reject]]:
+        """The rows the database can hold, and a reject for each other one (a NUL in text on
+        PostgreSQL, invalid Unicode, a number past 64 bits) — named by id, never by value."""
+        postgres = self.engine.dialect.name == "postgresql"
+        mapping = self.mapping.tables[table_name]
+        good: list[dict[str, Any]] = []
+        rejected: list[Reject] = []
+        for row in rows:
+            reason = _unstorable(row, mapping, postgres)
+            if reason is None:
+                good.append(row)
+            else:
+                rejected.append(Reject(str(row.get(mapping.primary_key)), reason))
+        return good, rejected
+
+    def record_rejects(self, conn: Connection, table_name: str, rejected: Sequence[Reject]) -> None:
+        """Remember rows not stored (and drop their older copies: the store never shows a row
+        Dataverse has changed since as if it were current)."""
+        self.delete_rows(conn, table_name, [r.record_id for r in rejected])
+        self.forget_rejects(conn, table_name, [r.record_id for r in rejected])
+        at = self.clock.stamp()
+        for reject in rejected:
+            conn.execute(
+                dvc.sync_rejects.insert().values(
+                    table_name=table_name, record_id=reject.record_id, reason=reject.reason, at=at
+                )
+            )
+
+    def forget_rejects(self, conn: Connection, table_name: str, ids: Sequence[str]) -> None:
+        """Rows stored after all (changed since, or deleted) are no longer rejected."""
+        c = dvc.sync_rejects.c
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = list(ids[start : start + _DELETE_CHUNK])
+            conn.execute(delete(dvc.sync_rejects).where(c.table_name == table_name,
+                                                        c.record_id.in_(chunk)))  # fmt: skip
+
+    def rejects(self, table_name: str) -> list[Reject]:
+        """The rows of a table the store could not hold, as last reported."""
+        if not self.exists:
+            return []
+        c = dvc.sync_rejects.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.record_id, c.reason)
+                .where(c.table_name == table_name)
+                .order_by(c.record_id)
+            ).all()
+        return [Reject(row[0], row[1]) for row in rows]
 
     def delete_rows(self, conn: Connection, table_name: str, ids: Sequence[str]) -> int:
         """Delete rows by primary key; returns how many existed."""
@@ -300,21 +414,6 @@ class Store:
         stale = (column < generation) | column.is_(None)
         return int(conn.execute(delete(table).where(stale)).rowcount)
 
-    def set_column(
-        self, conn: Connection, table_name: str, column: str, values: Sequence[tuple[str, Any]]
-    ) -> None:
-        """Set one column of rows given as (primary key, value) pairs, e.g. after a write-back."""
-        if not values:
-            return
-        table = self.tables[table_name]
-        key = table.c[self.mapping.tables[table_name].primary_key]
-        statement = (
-            table.update()
-            .where(key == bindparam("dvc_key"))
-            .values({column: bindparam("dvc_value")})
-        )
-        conn.execute(statement, [{"dvc_key": k, "dvc_value": v} for k, v in values])
-
     def stream(self, statement: Select[Any], batch: int = 1000) -> Iterator[dict[str, Any]]:
         """The rows of a query, fetched `batch` at a time: memory stays flat on any table size."""
         with self.engine.connect() as conn:
@@ -326,54 +425,54 @@ class Store:
 
     @contextmanager
     def lease(self, name: str, seconds: int = LEASE_SECONDS) -> Iterator[None]:
-        """Hold the lease `name` while the block runs; SyncError when another process holds it.
+        """Hold the lease `name` while the block runs; NotRunError when another process holds it.
 
         A lease is taken over when it has expired, or when the process holding it on this host
         is gone (a kill -9 must not block the re-run). Holders renew it with `renew_lease` in
         each page's transaction; a renewal that finds the lease taken over aborts that page.
         """
         mine = {"name": name, "host": socket.gethostname(), "pid": os.getpid()}
+        now = self.clock.stamp()
         with self.engine.begin() as conn:
-            held = conn.execute(select(self.leases).where(self.leases.c.name == name)).first()
-            if held is not None and not _stale(held.host, held.pid, held.expires_at):
-                raise SyncError(
+            held = conn.execute(select(dvc.leases).where(dvc.leases.c.name == name)).first()
+            if held is not None and not _stale(held.host, held.pid, held.expires_at, now):
+                raise NotRunError(
                     f"{name} is already running (pid {held.pid} on {held.host}, lease until "
                     f"{held.expires_at}); try again when it has finished"
                 )
-            conn.execute(delete(self.leases).where(self.leases.c.name == name))
+            conn.execute(delete(dvc.leases).where(dvc.leases.c.name == name))
             try:
-                conn.execute(self.leases.insert().values(**mine, expires_at=_in_seconds(seconds)))
+                conn.execute(
+                    dvc.leases.insert().values(**mine, expires_at=self.clock.stamp(seconds))
+                )
             except IntegrityError:
-                raise SyncError(f"{name} is already running (it started just now)") from None
+                raise NotRunError(f"{name} is already running (it started just now)") from None
         try:
             yield
         finally:
             with self.engine.begin() as conn:
-                conn.execute(delete(self.leases).where(*self._lease_is_mine(name)))
+                conn.execute(delete(dvc.leases).where(*_lease_is_mine(name)))
 
     def renew_lease(self, conn: Connection, name: str, seconds: int = LEASE_SECONDS) -> None:
-        """Extend our lease inside a page's transaction; SyncError (and rollback) if it was lost."""
+        """Extend our lease in a page's transaction; NotRunError (and rollback) if it was lost."""
         renewed = conn.execute(
-            self.leases.update()
-            .where(*self._lease_is_mine(name))
-            .values(expires_at=_in_seconds(seconds))
+            dvc.leases.update()
+            .where(*_lease_is_mine(name))
+            .values(expires_at=self.clock.stamp(seconds))
         )
         if renewed.rowcount == 0:
-            raise SyncError(f"{name}: the lease was taken over by another process; stopping")
-
-    def _lease_is_mine(self, name: str) -> tuple[Any, ...]:
-        c = self.leases.c
-        return (c.name == name, c.host == socket.gethostname(), c.pid == os.getpid())
+            raise NotRunError(f"{name}: the lease was taken over by another process; stopping")
 
     # -- runs and status ----------------------------------------------------------------------
 
     def start_run(self, job: str) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
-                self.runs.insert().values(
-                    job=job, started_at=utc_now(), outcome="running", counts="{}", requests=0
+                dvc.runs.insert().values(
+                    job=job, started_at=self.clock.stamp(), outcome="running", counts="{}",
+                    requests=0, host=socket.gethostname(), pid=os.getpid(),
                 )
-            )
+            )  # fmt: skip
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def finish_run(
@@ -381,40 +480,51 @@ class Store:
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                self.runs.update()
-                .where(self.runs.c.run_id == run_id)
+                dvc.runs.update()
+                .where(dvc.runs.c.run_id == run_id)
                 .values(
-                    finished_at=utc_now(),
+                    finished_at=self.clock.stamp(),
                     outcome=outcome,
-                    counts=json.dumps(counts, sort_keys=True),
+                    counts=json.dumps(counts, sort_keys=True, default=str),
                     requests=requests,
                     error=error,
                 )
             )
 
     def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        if not self.exists:
+            return []
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(self.runs).order_by(self.runs.c.run_id.desc()).limit(limit)
+                select(dvc.runs).order_by(dvc.runs.c.run_id.desc()).limit(limit)
             ).mappings()
-            return [RunRecord(**{**row, "counts": json.loads(row["counts"])}) for row in rows]
+            records = []
+            for row in rows:
+                outcome = row["outcome"]
+                if outcome == "running" and _gone(row["host"], row["pid"]):
+                    outcome = "abandoned"
+                records.append(
+                    RunRecord(**{**row, "outcome": outcome, "counts": json.loads(row["counts"])})
+                )
+            return records
 
     def row_count(self, table_name: str) -> int:
+        if not self.exists or not inspect(self.engine).has_table(table_name):
+            return 0
         with self.engine.connect() as conn:
             return int(
                 conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one()
             )
 
 
-def _in_seconds(seconds: int) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _lease_is_mine(name: str) -> tuple[Any, ...]:
+    c = dvc.leases.c
+    return (c.name == name, c.host == socket.gethostname(), c.pid == os.getpid())
 
 
-def _stale(host: str, pid: int, expires_at: str) -> bool:
-    """An expired lease, or one whose holder on this host no longer runs."""
-    if expires_at < utc_now():
-        return True
-    if host != socket.gethostname():
+def _gone(host: str | None, pid: int | None) -> bool:
+    """Whether the process `pid` on this host has ended (unknown hosts: never said gone)."""
+    if host != socket.gethostname() or pid is None:
         return False
     try:
         os.kill(pid, 0)
@@ -425,25 +535,65 @@ def _stale(host: str, pid: int, expires_at: str) -> bool:
     return False
 
 
-def _data_table(metadata: MetaData, mapping: TableMapping) -> Table:
+def _stale(host: str, pid: int, expires_at: str, now: str) -> bool:
+    """An expired lease, or one whose holder on this host no longer runs."""
+    return expires_at < now or _gone(host, pid)
+
+
+def _unstorable(row: dict[str, Any], mapping: TableMapping, postgres: bool) -> str | None:
+    """Why the database cannot hold `row` (naming the column, never the value), or None."""
+    for column in mapping.select:
+        value = row.get(column)
+        if isinstance(value, str):
+            if postgres and "\x00" in value:
+                return f"{column}: text holding a NUL character, which PostgreSQL cannot store"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{column}: text that is not valid Unicode (an unpaired surrogate)"
+        elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            return f"{column}: a number that does not fit in 64 bits"
+    return None
+
+
+def _data_table(metadata: MetaData, mapping: TableMapping, keys: Sequence[str]) -> Table:
+    """The store table of a mapped table: the selected columns, then those derived from a row
+    (lookup types, match keys), then the generation."""
     columns = [
-        Column(name, _TYPES[kind], primary_key=name == mapping.primary_key)
-        for name, kind in mapping.columns.items()
+        Column(name, _TYPES[mapping.columns[name]], primary_key=name == mapping.primary_key)
+        for name in (*mapping.select, *mapping.lookup_types)
     ]
+    columns += [Column(key_column(name), Text()) for name in keys]
     columns.append(Column(GENERATION_COLUMN, Integer()))
     return Table(mapping.name, metadata, *columns)
 
 
 @dataclass(frozen=True)
 class _Upsert:
-    """`INSERT … ON CONFLICT (pk) DO UPDATE` compiled for the engine, with its column order."""
+    """`INSERT … ON CONFLICT (pk) DO UPDATE` compiled for the engine, and how a row fills it:
+    the mapped columns in parameter order, the lookup types from their annotations, the match
+    keys computed from their columns, then the generation."""
 
     sql: str
-    columns: tuple[str, ...]  # the mapped columns, in parameter order; the generation follows
+    columns: tuple[str, ...]
     pick: Callable[[dict[str, Any]], tuple[Any, ...]]
+    derived: tuple[Callable[[dict[str, Any]], Any], ...]
+
+    def params(self, rows: Sequence[dict[str, Any]], generation: int) -> list[tuple[Any, ...]]:
+        pick, derived = self.pick, self.derived
+        try:
+            if not derived:
+                return [(*pick(row), generation) for row in rows]
+            return [(*pick(row), *(d(row) for d in derived), generation) for row in rows]
+        except KeyError:  # a row without some selected column: take it as null
+            columns = self.columns
+            return [
+                (*(row.get(c) for c in columns), *(d(row) for d in derived), generation)
+                for row in rows
+            ]
 
 
-def _upsert(engine: Engine, table: Table) -> _Upsert:
+def _upsert(engine: Engine, table: Table, mapping: TableMapping, accents: Accents) -> _Upsert:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table)
     keys = [c.name for c in table.primary_key.columns]
@@ -453,15 +603,37 @@ def _upsert(engine: Engine, table: Table) -> _Upsert:
     )
     order = tuple(compiled.positiontup or ())
     assert order[-1:] == (GENERATION_COLUMN,), "the engine must use a positional paramstyle"
-    columns = order[:-1]
-    return _Upsert(sql=str(compiled), columns=columns, pick=itemgetter(*columns))
+    derived_names = [n for n in order[:-1] if n.startswith(KEY_PREFIX) or n in mapping.lookup_types]
+    plain = tuple(n for n in order[:-1] if n not in derived_names)
+    assert order[: len(plain)] == plain, "derived columns follow the mapped ones"
+    derived: list[Callable[[dict[str, Any]], Any]] = []
+    for name in derived_names:
+        if name.startswith(KEY_PREFIX):
+            derived.append(partial(_key_of, name.removeprefix(KEY_PREFIX), accents))
+        else:
+            annotation = f"{mapping.lookup_types[name]}@Microsoft.Dynamics.CRM.lookuplogicalname"
+            derived.append(_getter(annotation))
+    return _Upsert(str(compiled), plain, itemgetter(*plain), tuple(derived))
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _key_of(column: str, accents: Accents, row: dict[str, Any]) -> str | None:
+    return match_key(row.get(column), accents)
+
+
+def _getter(name: str) -> Callable[[dict[str, Any]], Any]:
+    """`row.get(name)` as a callable (absent: None)."""
+    return partial(_get, name)
+
+
+def _get(name: str, row: dict[str, Any]) -> Any:
+    return row.get(name)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wait: bool) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    if wait:  # unless the URL says how long to wait for a lock (`?timeout=S`)
+        cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -470,6 +642,8 @@ def _create_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError("DVCONNECT_DATABASE_URL: not a database URL") from None
+    except ValueError:
+        raise ConfigError("DVCONNECT_DATABASE_URL: the port is not a number") from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(
@@ -478,8 +652,14 @@ def _create_engine(url: str) -> Engine:
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
-        # Positional parameters on both databases: upserts hand the driver plain tuples.
-        engine = create_engine(parsed, paramstyle="format" if backend == "postgresql" else None)
+        with warnings.catch_warnings():  # an option the driver ignores is a mistake to report
+            warnings.simplefilter("error", SAWarning)
+            # Positional parameters on both databases: upserts hand the driver plain tuples.
+            engine = create_engine(
+                parsed,
+                paramstyle="format" if backend == "postgresql" else None,
+                hide_parameters=True,  # errors never print row values
+            )
     except NoSuchModuleError as exc:
         raise ConfigError(f"DVCONNECT_DATABASE_URL: driver not installed ({exc})") from None
     except ModuleNotFoundError as exc:
@@ -487,6 +667,13 @@ def _create_engine(url: str) -> Engine:
             f"DVCONNECT_DATABASE_URL: driver not installed ({exc.name}); "
             "install dvconnect[postgres] for PostgreSQL"
         ) from None
+    except SAWarning as exc:
+        reason = str(exc).split(";")[0].split(" (Background")[0]
+        raise ConfigError(f"DVCONNECT_DATABASE_URL: {reason}") from None
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise ConfigError(f"DVCONNECT_DATABASE_URL: {str(exc).splitlines()[0]}") from None
     if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(
+            engine, "connect", partial(_sqlite_pragmas, wait="timeout" not in parsed.query)
+        )
     return engine

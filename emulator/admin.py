@@ -17,7 +17,8 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     POST   /activity {"table","creates","updates","deletes","seed"}   random churn
     GET    /clock                       POST /clock {"advance_seconds": N} | {"now": "…Z"}
     POST   /tokens/revoke               every issued token now gets 401
-    GET|PUT|DELETE /faults              {"spec": "…", "seed": N}; GET shows counters
+    GET|PUT|DELETE /faults              {"spec": "…", "seed": N}; GET shows counters and holds
+    POST   /faults/release              let held requests go (they end by closing the connection)
     GET|PATCH /config                   {"change_tracking": {"lead": false}, "token_lifetime": …,
                                         "service_protection": {"requests": 5}, U-switches…}
 """
@@ -106,6 +107,7 @@ class Admin:
             ("GET", re.compile(r"^/faults$"), self.faults),
             ("PUT", re.compile(r"^/faults$"), self.set_faults),
             ("DELETE", re.compile(r"^/faults$"), self.clear_faults),
+            ("POST", re.compile(r"^/faults/release$"), self.release_faults),
             ("GET", re.compile(r"^/config$"), self.config),
             ("PATCH", re.compile(r"^/config$"), self.set_config),
         ]
@@ -226,6 +228,7 @@ class Admin:
         ctx = self.ctx
         ctx.clock.reset()
         ctx.config = ctx.initial_config
+        self.emulator.faults.release()
         self.emulator.faults = FaultPlan()
         self.emulator.protection.reset()
         anchor = ctx.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
@@ -364,11 +367,17 @@ class Admin:
             rules = parse_spec(str(body.get("spec", "")))
         except FaultSpecError as error:
             raise AdminError(400, str(error)) from None
+        self.emulator.faults.release()
         self.emulator.faults = FaultPlan(rules, _integer(body, "seed", 0))
         return _reply(self.emulator.faults.describe())
 
     def clear_faults(self, request: Request) -> Response:
+        self.emulator.faults.release()
         self.emulator.faults = FaultPlan()
+        return _reply(self.emulator.faults.describe())
+
+    def release_faults(self, request: Request) -> Response:
+        self.emulator.faults.release()
         return _reply(self.emulator.faults.describe())
 
     def config(self, request: Request) -> Response:

@@ -185,6 +185,13 @@ class Emulator:
             return self._dispatch(request, resource), fault.kind
         if fault.kind == "commit-drop":
             return self._dispatch(request, resource).dropped(), fault.kind
+        if fault.kind == "hold":
+            self.faults.hold()
+            return Response(0, drop=True), fault.kind
+        if fault.kind == "commit-hold":
+            response = self._dispatch(request, resource)
+            self.faults.hold()
+            return response.dropped(), fault.kind
         if fault.kind == "drop":
             return Response(0, drop=True), fault.kind
         return fault.response(), fault.kind

@@ -5,7 +5,10 @@ A spec is comma-separated rules `KIND:key=value:key=value`:
 * kinds: `429` (`retry-after=S`, default 1; `code=requests|time|concurrency`, the last without
   Retry-After), `503` and `504` (HTML body, optional `retry-after`), `drop` (close the connection
   without answering; the request is not executed), `slow` (`ms=N`, then answer normally),
-  `commit-drop` (execute and commit, then close without answering);
+  `commit-drop` (execute and commit, then close without answering), `hold` (keep the request
+  waiting, not executed, until the admin endpoint releases it; then close without answering)
+  and `commit-hold` (execute and commit, then wait likewise). The two holds let a test kill a
+  client at a chosen point of its work and know the kill landed there;
 * selectors (all given must hold; none = every matching request): `rate=P` (seeded RNG drawn in
   request order), `every=N`, `first=N`, `at=3;7;9` (1-based numbers among matching requests);
 * filters: `method=GET`, `path=GLOB` (matched against the path after `/api/data/v9.2/`);
@@ -32,7 +35,8 @@ GATEWAY_PAGES = {
     504: "<html><head><title>504 Gateway Time-out</title></head><body><h1>Gateway Time-out</h1>"
     "<p>The request exceeded the gateway timeout.</p></body></html>",
 }
-KINDS = ("429", "503", "504", "drop", "slow", "commit-drop")
+KINDS = ("429", "503", "504", "drop", "slow", "commit-drop", "hold", "commit-hold")
+HOLD_LIMIT_SECONDS = 600.0  # a hold nobody releases ends anyway
 _COMMON_KEYS = {"rate", "every", "first", "at", "method", "path", "times"}
 _KIND_KEYS = {
     "429": {"retry-after", "code"},
@@ -41,6 +45,8 @@ _KIND_KEYS = {
     "drop": set(),
     "slow": {"ms"},
     "commit-drop": set(),
+    "hold": set(),
+    "commit-hold": set(),
 }
 
 
@@ -163,6 +169,9 @@ class FaultPlan:
     _counters: list[_Counters] = field(default_factory=list)
     _random: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _released: threading.Event = field(default_factory=threading.Event)
+    _holding: int = 0
+    _held: int = 0
 
     def __post_init__(self) -> None:
         self._counters = [_Counters() for _ in self.rules]
@@ -196,6 +205,21 @@ class FaultPlan:
             return False
         return not (rule.at and number not in rule.at)
 
+    def hold(self) -> None:
+        """Keep the calling request waiting until `release` (or the hold limit)."""
+        with self._lock:
+            self._holding += 1
+            self._held += 1
+        try:
+            self._released.wait(HOLD_LIMIT_SECONDS)
+        finally:
+            with self._lock:
+                self._holding -= 1
+
+    def release(self) -> None:
+        """Let every held request go on (it ends by closing its connection)."""
+        self._released.set()
+
     def describe(self) -> dict[str, Any]:
         with self._lock:
             rules = [
@@ -207,8 +231,11 @@ class FaultPlan:
                 }
                 for rule, counters in zip(self.rules, self._counters, strict=True)
             ]
+            holding, held = self._holding, self._held
         return {
             "spec": ",".join(rule.text for rule in self.rules),
             "seed": self.seed,
             "rules": rules,
+            "holding": holding,  # requests waiting now
+            "held": held,  # requests held so far
         }

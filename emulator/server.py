@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -282,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _serve(args, data_dir.resolve(), rules, untracked, limits, certificate, start)
+    except sqlite3.DatabaseError as error:
+        print(
+            f"emulator: --data-dir {data_dir}: its data cannot be read ({error}); "
+            "remove the folder to start from a new seed",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -296,7 +304,11 @@ def _serve(
     certificate: x509.Certificate | None,
     start: datetime | None,
 ) -> int:
-    server = EmulatorServer(args.port, tls_context(data_dir))
+    try:
+        server = EmulatorServer(args.port, tls_context(data_dir))
+    except OSError as error:  # the port is taken, or not ours to bind
+        print(f"emulator: --port {args.port}: {error.strerror or error}", file=sys.stderr)
+        return 2
     origin = f"https://{HOST}:{server.server_port}"
     config = Config(
         untracked=untracked,

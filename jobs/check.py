@@ -58,6 +58,8 @@ def check_table(ctx: Context, table: TableMapping) -> tuple[list[str], list[str]
         )
     attributes = dataverse.attributes(table.name)
     for column, kind in table.columns.items():
+        if kind == "lookuptype":  # read from its lookup's annotation: the lookup is checked
+            continue
         attribute = _attribute_name(column)
         found = attributes.get(attribute)
         if found is None:
@@ -79,7 +81,7 @@ def check_online(ctx: Context) -> tuple[list[str], list[str]]:
         problems += table_problems
         notes += table_notes
     contact_attributes = ctx.online().attributes("contact")
-    for column in ctx.mapping.orphans.contact_columns:
+    for column in ctx.mapping.orphans.link_orphans.contact_columns:
         if column not in contact_attributes:
             problems.append(
                 f"orphans.yaml: link_orphans.contact_columns.{column}: "

@@ -1,30 +1,42 @@
 """The `dvconnect` command line: the composition root that builds a Context once per command.
 
 Exit codes: 0 success; 1 a job ran but some records failed; 2 bad configuration, mappings or
-usage (nothing written); 3 Dataverse unreachable or authentication refused. `--json` prints one
-JSON document on stdout; logs go to stderr.
+usage (nothing written); 3 Dataverse or the store unreachable, or authentication refused; 4 the
+job did not run (another run holds its lease, or a precondition is unmet); 130 a run stopped by
+Ctrl-C or SIGTERM (what it saved is kept; the next run continues from there). `--json` prints
+one JSON document on stdout, errors included; logs go to stderr. Read-only commands (`status`,
+`check`, every `--dry-run`, listings) never create or change anything in the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from connector.errors import ConfigError, DvconnectError
-from connector.mapping import SegmentMapping, load_mapping
+from connector.mapping import Segment, load_mapping
 from connector.settings import Settings, load_settings
+from connector.store import store_error
 from jobs.context import Context, build_context
 from jobs.segments import last_evaluation, preview_segment, segment_history
-from jobs.sync import sync_lease
 
 log = logging.getLogger("dvconnect")
+INTERRUPTED = 130
+UNEXPECTED = 70  # a bug of ours (EX_SOFTWARE): the log at DEBUG level holds the traceback
 
 
 class _JsonFormatter(logging.Formatter):
@@ -80,6 +92,24 @@ def _print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+@contextmanager
+def _stop_on_signals(ctx: Context) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the running job to finish its page and stop; a second one aborts."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if ctx.stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the current page, then stopping", signal.Signals(signum).name)
+        ctx.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.check import check_online
 
@@ -90,6 +120,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     segments = f", {len(mapping.segments)} segments" if mapping.segments else ""
     print(f"mappings ok: {', '.join(mapping.tables)}{segments} ({settings.mappings_dir})")
+    for table in mapping.tables.values():
+        if not table.change_tracking and table.full_read_every is not None:
+            print(
+                f"note: {table.name} follows modifiedon, which cannot see deletions: it is read "
+                f"in full every {table.full_read_every} (full_read_every)"
+            )
     if args.offline:
         return 0
     ctx = build_context(settings, online=True)
@@ -107,7 +143,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.runner import JOBS, plan_named, run_named
 
-    ctx = build_context(settings, online=True)
+    ctx = build_context(settings, online=True, prepare=not args.dry_run)
     if args.dry_run:
         plan = plan_named(ctx, args.job)
         if args.json:
@@ -119,7 +155,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if sys.stderr.isatty() and not args.json:
         ctx.progress = _Progress()
-    results = run_named(ctx, args.job)
+    with _stop_on_signals(ctx):
+        results = run_named(ctx, args.job)
     if ctx.progress is not None:
         sys.stderr.write("\n")
     if args.json:
@@ -130,11 +167,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{result.job}: {result.outcome} in {took}")
             for line in JOBS[result.job].summary(result.counts):
                 print(f"  {line}")
+        if ctx.stop.is_set():
+            print("stopped: what is listed above is saved; the next run continues from there")
+    if ctx.stop.is_set():
+        return INTERRUPTED
     return 1 if any(r.outcome == "partial" for r in results) else 0
 
 
 def status_document(ctx: Context) -> dict[str, Any]:
-    """Last runs and the sync state of each table, as `status` shows them."""
+    """Last runs, the sync state of each table, segment sizes and writes waiting to be sent."""
+    from connector.outbox import pending_by_job
+
     tables = {}
     for name in ctx.mapping.tables:
         state = ctx.store.load_state(name)
@@ -146,10 +189,17 @@ def status_document(ctx: Context) -> dict[str, Any]:
             "last_sync_at": state.last_sync_at,
             "last_full_sync_at": state.last_full_sync_at,
             "watermark": state.watermark,
+            "rejected": [asdict(r) for r in ctx.store.rejects(name)],
         }
     runs = [asdict(r) for r in ctx.store.recent_runs()]
     segments = {name: last_evaluation(ctx, name) for name in ctx.mapping.segments}
-    return {"tables": tables, "runs": runs, "segments": segments}
+    return {
+        "store": "empty" if not ctx.store.exists else "ready",
+        "tables": tables,
+        "runs": runs,
+        "segments": segments,
+        "pending_writes": pending_by_job(ctx.store),
+    }
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -157,6 +207,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
         return 0
+    if document["store"] == "empty":
+        print(f"the store is empty: nothing synced yet ({settings.database_url})")
     follows = {"delta": "follows change tracking", "watermark": "follows modifiedon"}
     print("tables:")
     for name, t in document["tables"].items():
@@ -164,6 +216,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         extra = ", next run resumes a read under way" if t["resumable"] else ""
         when = t["last_sync_at"] or "never"
         print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{extra}")
+        for reject in t["rejected"]:
+            print(f"    not stored: {reject['record_id']}: {reject['reason']}")
     if document["segments"]:
         print("segments:")
         for name, last in document["segments"].items():
@@ -173,6 +227,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 else "not evaluated yet"
             )
             print(f"  {name}: {size}")
+    for job, count in document["pending_writes"].items():
+        print(f"writes waiting to be sent: {job}: {count} (the next run sends them first)")
     print("recent runs:")
     for run in document["runs"]:
         print(
@@ -183,19 +239,21 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.sync import sync_lease
+
     tables = load_mapping(settings.mappings_dir).tables
     if args.table not in tables:  # before the store is touched
         raise ConfigError(
             f"unknown table {args.table!r}: the mapping has {', '.join(sorted(tables))}"
         )
-    ctx = build_context(settings)
+    ctx = build_context(settings, prepare=True)
     with ctx.store.lease(sync_lease(args.table)):  # never under a running sync of the table
         ctx.store.reset_state(args.table)
     print(f"{args.table}: cursor forgotten; the next sync reads the whole table")
     return 0
 
 
-def _segment(ctx: Context, name: str) -> SegmentMapping:
+def _segment(ctx: Context, name: str) -> Segment:
     if name in ctx.mapping.segments:
         return ctx.mapping.segments[name]
     for error in ctx.mapping.segment_errors.values():
@@ -227,7 +285,10 @@ def cmd_segments_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_segments_preview(settings: Settings, args: argparse.Namespace) -> int:
     ctx = build_context(settings)
-    preview = preview_segment(ctx, _segment(ctx, args.name), sample=args.sample)
+    segment = _segment(ctx, args.name)
+    if not ctx.store.exists:
+        raise ConfigError("the store is empty: run `dvconnect run sync` first")
+    preview = preview_segment(ctx, segment, sample=args.sample)
     if args.json:
         _print_json(preview)
         return 0
@@ -255,10 +316,57 @@ def cmd_segments_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_out(rows: Iterator[dict[str, Any]], columns: list[str], as_csv: bool) -> int:
+    """Rows as CSV (with a header) or as aligned text; returns how many."""
+    count = 0
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+        return count
+    for row in rows:
+        print("  ".join(f"{row[c] if row[c] is not None else '-'}" for c in columns))
+        count += 1
+    return count
+
+
+def cmd_segments_members(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.segments import MEMBER_COLUMNS, segment_members
+
+    ctx = build_context(settings)
+    _segment(ctx, args.name)
+    count = _table_out(segment_members(ctx, args.name), list(MEMBER_COLUMNS), args.csv)
+    if not args.csv:
+        print(f"{args.name}: {count:,} members", file=sys.stderr)
+    return 0
+
+
+def cmd_orphans_links(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.orphans import LINK_COLUMNS, orphan_links
+
+    ctx = build_context(settings)
+    rows = orphan_links(ctx, lead=args.lead, since=args.since)
+    count = _table_out(rows, list(LINK_COLUMNS), args.csv)
+    if not args.csv:
+        print(f"{count:,} links", file=sys.stderr)
+    return 0
+
+
+def cmd_views_install(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.views import install_views
+
+    ctx = build_context(settings, online=True)
+    for line in install_views(ctx):
+        print(line)
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
-    serve(build_context(settings, online=True), run_now=args.now)
+    serve(build_context(settings, online=True, prepare=True), run_now=args.now)
     return 0
 
 
@@ -318,6 +426,25 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=30, help="how many evaluations")
     history.add_argument("--json", action="store_true", help="print one JSON document")
     history.set_defaults(handler=cmd_segments_history)
+    members = segment_commands.add_parser("members", help="the saved members of a segment")
+    members.add_argument("name")
+    members.add_argument("--csv", action="store_true", help="CSV with a header row")
+    members.set_defaults(handler=cmd_segments_members)
+
+    orphans = commands.add_parser("orphans", help="what link-orphans linked")
+    orphan_commands = orphans.add_subparsers(
+        dest="orphans_command", required=True, metavar="ACTION"
+    )
+    links = orphan_commands.add_parser("links", help="each lead linked: contact, matched or new")
+    links.add_argument("--lead", help="only this lead id")
+    links.add_argument("--since", help="only links made at or after this ISO-8601 time")
+    links.add_argument("--csv", action="store_true", help="CSV with a header row")
+    links.set_defaults(handler=cmd_orphans_links)
+
+    views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
+    view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")
+    install = view_commands.add_parser("install", help="create or update both views")
+    install.set_defaults(handler=cmd_views_install)
 
     commands.add_parser(
         "emulator",
@@ -332,6 +459,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Report a fatal error: one line on stderr, and with --json a JSON document on stdout."""
+    print(f"dvconnect: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"error": {"message": message, "exit_code": code}})
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dvconnect` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -340,19 +475,27 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
         configure_logging(settings)
         code: int = args.handler(settings, args)
         return code
     except DvconnectError as exc:
-        print(f"dvconnect: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
+    except SQLAlchemyError as exc:
+        error = store_error(exc, settings.database_url if settings else "")
+        return _fail(args, str(error), error.exit_code)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:  # the reader went away (`dvconnect status | head`): leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a folder or file of the store or the mappings that cannot be used
+        return _fail(args, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 3)
+    except Exception as exc:  # a bug of ours: one line here, the traceback in the debug log
+        log.debug("unexpected error", exc_info=True)
+        return _fail(args, f"unexpected error: {type(exc).__name__}: {exc}", UNEXPECTED)
 
 
 if __name__ == "__main__":

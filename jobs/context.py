@@ -1,7 +1,8 @@
-"""The Context every job runs over: settings, mapping, store, and the Dataverse client.
+"""The Context every job runs over: settings, clock, mapping, store, and the Dataverse client.
 
 Built once by the composition roots (the CLI and the scheduler). Jobs are plain functions of a
-Context; they never read the environment or build clients themselves.
+Context; they never read the environment or build clients themselves, and they read the time
+from `ctx.clock` only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from connector.auth import DataverseAuth
+from connector.clock import Clock
 from connector.dataverse import Dataverse
 from connector.http import Transport
 from connector.mapping import Mapping, load_mapping
@@ -27,9 +29,11 @@ class Context:
     settings: Settings
     mapping: Mapping
     store: Store
+    clock: Clock
     dataverse: Dataverse | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     progress: Progress | None = None
+    run_id: int | None = None  # the run under way (`dvc_runs`), set by the runner
 
     def online(self) -> Dataverse:
         """The Dataverse client, built on first use (offline commands never build it)."""
@@ -40,15 +44,19 @@ class Context:
         return self.dataverse
 
 
-def build_context(settings: Settings, online: bool = False) -> Context:
-    """Load and validate the mapping, open the store and create its tables.
+def build_context(settings: Settings, *, online: bool = False, prepare: bool = False) -> Context:
+    """Load and validate the mapping and open the store.
 
     `online` also builds the Dataverse client first, so that bad connection settings or an
-    unreadable certificate stop the command before the store is touched.
+    unreadable certificate stop the command before the store is touched. `prepare` creates and
+    updates the store's tables: runs do, read-only commands (status, check, dry runs) never.
     """
     mapping = load_mapping(settings.mappings_dir)
-    ctx = Context(settings=settings, mapping=mapping, store=Store(settings.database_url, mapping))
+    clock = settings.clock
+    store = Store(settings.database_url, mapping, clock)
+    ctx = Context(settings=settings, mapping=mapping, store=store, clock=clock)
     if online:
         ctx.online()
-    ctx.store.create()
+    if prepare:
+        store.prepare()
     return ctx

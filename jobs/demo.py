@@ -1,8 +1,10 @@
 """`dvconnect demo` (what `make demo` runs): the emulator, every job over HTTPS, a summary.
 
-The emulator keeps its data under `var/emulator/` and the store stays in `var/`, so a second
-demo sees the same org: before syncing again, the emulator plays some activity (leads and
-contacts created, updated and deleted, as sales reps would), and the sync transfers only that.
+The demo has its own store (`var/demo/dvconnect.sqlite3`) and its own emulator (data under
+`var/demo/emulator/`), whatever `.env` says: it never touches the store or the org a user
+configured. Both persist, so a second demo sees the same org: before syncing again, the emulator
+plays some activity (leads and contacts created, updated and deleted, as sales reps would), and
+the sync transfers only that.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import build_context
 from jobs.runner import JOBS, run_named
 
-DATA_DIR = Path("var/emulator")
+DEMO_DIR = Path("var/demo")
+DATA_DIR = DEMO_DIR / "emulator"
+STORE = DEMO_DIR / "dvconnect.sqlite3"
 SEED = 42
 ACTIVITY = {"creates": 40, "updates": 120, "deletes": 15}
 SUMMARY_LINES = 8  # per job; the rest is in `dvconnect status --json`
@@ -71,11 +75,14 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
             "client_id": emulator.client_id,
             "client_secret": SecretStr(secret),
             "client_certificate_path": None,
+            "client_certificate_thumbprint": None,
+            "requests_ca_bundle": Path(emulator.ca_bundle),
+            "database_url": f"sqlite:///{STORE}",
         }
     )
-    ctx = build_context(demo_settings, online=True)
+    ctx = build_context(demo_settings, online=True, prepare=True)
     print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
-    print(f"store:    {demo_settings.database_url}")
+    print(f"store:    {STORE}")
     if all(ctx.store.load_state(table).mode for table in ctx.mapping.tables):
         for table in ctx.mapping.tables:
             emulator.admin("POST", "/activity", {"table": table, **ACTIVITY})

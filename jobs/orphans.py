@@ -3,22 +3,21 @@
 `link-orphans` reads from the store the leads in the configured states that have no parent
 contact, and gives each one a contact:
 
-1. an existing contact found by the match rule (normalised email: trimmed, lower case; or email
-   and last name) — when several match, the most recently modified active one, reported; an
-   inactive one only when no active one matches (also reported), since a new contact would
+1. an existing contact found by the match rule (the match key of `connector.keys`: email, or
+   email and last name) — when several match, the most recently modified active one, reported;
+   an inactive one only when no active one matches (also reported), since a new contact would
    duplicate it;
 2. otherwise a new contact, made from the lead by `contact_columns`, with `marketingonly = true`
-   and the lead's owner. Its id is deterministic — uuid5 of the match key, or of the lead id when
-   the lead has no key — so leads sharing an email share one contact, and a retry after a lost
-   response, a re-run after a crash, or another dvconnect writing to the same org upserts the
-   same contact instead of creating a second one.
+   and the lead's owner (a user or a team). Its id is deterministic — uuid5 of the match key, or
+   of the lead id when the lead has no key — so leads sharing an email share one contact, and a
+   retry, a re-run after a crash, or another dvconnect writing to the same org finds the same
+   contact instead of creating a second one.
 
-Writes go `batch_size` leads at a time: new contacts with one `UpsertMultiple`, links with one
-`UpdateMultiple` (`write: bulk`), or one `$batch` change set per lead — upsert the contact,
-then link the lead through `$1` (`write: batch`). A bulk request is all-or-nothing, so when one
-fails because of a record, its leads are written again as change sets and each lead gets its own
-outcome. What succeeded is written to the store at once, so a re-run before the next sync does
-not repeat it.
+Each decision is recorded in `dvc_orphan_links` together with its writes in the outbox
+(`connector.outbox`: the contact's create, then the lead's link), `batch_size` leads at a
+time, and the outbox sends them: `CreateMultiple` and `UpdateMultiple` (`write: bulk`), or one
+request per record in `$batch`es (`write: batch`). Nothing is written into the synced tables:
+until a sync reads them back, leads and contacts in flight are known from the outbox.
 
 `promote-contacts` clears `marketingonly` on contacts linked to a qualified lead (statecode 1).
 """
@@ -35,21 +34,24 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select
 
-from connector.batch import MAX_OPERATIONS, ChangeSet, Operation, Part, chunked, operation_count
-from connector.dataverse import Dataverse
-from connector.errors import DataverseError, SyncError, ThrottledError
-from connector.mapping import MATCH_COLUMNS, OrphansMapping, TableMapping
-from connector.odata import entity_path, literal
+from connector import tables as dvc
+from connector.batch import chunked
+from connector.clock import parse_stamp, stamp
+from connector.errors import ConfigError, NotRunError
+from connector.mapping import MATCH_COLUMNS
+from connector.mapping.orphans import LinkOrphans
+from connector.outbox import Intent, Outbox, Outcome, in_flight, pending_by_job, record
+from connector.store import key_column
 from jobs.context import Context
 
 log = logging.getLogger("dvconnect.orphans")
 
+LINK_JOB = "link-orphans"
+PROMOTE_JOB = "promote-contacts"
 # dvconnect's own uuid5 namespace: the same lead or email gives the same contact id everywhere.
 CONTACT_ID_NAMESPACE = uuid.UUID("5b0f1c3e-7d7a-4f43-9a55-2c6d0e4b8a11")
 QUALIFIED = 1
 ACTIVE = 0
-LINK_LEASE = "link-orphans"
-PROMOTE_LEASE = "promote-contacts"
 # Deliberately loose: it catches placeholders ("n/a", "-", "none@") and typing slips, not RFC 5322.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _SUPPRESS_DUPLICATE_DETECTION = "MSCRM.SuppressDuplicateDetection"
@@ -62,6 +64,7 @@ class NewContact:
     contact_id: str
     values: dict[str, Any]
     owner_id: str | None
+    owner_type: str | None  # systemuser or team
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Link:
     contact_id: str
     new_contact: NewContact | None
     candidates: int  # contacts that matched the lead's key (0 for a new contact)
+    key: tuple[str, ...] | None
     active: bool = True  # False: the only contacts that matched are inactive
 
 
@@ -81,17 +85,6 @@ class Skip:
 
     lead_id: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A record Dataverse refused: the record's id, the error code and the request id."""
-
-    record: str
-    status: int
-    code: str
-    request_id: str
-    message: str
 
 
 @dataclass
@@ -104,6 +97,7 @@ class LinkCounts:
     linked: int = 0
     skipped: int = 0
     failed: int = 0
+    resumed: int = 0  # writes an earlier, interrupted run had recorded, sent by this one
     truncated: int = 0
     invalid_emails: int = 0
     interrupted: bool = False
@@ -134,24 +128,36 @@ def contact_id_for(match: str, key: Sequence[str] | None, lead_id: str) -> str:
     return str(uuid.uuid5(CONTACT_ID_NAMESPACE, name))
 
 
-def _normal(column: Any) -> Any:
-    """The SQL normal form of a matched text column: spaces trimmed, lower case."""
-    return func.lower(func.trim(column))
+def link_intent_key(lead_id: str) -> str:
+    return f"{LINK_JOB}/link/{lead_id}"
+
+
+def contact_intent_key(contact_id: str) -> str:
+    return f"{LINK_JOB}/contact/{contact_id}"
 
 
 def _orphan_query(ctx: Context) -> Select[Any]:
-    """Orphan leads with their best matching contact, ordered so that keys are contiguous."""
-    config = ctx.mapping.orphans
+    """Orphan leads with their best matching contact, ordered so that keys are contiguous.
+
+    Leads whose link is in flight (recorded, or sent but not yet read back by a sync) are not
+    orphans any more.
+    """
+    config = ctx.mapping.orphans.link_orphans
     lead, contact = ctx.store.tables["lead"], ctx.store.tables["contact"]
-    orphan = and_(lead.c._parentcontactid_value.is_(None), lead.c.statecode.in_(config.lead_states))
+    linking = in_flight(LINK_JOB, "lead", ctx.store.load_state("lead").seen_tick)
+    orphan = and_(
+        lead.c._parentcontactid_value.is_(None),
+        lead.c.statecode.in_(config.lead_states),
+        lead.c.leadid.not_in(linking),
+    )
     match_columns = MATCH_COLUMNS[config.match]
-    lead_keys = [_normal(lead.c[name]).label(f"key_{name}") for name in match_columns]
-    columns = {"leadid", "createdon", "_ownerid_value", "firstname", "lastname", "emailaddress1"}
-    columns |= set(config.contact_columns.values())
+    lead_keys = [lead.c[key_column(name)].label(f"key_{name}") for name in match_columns]
+    columns = {"leadid", "createdon", "_ownerid_value", "owneridtype", "firstname", "lastname",
+               "emailaddress1", *config.contact_columns.values()}  # fmt: skip
     picked = [lead.c[name] for name in sorted(columns) if name in lead.c]
     if not match_columns:
         return select(*picked).where(orphan).order_by(lead.c.leadid)
-    contact_keys = [_normal(contact.c[name]) for name in match_columns]
+    contact_keys = [contact.c[key_column(name)] for name in match_columns]
     inactive_last = case((contact.c.statecode == ACTIVE, 0), else_=1)
     candidates = (
         select(
@@ -169,7 +175,7 @@ def _orphan_query(ctx: Context) -> Select[Any]:
             )
             .label("rank"),
         )
-        .where(contact_keys[0].in_(select(_normal(lead.c[match_columns[0]])).where(orphan)))
+        .where(contact_keys[0].in_(select(lead_keys[0].element).where(orphan)))
         .subquery()
     )
     joined = lead.outerjoin(
@@ -177,7 +183,7 @@ def _orphan_query(ctx: Context) -> Select[Any]:
         and_(
             candidates.c.rank == 1,
             *(
-                candidates.c[f"key_{name}"] == key
+                candidates.c[f"key_{name}"] == key.element
                 for name, key in zip(match_columns, lead_keys, strict=True)
             ),
         ),
@@ -192,14 +198,14 @@ def _orphan_query(ctx: Context) -> Select[Any]:
         )
         .select_from(joined)
         .where(orphan)
-        .order_by(*lead_keys, lead.c.createdon, lead.c.leadid)
+        .order_by(*(key.element for key in lead_keys), lead.c.createdon, lead.c.leadid)
     )
 
 
 class _Planner:
     """Turns store rows into links and skips, one group of leads sharing a key at a time."""
 
-    def __init__(self, config: OrphansMapping, lengths: dict[str, int], counts: LinkCounts):
+    def __init__(self, config: LinkOrphans, lengths: dict[str, int], counts: LinkCounts):
         self.config = config
         self.lengths = lengths
         self.counts = counts
@@ -229,7 +235,7 @@ class _Planner:
             active = first["match_state"] == ACTIVE
             for lead in leads:
                 yield Link(
-                    lead["leadid"], first["match_id"], None, int(first["candidates"]), active
+                    lead["leadid"], first["match_id"], None, int(first["candidates"]), key, active
                 )
             return
         contact_id = contact_id_for(self.config.match, key, first["leadid"])
@@ -241,7 +247,7 @@ class _Planner:
                     yield Skip(lead["leadid"], made)
                     continue
                 new_contact = made
-            yield Link(lead["leadid"], contact_id, new_contact, 0)
+            yield Link(lead["leadid"], contact_id, new_contact, 0, key)
 
     def _contact(self, contact_id: str, lead: dict[str, Any]) -> NewContact | str:
         """The contact made from `lead`, or the reason it cannot be made (the lead is skipped)."""
@@ -269,208 +275,42 @@ class _Planner:
         has_name = bool(values.get("firstname") or values.get("lastname"))
         if not (has_email or has_name) and self.config.leads_without_email_or_name == "skip":
             return "no valid email and no name (leads_without_email_or_name: skip)"
-        return NewContact(contact_id, values, lead.get("_ownerid_value"))
+        return NewContact(contact_id, values, lead.get("_ownerid_value"), lead.get("owneridtype"))
 
 
-# -- writing: links to Dataverse and the store -------------------------------------------------
+# -- writing: links become intents -------------------------------------------------------------
 
 
-class _LinkWriter:
-    """Writes links `batch_size` leads at a time and records each outcome in the store."""
-
-    def __init__(self, ctx: Context, counts: LinkCounts) -> None:
-        self.ctx = ctx
-        self.dataverse = ctx.online()
-        self.config = ctx.mapping.orphans
-        self.lead = ctx.mapping.tables["lead"]
-        self.contact = ctx.mapping.tables["contact"]
-        self.counts = counts
-        self.created: set[str] = set()
-
-    def contact_fields(self, new: NewContact) -> dict[str, Any]:
-        fields = {**new.values, "marketingonly": True}
+def _intents(ctx: Context, link: Link) -> list[Intent]:
+    """The writes of one link: the new contact's create (when new), then the lead's link."""
+    lead, contact = ctx.mapping.tables["lead"], ctx.mapping.tables["contact"]
+    intents: list[Intent] = []
+    new = link.new_contact
+    if new is not None:
+        body: dict[str, Any] = {**new.values, "marketingonly": True}
         if new.owner_id:
-            fields["ownerid@odata.bind"] = f"/systemusers({new.owner_id})"
-        return fields
-
-    def contact_headers(self) -> dict[str, str]:
-        # Off by default in the Web API: asked for, Dataverse refuses a contact duplicating another.
-        return {_SUPPRESS_DUPLICATE_DETECTION: "false"} if self.config.duplicate_detection else {}
-
-    def write(self, links: list[Link]) -> None:
-        if self.config.write == "bulk":
-            try:
-                self._bulk(links)
-            except DataverseError as exc:
-                if not _record_level(exc):
-                    raise
-                log.warning(
-                    "a bulk write of %d leads failed (%s): writing them one change set each",
-                    len(links),
-                    exc,
-                )
-            else:
-                self._done(links, {})
-                return
-        by_lead = {link.lead_id: link for link in links}
-        parts: list[tuple[str, Part]] = [(link.lead_id, self._change_set(link)) for link in links]
-        errors = _one_by_one(self.dataverse, parts)
-        failures = {lead: self._failure(by_lead[lead], error) for lead, error in errors.items()}
-        self._done(links, failures)
-
-    def _bulk(self, links: list[Link]) -> None:
-        contacts = {link.contact_id: link.new_contact for link in links if link.new_contact}
-        if contacts:
-            self.dataverse.bulk(
-                self.contact,
-                "UpsertMultiple",
-                [
-                    {self.contact.primary_key: contact_id, **self.contact_fields(new)}
-                    for contact_id, new in contacts.items()
-                ],
-                headers=self.contact_headers(),
+            owners = "teams" if new.owner_type == "team" else "systemusers"
+            body["ownerid@odata.bind"] = f"/{owners}({new.owner_id})"
+        headers = {}
+        if ctx.mapping.orphans.link_orphans.duplicate_detection:
+            # Off by default in the Web API: asked for, Dataverse refuses a contact duplicating
+            # another one (0x80040333).
+            headers[_SUPPRESS_DUPLICATE_DETECTION] = "false"
+        intents.append(
+            Intent(
+                contact_intent_key(new.contact_id), LINK_JOB, "create", contact.name,
+                contact.entity_set, contact.primary_key, new.contact_id, body, headers,
             )
-        self.dataverse.bulk(
-            self.lead,
-            "UpdateMultiple",
-            [
-                {
-                    self.lead.primary_key: link.lead_id,
-                    "parentcontactid@odata.bind": f"/{self.contact.entity_set}({link.contact_id})",
-                }
-                for link in links
-            ],
+        )  # fmt: skip
+    intents.append(
+        Intent(
+            link_intent_key(link.lead_id), LINK_JOB, "update", lead.name, lead.entity_set,
+            lead.primary_key, link.lead_id,
+            {"parentcontactid@odata.bind": f"/{contact.entity_set}({link.contact_id})"},
+            after=contact_intent_key(new.contact_id) if new is not None else None,
         )
-
-    def _change_set(self, link: Link) -> ChangeSet:
-        """Upsert the new contact (Content-ID 1), then link the lead to `$1`; or link only."""
-        link_to = f"/{self.contact.entity_set}({link.contact_id})"
-        operations = []
-        if link.new_contact is not None:
-            operations.append(
-                Operation(
-                    "PATCH",
-                    entity_path(self.contact.entity_set, link.contact_id),
-                    self.contact_fields(link.new_contact),
-                    headers=tuple(self.contact_headers().items()),
-                    content_id="1",
-                )
-            )
-            link_to = "$1"
-        operations.append(
-            Operation(
-                "PATCH",
-                entity_path(self.lead.entity_set, link.lead_id),
-                {"parentcontactid@odata.bind": link_to},
-                headers=(("If-Match", "*"),),  # update only: a deleted lead is not re-created
-                content_id=str(len(operations) + 1),
-            )
-        )
-        return ChangeSet(tuple(operations))
-
-    def _failure(self, link: Link, error: DataverseError) -> Failure:
-        message = error.message
-        if error.status == 404 and link.lead_id.lower() in message.lower():
-            message = (
-                f"the lead no longer exists in Dataverse (deleted since the last sync): {message}"
-            )
-        elif error.code == "0x80040333" and link.new_contact is not None:
-            message += self._conflicts(link.new_contact)
-        return Failure(link.lead_id, error.status, error.code, error.request_id, message)
-
-    def _conflicts(self, new: NewContact) -> str:
-        """Which existing contacts share the new contact's email (what duplicate detection saw)."""
-        email = new.values.get("emailaddress1")
-        if not email:
-            return ""
-        found = self.dataverse.first_rows(
-            self.contact.entity_set,
-            [self.contact.primary_key, "emailaddress1"],
-            f"contains(emailaddress1,{literal(email)})",
-            top=20,
-        )
-        key = email.strip().lower()
-        ids = [
-            str(row[self.contact.primary_key])
-            for row in found
-            if str(row.get("emailaddress1") or "").strip().lower() == key
-        ]
-        return f"; conflicting contact(s) with the same email: {', '.join(ids)}" if ids else ""
-
-    def _done(self, links: list[Link], failures: dict[str, Failure]) -> None:
-        """Count the outcomes and record what succeeded in the store."""
-        succeeded = [link for link in links if link.lead_id not in failures]
-        new_rows = {}
-        for link in succeeded:
-            if link.new_contact is None:
-                self.counts.matched += 1
-            elif link.contact_id not in self.created:
-                self.created.add(link.contact_id)
-                new_rows[link.contact_id] = link.new_contact
-        self.counts.created = len(self.created)
-        self.counts.linked += len(succeeded)
-        for failure in failures.values():
-            self.counts.failed += 1
-            self.counts.failures.append(asdict(failure))
-            log.warning("lead %s not linked: %s %s", failure.record, failure.code, failure.message)
-        store = self.ctx.store
-        generation = store.load_state("contact").generation
-        with store.transaction() as conn:
-            store.upsert_rows(
-                conn,
-                "contact",
-                [self._contact_row(contact_id, new) for contact_id, new in new_rows.items()],
-                generation,
-            )
-            store.set_column(
-                conn,
-                "lead",
-                "_parentcontactid_value",
-                [(link.lead_id, link.contact_id) for link in succeeded],
-            )
-
-    def _contact_row(self, contact_id: str, new: NewContact) -> dict[str, Any]:
-        row = {c: new.values.get(c) for c in self.contact.columns}
-        return {
-            **row,
-            self.contact.primary_key: contact_id,
-            "marketingonly": True,
-            "statecode": ACTIVE,
-            "_ownerid_value": new.owner_id,
-        }
-
-
-def _record_level(exc: DataverseError) -> bool:
-    """A refusal caused by some record of a request (not auth, throttling or an outage)."""
-    return exc.exit_code == 1 and not isinstance(exc, ThrottledError)
-
-
-def _one_by_one(dataverse: Dataverse, parts: list[tuple[str, Part]]) -> dict[str, DataverseError]:
-    """Send keyed parts in `$batch`es of at most MAX_OPERATIONS operations, continuing on error;
-    returns the error of each part that failed, by key."""
-    errors: dict[str, DataverseError] = {}
-
-    def send(chunk: list[tuple[str, Part]]) -> None:
-        outcomes = dataverse.batch([part for _, part in chunk], safe=True)
-        for (key, _), outcome in zip(chunk, outcomes, strict=True):
-            if outcome.error is not None:
-                errors[key] = outcome.error
-
-    chunk: list[tuple[str, Part]] = []
-    used = 0
-    for key, part in parts:
-        cost = operation_count([part])
-        if chunk and used + cost > MAX_OPERATIONS:
-            send(chunk)
-            chunk, used = [], 0
-        chunk.append((key, part))
-        used += cost
-    if chunk:
-        send(chunk)
-    return errors
-
-
-# -- the jobs ----------------------------------------------------------------------------------
+    )  # fmt: skip
+    return intents
 
 
 def require_synced(ctx: Context, job: str) -> None:
@@ -481,21 +321,17 @@ def require_synced(ctx: Context, job: str) -> None:
     """
     for table in ("lead", "contact"):
         if ctx.store.load_state(table).last_full_sync_at is None:
-            raise SyncError(
+            raise NotRunError(
                 f"{job} works from the store, and {table} has not been synced in full yet: "
                 "run `dvconnect run sync` first"
             )
 
 
-def _planner(ctx: Context, counts: LinkCounts) -> _Planner:
-    require_synced(ctx, "link-orphans")
-    lengths = ctx.online().string_lengths(ctx.mapping.tables["contact"].name)
-    return _Planner(ctx.mapping.orphans, lengths, counts)
-
-
 def _links(ctx: Context, counts: LinkCounts) -> Iterator[Link]:
     """Every link to write, in store order; skips and several matches go to `counts`."""
-    planner = _planner(ctx, counts)
+    require_synced(ctx, LINK_JOB)
+    lengths = ctx.online().string_lengths(ctx.mapping.tables["contact"].name)
+    planner = _Planner(ctx.mapping.orphans.link_orphans, lengths, counts)
     for item in planner.plan(ctx.store.stream(_orphan_query(ctx))):
         if isinstance(item, Skip):
             counts.skipped += 1
@@ -513,119 +349,225 @@ def _links(ctx: Context, counts: LinkCounts) -> Iterator[Link]:
 def run_link_orphans(ctx: Context) -> LinkCounts:
     """Give every orphan lead a contact, matched or new, `batch_size` leads per request."""
     counts = LinkCounts()
-    with ctx.store.lease(LINK_LEASE):
-        writer = _LinkWriter(ctx, counts)
-        for chunk in chunked(_links(ctx, counts), ctx.mapping.orphans.batch_size):
+    config = ctx.mapping.orphans.link_orphans
+    with ctx.store.lease(LINK_JOB):
+        outbox = Outbox(ctx.store, ctx.online(), chunk=config.batch_size,
+                        bulk=config.write == "bulk")  # fmt: skip
+        earlier = outbox.drain(LINK_JOB, ctx.stop.is_set)  # what an interrupted run recorded
+        counts.resumed = sum(earlier.done.values())
+        failures = list(earlier.failed)
+        for chunk in chunked(_links(ctx, counts), config.batch_size):
             if ctx.stop.is_set():
                 counts.interrupted = True
                 break
-            writer.write(chunk)
+            _record_links(ctx, chunk)
+            failures += outbox.drain(LINK_JOB, ctx.stop.is_set).failed
+        _tally(ctx, counts, failures)
     return counts
+
+
+def _record_links(ctx: Context, links: list[Link]) -> None:
+    """The links' writes and their record, in one transaction."""
+    store = ctx.store
+    seen = {table: store.load_state(table).seen_tick for table in ("lead", "contact")}
+    now = ctx.clock.stamp()
+    with store.transaction() as conn:
+        created = set(
+            record(
+                conn,
+                (intent for link in links for intent in _intents(ctx, link)),
+                now=now,
+                run_id=ctx.run_id,
+                renew_seen=seen,
+            )
+        )
+        conn.execute(
+            dvc.orphan_links.insert(),
+            [
+                {
+                    "leadid": link.lead_id,
+                    "contactid": link.contact_id,
+                    "how": "matched"
+                    if link.new_contact is None
+                    or contact_intent_key(link.contact_id) not in created
+                    else "created",
+                    "match_key": " / ".join(link.key) if link.key else None,
+                    "intent": link_intent_key(link.lead_id),
+                    "run_id": ctx.run_id,
+                    "at": now,
+                }
+                for link in links
+            ],
+        )
+
+
+def _tally(ctx: Context, counts: LinkCounts, failures: list[Outcome]) -> None:
+    """Counts of this run's links from their record, and each failed lead with its reason."""
+    links, o = dvc.orphan_links.c, dvc.outbox.c
+    with ctx.store.engine.connect() as conn:
+        rows = conn.execute(
+            select(links.how, o.status, func.count())
+            .select_from(dvc.orphan_links.join(dvc.outbox, o.key == links.intent))
+            .where(links.run_id == ctx.run_id)
+            .group_by(links.how, o.status)
+        ).all()
+        created = conn.execute(
+            select(func.count()).where(
+                o.job == LINK_JOB, o.kind == "create", o.run_id == ctx.run_id, o.status == "done"
+            )
+        ).scalar_one()
+    for how, status, count in rows:
+        if status == "done":
+            counts.linked += count
+            counts.matched += count if how == "matched" else 0
+    counts.created = int(created)
+    by_key = {failure.key: failure for failure in failures}
+    for failure in failures:
+        if not failure.key.startswith(f"{LINK_JOB}/link/"):
+            continue
+        cause = by_key.get(failure.after or "") if failure.status == 424 else None
+        shown = cause or failure
+        message = shown.message
+        if shown.status == 404:
+            message = (
+                f"the lead no longer exists in Dataverse (deleted since the last sync): {message}"
+            )
+        elif cause is not None:
+            message = f"its new contact {cause.record_id} was refused: {message}"
+        counts.failed += 1
+        counts.failures.append(
+            {"record": failure.record_id, "status": shown.status, "code": shown.code,
+             "request_id": shown.request_id, "message": message}
+        )  # fmt: skip
+        log.warning("lead %s not linked: %s %s", failure.record_id, shown.code, message)
 
 
 def plan_link_orphans(ctx: Context) -> list[dict[str, Any]]:
     """Every contact link-orphans would create and every link it would make; nothing written."""
     counts = LinkCounts()
     steps: list[dict[str, Any]] = []
-    planned: set[str] = set()
-    for link in _links(ctx, counts):
-        new = link.new_contact
-        if new is not None and link.contact_id not in planned:
-            planned.add(link.contact_id)
-            steps.append(
-                {
-                    "action": "create contact",
-                    "contact": link.contact_id,
-                    "values": {**new.values, "marketingonly": True},
-                    "owner": new.owner_id,
-                }
-            )
+    pending = pending_by_job(ctx.store).get(LINK_JOB, 0)
+    if pending:
         steps.append(
-            {
-                "action": "link lead",
-                "lead": link.lead_id,
-                "contact": link.contact_id,
-                "how": "new" if new is not None else "matched",
-            }
+            {"action": "send first", "writes": pending, "why": "recorded by an interrupted run"}
         )
+    for link in _links(ctx, counts):
+        for intent in _intents(ctx, link):
+            if intent.kind == "create":
+                steps.append({"action": "create contact", "contact": intent.record_id,
+                              "values": intent.body})  # fmt: skip
+            else:
+                how = "new" if link.new_contact is not None else "matched"
+                steps.append({"action": "link lead", "lead": link.lead_id,
+                              "contact": link.contact_id, "how": how})  # fmt: skip
     steps.extend({"action": "skip lead", **skip} for skip in counts.skips)
-    return steps
+    return _unique(steps)
+
+
+def _unique(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps in order, each once (leads sharing a new contact plan its create each)."""
+    seen: set[str] = set()
+    kept = []
+    for step in steps:
+        marker = repr(sorted(step.items()))
+        if marker not in seen:
+            seen.add(marker)
+            kept.append(step)
+    return kept
+
+
+LINK_COLUMNS = ("at", "leadid", "contactid", "how", "status", "match_key", "run_id")
+
+
+def orphan_links(ctx: Context, lead: str | None, since: str | None) -> Iterator[dict[str, Any]]:
+    """What link-orphans decided for each lead, oldest first, with the outcome of its write."""
+    if not ctx.store.exists:
+        return
+    links, o = dvc.orphan_links.c, dvc.outbox.c
+    columns = [o.status if name == "status" else links[name] for name in LINK_COLUMNS]
+    query = (
+        select(*columns)
+        .select_from(dvc.orphan_links.join(dvc.outbox, o.key == links.intent))
+        .order_by(links.link_id)
+    )
+    if lead is not None:
+        query = query.where(links.leadid == lead.strip().strip("{}").lower())
+    if since is not None:
+        try:
+            moment = stamp(parse_stamp(since))
+        except ValueError:
+            raise ConfigError(f"--since: not an ISO-8601 time: {since!r}") from None
+        query = query.where(links.at >= moment)
+    yield from ctx.store.stream(query)
+
+
+# -- promote-contacts --------------------------------------------------------------------------
 
 
 def _promotion_query(ctx: Context) -> Select[Any]:
-    """Marketing-only contacts linked to at least one qualified lead."""
+    """Marketing-only contacts linked to at least one qualified lead, not being promoted."""
     lead, contact = ctx.store.tables["lead"], ctx.store.tables["contact"]
     qualified_parents = select(lead.c._parentcontactid_value).where(lead.c.statecode == QUALIFIED)
+    promoting = in_flight(PROMOTE_JOB, "contact", ctx.store.load_state("contact").seen_tick)
     return (
         select(contact.c.contactid)
-        .where(contact.c.marketingonly.is_(True), contact.c.contactid.in_(qualified_parents))
+        .where(
+            contact.c.marketingonly.is_(True),
+            contact.c.contactid.in_(qualified_parents),
+            contact.c.contactid.not_in(promoting),
+        )
         .order_by(contact.c.contactid)
     )
 
 
+def _promotion(ctx: Context, contact_id: str) -> Intent:
+    contact = ctx.mapping.tables["contact"]
+    return Intent(
+        f"{PROMOTE_JOB}/{contact_id}", PROMOTE_JOB, "update", contact.name, contact.entity_set,
+        contact.primary_key, contact_id, {"marketingonly": False},
+    )  # fmt: skip
+
+
 def run_promote_contacts(ctx: Context) -> PromoteCounts:
     """Clear `marketingonly` on contacts whose lead was qualified (when enabled)."""
-    counts = PromoteCounts(enabled=ctx.mapping.orphans.promote_contacts)
+    counts = PromoteCounts(enabled=ctx.mapping.orphans.promote_contacts.enabled)
     if not counts.enabled:
         return counts
-    require_synced(ctx, "promote-contacts")
-    contact = ctx.mapping.tables["contact"]
-    dataverse = ctx.online()
-    with ctx.store.lease(PROMOTE_LEASE):
+    require_synced(ctx, PROMOTE_JOB)
+    config = ctx.mapping.orphans.link_orphans
+    with ctx.store.lease(PROMOTE_JOB):
+        outbox = Outbox(ctx.store, ctx.online(), chunk=config.batch_size,
+                        bulk=config.write == "bulk")  # fmt: skip
+        results = [outbox.drain(PROMOTE_JOB, ctx.stop.is_set)]
         ids = (row["contactid"] for row in ctx.store.stream(_promotion_query(ctx)))
-        for chunk in chunked(ids, ctx.mapping.orphans.batch_size):
+        seen = {"contact": ctx.store.load_state("contact").seen_tick}
+        for chunk in chunked(ids, config.batch_size):
             if ctx.stop.is_set():
                 counts.interrupted = True
                 break
             counts.qualified += len(chunk)
-            failures = _promote(dataverse, contact, chunk)
-            for failure in failures.values():
-                counts.failures.append(asdict(failure))
-                log.warning("contact %s not promoted: %s %s", failure.record, failure.code,
-                            failure.message)  # fmt: skip
-            done = [contact_id for contact_id in chunk if contact_id not in failures]
-            counts.promoted += len(done)
-            counts.failed += len(failures)
             with ctx.store.transaction() as conn:
-                ctx.store.set_column(conn, "contact", "marketingonly", [(i, False) for i in done])
+                record(conn, [_promotion(ctx, i) for i in chunk], now=ctx.clock.stamp(),
+                       run_id=ctx.run_id, renew_seen=seen)  # fmt: skip
+            results.append(outbox.drain(PROMOTE_JOB, ctx.stop.is_set))
+    for result in results:
+        counts.promoted += result.done["update"]
+        for failure in result.failed:
+            counts.failed += 1
+            counts.failures.append(
+                {"record": failure.record_id, "status": failure.status, "code": failure.code,
+                 "request_id": failure.request_id, "message": failure.message}
+            )  # fmt: skip
+            log.warning("contact %s not promoted: %s %s", failure.record_id, failure.code,
+                        failure.message)  # fmt: skip
     return counts
-
-
-def _promote(dataverse: Dataverse, contact: TableMapping, ids: list[str]) -> dict[str, Failure]:
-    """UpdateMultiple; when a record fails it, one PATCH per contact in a $batch instead."""
-    try:
-        dataverse.bulk(
-            contact,
-            "UpdateMultiple",
-            [{contact.primary_key: contact_id, "marketingonly": False} for contact_id in ids],
-        )
-    except DataverseError as exc:
-        if not _record_level(exc):
-            raise
-        log.warning("a bulk update of %d contacts failed (%s): one by one", len(ids), exc)
-    else:
-        return {}
-    parts = [
-        Operation(
-            "PATCH",
-            entity_path(contact.entity_set, contact_id),
-            {"marketingonly": False},
-            headers=(("If-Match", "*"),),
-        )
-        for contact_id in ids
-    ]
-    errors = _one_by_one(dataverse, list(zip(ids, parts, strict=True)))
-    return {
-        contact_id: Failure(contact_id, error.status, error.code, error.request_id, error.message)
-        for contact_id, error in errors.items()
-    }
 
 
 def plan_promote_contacts(ctx: Context) -> list[dict[str, Any]]:
     """Every contact whose marketing-only flag promote-contacts would clear."""
-    if not ctx.mapping.orphans.promote_contacts:
+    if not ctx.mapping.orphans.promote_contacts.enabled:
         return []
-    require_synced(ctx, "promote-contacts")
+    require_synced(ctx, PROMOTE_JOB)
     return [
         {"action": "clear marketingonly", "contact": row["contactid"]}
         for row in ctx.store.stream(_promotion_query(ctx))

@@ -2,7 +2,8 @@
 
 The CLI's `run` and the scheduler both come through here, so every run is recorded the same
 way. `all` runs every job in the contract's order. A run whose job reports `failed` records is
-`partial`: it ran to the end, and the CLI exits 1.
+`partial`: it ran to the end, and the CLI exits 1. A run that fails for any reason is recorded
+as failed with a one-line reason (a database error by its first line, never its parameters).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.errors import DvconnectError
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector.errors import DvconnectError, NotRunError
+from connector.store import store_error
 from jobs.context import Context
 from jobs.orphans import (
     plan_link_orphans,
@@ -127,9 +132,19 @@ def _flag(counts: dict[str, Any], name: str) -> bool:
     return bool(counts.get(name)) or any(c.get(name) for c in nested)
 
 
+def failure_reason(exc: BaseException, database_url: str) -> str:
+    """One line saying why a run failed, without row values or secrets."""
+    if isinstance(exc, DvconnectError):
+        return str(exc)
+    if isinstance(exc, SQLAlchemyError):
+        return str(store_error(exc, database_url))
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_job(ctx: Context, job: str) -> JobResult:
     """Run one job now, record it, and return what it did; errors are recorded, then raised."""
     run_id = ctx.store.start_run(job)
+    ctx.run_id = run_id
     sent_before = ctx.dataverse.requests_sent if ctx.dataverse else 0
     started = time.monotonic()
 
@@ -139,10 +154,14 @@ def run_job(ctx: Context, job: str) -> JobResult:
     try:
         counts = JOBS[job].run(ctx)
     except Exception as exc:  # recorded whatever it is, then raised to the caller
-        reason = str(exc) if isinstance(exc, DvconnectError) else f"{type(exc).__name__}: {exc}"
-        ctx.store.finish_run(run_id, "failed", {}, requests(), reason)
-        log.error("%s failed after %d requests: %s", job, requests(), reason)
+        reason = failure_reason(exc, ctx.settings.database_url)
+        outcome = "not run" if getattr(exc, "exit_code", None) == 4 else "failed"
+        with suppress(SQLAlchemyError):  # the store itself failed: the raise says why
+            ctx.store.finish_run(run_id, outcome, {}, requests(), reason)
+        log.error("%s %s after %d requests: %s", job, outcome, requests(), reason)
         raise
+    finally:
+        ctx.run_id = None
     outcome = "succeeded"
     if _flag(counts, "failed"):
         outcome = "partial"
@@ -166,6 +185,15 @@ def run_named(ctx: Context, job: str) -> list[JobResult]:
 
 
 def plan_named(ctx: Context, job: str) -> dict[str, Any]:
-    """What `job` (or `all`) would do, computed without sending anything."""
+    """What `job` (or `all`) would do, computed without sending anything.
+
+    A job that could not run now (it needs a synced store, say) says why instead of a plan.
+    """
     names = list(JOBS) if job == "all" else [job]
-    return {name: JOBS[name].plan(ctx) for name in names}
+    plans: dict[str, Any] = {}
+    for name in names:
+        try:
+            plans[name] = JOBS[name].plan(ctx)
+        except NotRunError as exc:
+            plans[name] = [{"would not run now": str(exc)}]
+    return plans

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from connector.errors import ConfigError, DvconnectError
+from connector.errors import ConfigError
 from jobs.context import Context
 from jobs.runner import JOBS, run_job
 
@@ -26,8 +26,9 @@ log = logging.getLogger("dvconnect.scheduler")
 
 
 def _run(ctx: Context, job: str) -> None:
-    # A failed run is recorded in dvc_runs and logged by run_job; the service keeps its schedule.
-    with suppress(DvconnectError):
+    # A failed run is recorded in dvc_runs and logged by run_job (one line, the reason); the
+    # service keeps its schedule, and nothing is left to the scheduler library's own log.
+    with suppress(Exception):
         run_job(ctx, job)
 
 
@@ -43,24 +44,25 @@ def serve(ctx: Context, run_now: bool = False) -> None:
 
     With `run_now`, every scheduled job also runs once at start, in order, then follows its cron.
     """
-    if not ctx.mapping.schedule:
+    schedule = ctx.mapping.schedule
+    if not schedule.jobs:
         raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
     scheduler = BlockingScheduler(
-        timezone=ctx.mapping.timezone,
+        timezone=schedule.timezone,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
     )
-    for job, cron in ctx.mapping.schedule.items():
-        trigger = CronTrigger.from_crontab(cron, timezone=ctx.mapping.timezone)
+    for job, cron in schedule.jobs.items():
+        trigger = CronTrigger.from_crontab(cron, timezone=schedule.timezone)
         scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
-        log.info("scheduled %s: %s (%s)", job, cron, ctx.mapping.timezone)
+        log.info("scheduled %s: %s (%s)", job, cron, schedule.timezone)
     if run_now:
-        in_order = [job for job in JOBS if job in ctx.mapping.schedule]
+        in_order = [job for job in JOBS if job in schedule.jobs]
         scheduler.add_job(
             _run_in_order,
             args=(ctx, in_order),
             id="now",
             name="every scheduled job, once, in order",
-            next_run_time=datetime.now(ZoneInfo(ctx.mapping.timezone)),
+            next_run_time=datetime.now(ZoneInfo(schedule.timezone)),
         )
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -35,7 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from connector.mapping import CHANNEL_OPT_OUTS, SegmentMapping
+from connector import tables as dvc
+from connector.errors import DvconnectError
+from connector.mapping import CHANNEL_OPT_OUTS, Segment
 from connector.store import Store
 from jobs.context import Context
 
@@ -54,23 +57,24 @@ class Evaluation:
     seconds: float
 
 
-def members_query(store: Store, segment: SegmentMapping, now: datetime) -> Select[Any]:
+def members_query(store: Store, segment: Segment, now: datetime) -> Select[Any]:
     """(contactid, lead_ids) of every member, by contact id."""
     contact = store.tables["contact"]
     conditions: list[Any] = [contact.c.statecode == ACTIVE]
-    if segment.contact is not None:
-        conditions.append(segment.contact.condition(contact, now))
+    contact_filter, lead_filter = segment.condition("contact"), segment.condition("lead")
+    if contact_filter is not None:
+        conditions.append(contact_filter.condition(contact, now))
     if segment.channel != "any":
         opted_out = contact.c[CHANNEL_OPT_OUTS[segment.channel]]
         conditions.append(or_(opted_out.is_(None), not_(opted_out)))
     if segment.exclude is not None:
-        excluded = store.segment_members
+        excluded = dvc.segment_members
         conditions.append(
             ~exists().where(
                 excluded.c.segment == segment.exclude, excluded.c.contactid == contact.c.contactid
             )
         )
-    if segment.lead is None:
+    if lead_filter is None:
         query = select(contact.c.contactid, literal(None).label("lead_ids")).where(*conditions)
     else:
         lead = store.tables["lead"]
@@ -80,7 +84,7 @@ def members_query(store: Store, segment: SegmentMapping, now: datetime) -> Selec
                 parent.label("contactid"),
                 func.aggregate_strings(lead.c.leadid, ",").label("lead_ids"),
             )
-            .where(parent.is_not(None), segment.lead.condition(lead, now))
+            .where(parent.is_not(None), lead_filter.condition(lead, now))
             .group_by(parent)
             .subquery()
         )
@@ -93,11 +97,11 @@ def members_query(store: Store, segment: SegmentMapping, now: datetime) -> Selec
     return query.limit(segment.limit) if segment.limit is not None else query
 
 
-def evaluate(store: Store, segment: SegmentMapping, now: datetime) -> Evaluation:
+def evaluate(store: Store, segment: Segment, now: datetime) -> Evaluation:
     """Evaluate one segment and save its membership and changes, in one transaction."""
     started = time.monotonic()
     at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    members, scratch, events = store.segment_members, store.segment_scratch, store.segment_events
+    members, scratch, events = dvc.segment_members, dvc.segment_scratch, dvc.segment_events
     mine = members.c.segment == segment.name
     with store.transaction() as conn:
         conn.execute(delete(scratch).where(scratch.c.segment == segment.name))
@@ -149,7 +153,7 @@ def evaluate(store: Store, segment: SegmentMapping, now: datetime) -> Evaluation
         conn.execute(delete(scratch).where(new))
         seconds = round(time.monotonic() - started, 3)
         conn.execute(
-            store.segment_evaluations.insert().values(
+            dvc.segment_evaluations.insert().values(
                 segment=segment.name, evaluated_at=at, size=size, entered=entered, exited=exited,
                 seconds=seconds,
             )
@@ -172,12 +176,12 @@ def _record(
     return int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
 
 
-def in_order(segments: dict[str, SegmentMapping]) -> list[SegmentMapping]:
+def in_order(segments: dict[str, Segment]) -> list[Segment]:
     """Every segment after the one it excludes (the mapping has refused cycles)."""
-    ordered: list[SegmentMapping] = []
+    ordered: list[Segment] = []
     placed: set[str] = set()
 
-    def place(segment: SegmentMapping) -> None:
+    def place(segment: Segment) -> None:
         if segment.name in placed:
             return
         if segment.exclude is not None:
@@ -190,9 +194,13 @@ def in_order(segments: dict[str, SegmentMapping]) -> list[SegmentMapping]:
     return ordered
 
 
-def run_segments(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
-    """Evaluate every valid segment; report the invalid ones and those the database refused."""
-    now = now or datetime.now(UTC)
+def run_segments(ctx: Context) -> dict[str, Any]:
+    """Evaluate every valid segment; report the invalid ones and those the database refused.
+
+    A segment whose evaluation fails — the database refuses its SQL, its relative dates fall
+    outside the calendar on this run's clock — is reported and keeps its last membership.
+    """
+    now = ctx.clock.now()
     results: dict[str, Any] = {}
     for segment in in_order(ctx.mapping.segments):
         if ctx.stop.is_set():
@@ -200,10 +208,10 @@ def run_segments(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
             break
         try:
             evaluation = evaluate(ctx.store, segment, now)
-        except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        except (SQLAlchemyError, DvconnectError, RecursionError) as exc:
+            reason = _reason(exc)
             log.error("segment %s not evaluated: %s", segment.name, reason)
-            results[segment.name] = {"failed": 1, "error": reason}
+            results[segment.name] = {"failed": 1, "error": f"{segment.path}: {reason}"}
             continue
         log.info("segment %s: %s", segment.name, evaluation)
         results[segment.name] = {"failed": 0, "error": None, **evaluation.__dict__}
@@ -212,23 +220,41 @@ def run_segments(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     return results
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "the conditions are nested too deeply to evaluate"
+    if isinstance(exc, SQLAlchemyError):
+        return (str(getattr(exc, "orig", None) or exc).splitlines() or ["database error"])[0]
+    return str(exc)
+
+
 def plan_segments(ctx: Context) -> list[dict[str, Any]]:
     """What `run segments` would evaluate: each segment's current size, nothing saved."""
-    now = datetime.now(UTC)
+    now = ctx.clock.now()
     steps: list[dict[str, Any]] = []
+    if not ctx.store.exists:
+        return [{"segment": name, "would have": "members once the store is synced"}
+                for name in ctx.mapping.segments]  # fmt: skip
     with ctx.store.engine.connect() as conn:
         for segment in in_order(ctx.mapping.segments):
-            size = conn.execute(
-                select(func.count()).select_from(members_query(ctx.store, segment, now).subquery())
-            ).scalar_one()
+            try:
+                size = conn.execute(
+                    select(func.count()).select_from(
+                        members_query(ctx.store, segment, now).subquery()
+                    )
+                ).scalar_one()
+            except (SQLAlchemyError, DvconnectError, RecursionError) as exc:
+                conn.rollback()
+                steps.append({"segment": segment.name, "not evaluated": _reason(exc)})
+                continue
             steps.append({"segment": segment.name, "would have": f"{size} members"})
     steps.extend({"segment": f, "invalid": str(e)} for f, e in ctx.mapping.segment_errors.items())
     return steps
 
 
-def preview_segment(ctx: Context, segment: SegmentMapping, sample: int) -> dict[str, Any]:
+def preview_segment(ctx: Context, segment: Segment, sample: int) -> dict[str, Any]:
     """Size, the first `sample` members (with name and email) and the SQL; nothing saved."""
-    now = datetime.now(UTC)
+    now = ctx.clock.now()
     started = time.monotonic()
     query = members_query(ctx.store, segment, now)
     found = query.subquery()
@@ -260,7 +286,9 @@ def preview_segment(ctx: Context, segment: SegmentMapping, sample: int) -> dict[
 
 def segment_history(ctx: Context, name: str, limit: int) -> list[dict[str, Any]]:
     """The latest `limit` evaluations of a segment, latest first."""
-    evaluations = ctx.store.segment_evaluations
+    evaluations = dvc.segment_evaluations
+    if not ctx.store.exists:
+        return []
     with ctx.store.engine.connect() as conn:
         rows = conn.execute(
             select(evaluations)
@@ -275,3 +303,23 @@ def last_evaluation(ctx: Context, name: str) -> dict[str, Any] | None:
     """The latest evaluation of a segment, or None before the first."""
     history = segment_history(ctx, name, limit=1)
     return history[0] if history else None
+
+
+MEMBER_COLUMNS = ("contactid", "fullname", "emailaddress1", "since", "lead_ids")
+
+
+def segment_members(ctx: Context, name: str) -> Iterator[dict[str, Any]]:
+    """The saved members of a segment (as of its last evaluation), by contact id."""
+    if not ctx.store.exists:
+        return
+    members = dvc.segment_members
+    contact = ctx.store.tables["contact"]
+    shown = [contact.c[c] if c in contact.c else literal(None).label(c)
+             for c in ("fullname", "emailaddress1")]  # fmt: skip
+    query = (
+        select(members.c.contactid, *shown, members.c.since, members.c.lead_ids)
+        .select_from(members.outerjoin(contact, contact.c.contactid == members.c.contactid))
+        .where(members.c.segment == name)
+        .order_by(members.c.contactid)
+    )
+    yield from ctx.store.stream(query)

@@ -2,28 +2,32 @@
 
 Per table: a full read on the first run (asking for change tracking), then delta reads from the
 saved `@odata.deltaLink`, or a `modifiedon` watermark (with overlap) where the table has no
-change tracking. Every page is written together with the cursor that follows it, so a crash or a
+change tracking — with a full read every `full_read_every` then, since only a full read sees
+deletions. Every page is written together with the cursor that follows it, so a crash or a
 stop resumes from the next page and a replayed page only upserts the same rows again. A full
 read ends by removing the rows it did not see, which is how deletions made while a delta token
-had expired still reach the store.
+had expired still reach the store. Rows the store cannot hold are reported by id and skipped;
+the table goes on.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector.clock import parse_stamp, stamp
 from connector.dataverse import Dataverse
 from connector.errors import BadRequestError, ExpiredDeltaTokenError, SyncError
 from connector.mapping import TableMapping
 from connector.paging import Page
-from connector.store import SyncState, utc_now
+from connector.store import Reject, SyncState
 from jobs.context import Context
 
 log = logging.getLogger("dvconnect.sync")
-
-_ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def sync_lease(table: str) -> str:
@@ -41,24 +45,29 @@ class TableCounts:
     pages: int = 0
     full: bool = False
     resyncs: int = 0
+    failed: int = 0  # rows the store could not hold, each in `rejects`
     interrupted: bool = False
+    rejects: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ReadPlan:
     """The read a table's sync starts with, derived from its saved state."""
 
-    kind: str  # "full", "delta", "watermark", "resume-full" or "resume-incremental"
+    kind: str  # "full", "periodic-full", "delta", "watermark", "resume-full", "resume-incremental"
     url: str
     track_changes: bool
     state: SyncState
 
 
-def plan_read(dataverse: Dataverse, table: TableMapping, state: SyncState) -> ReadPlan:
+def plan_read(
+    dataverse: Dataverse, table: TableMapping, state: SyncState, now: datetime
+) -> ReadPlan:
     """Choose where this run reads from: resume, delta link, watermark, or a new full read.
 
     Saved links that point at another environment (the settings now name another org) are
-    not followed: the table is read in full from the configured one.
+    not followed: the table is read in full from the configured one. A table followed by
+    watermark is read in full again once `full_read_every` has passed since its last full read.
     """
     saved = [link for link in (state.next_link, state.delta_link) if link]
     if any(not dataverse.is_own_link(link) for link in saved):
@@ -73,11 +82,20 @@ def plan_read(dataverse: Dataverse, table: TableMapping, state: SyncState) -> Re
         if state.mode == "delta" and state.delta_link:
             return ReadPlan("delta", state.delta_link, True, replace(state, phase="incremental"))
         if state.mode == "watermark" and state.watermark:
+            if _full_read_due(table, state, now):
+                url = dataverse.full_read_url(table)
+                return ReadPlan("periodic-full", url, table.change_tracking, state.start_full())
             since = _minus_seconds(state.watermark, table.watermark_overlap_seconds)
             url = dataverse.watermark_url(table, since)
             return ReadPlan("watermark", url, False, replace(state, phase="incremental"))
         state = state.start_full()
     return ReadPlan("full", dataverse.full_read_url(table), table.change_tracking, state)
+
+
+def _full_read_due(table: TableMapping, state: SyncState, now: datetime) -> bool:
+    if table.full_read_every is None or state.last_full_sync_at is None:
+        return False
+    return parse_stamp(state.last_full_sync_at) + table.full_read_every <= now
 
 
 def sync_table(ctx: Context, table: TableMapping) -> TableCounts:
@@ -90,13 +108,13 @@ def _sync_table(ctx: Context, table: TableMapping) -> TableCounts:
     dataverse = ctx.online()
     counts = TableCounts()
     while True:
-        plan = plan_read(dataverse, table, ctx.store.load_state(table.name))
+        plan = plan_read(dataverse, table, ctx.store.load_state(table.name), ctx.clock.now())
         counts.full = counts.full or plan.state.phase == "full"
         log.info("%s: %s read", table.name, plan.kind)
         try:
             _read(ctx, dataverse, table, plan, counts)
         except BadRequestError as exc:
-            if plan.kind == "full":
+            if plan.kind in ("full", "periodic-full"):
                 raise
             raise SyncError(
                 f"{table.name}: Dataverse refused the saved cursor ({exc}); "
@@ -116,19 +134,28 @@ def _sync_table(ctx: Context, table: TableMapping) -> TableCounts:
 def _read(
     ctx: Context, dataverse: Dataverse, table: TableMapping, plan: ReadPlan, counts: TableCounts
 ) -> None:
+    store = ctx.store
     state = plan.state
-    for page in dataverse.pages(table, plan.url, track_changes=plan.track_changes):
-        with ctx.store.transaction() as conn:
-            counts.upserted += ctx.store.upsert_rows(conn, table.name, page.rows, state.generation)
-            counts.deleted += ctx.store.delete_rows(conn, table.name, page.deleted_ids)
-            state = _after_page(state, page)
-            if page.is_last and state.phase == "full":
-                counts.deleted += ctx.store.sweep(conn, table.name, state.generation)
-                state = replace(state, last_full_sync_at=utc_now())
-            if page.is_last:
-                state = replace(state, phase="idle", last_sync_at=utc_now())
-            ctx.store.save_state(conn, state)
-            ctx.store.renew_lease(conn, sync_lease(table.name))
+    if not plan.kind.startswith("resume"):  # a read that starts now: writes before it are seen
+        with store.transaction() as conn:
+            state = replace(state, read_tick=store.next_tick(conn))
+            store.save_state(conn, state)
+    had_rejects = bool(store.rejects(table.name))
+    pages = dataverse.pages(
+        table, plan.url, track_changes=plan.track_changes, lookup_types=bool(table.lookup_types)
+    )
+    for page in pages:
+        try:
+            state = _save_page(ctx, table, state, page, page.rows, [], had_rejects, counts)
+        except (SQLAlchemyError, ValueError, OverflowError):  # the database refused a value
+            good, rejected = store.storable(table.name, page.rows)
+            if not rejected:
+                raise
+            state = _save_page(ctx, table, state, page, good, rejected, True, counts)
+            for reject in rejected:
+                log.warning("%s %s not stored: %s", table.name, reject.record_id, reject.reason)
+                counts.rejects.append({"record": reject.record_id, "reason": reject.reason})
+            counts.failed += len(rejected)
         counts.read += len(page.rows) + len(page.deleted_ids)
         counts.pages += 1
         if ctx.progress is not None:
@@ -139,7 +166,41 @@ def _read(
             return
 
 
-def _after_page(state: SyncState, page: Page) -> SyncState:
+def _save_page(
+    ctx: Context,
+    table: TableMapping,
+    state: SyncState,
+    page: Page,
+    rows: list[dict[str, Any]],
+    rejected: list[Reject],
+    had_rejects: bool,
+    counts: TableCounts,
+) -> SyncState:
+    """Write a page's rows and deletions with the state that follows it, in one transaction;
+    returns that state. `had_rejects`: rows stored or deleted now are no longer rejected."""
+    store = ctx.store
+    with store.transaction() as conn:
+        counts.upserted += store.upsert_rows(conn, table.name, rows, state.generation)
+        if rejected:
+            store.record_rejects(conn, table.name, rejected)
+        if had_rejects:
+            stored = [str(row.get(table.primary_key)) for row in rows]
+            store.forget_rejects(conn, table.name, stored + list(page.deleted_ids))
+        counts.deleted += store.delete_rows(conn, table.name, page.deleted_ids)
+        state = _after_page(state, page, ctx.clock.stamp())
+        if page.is_last and state.phase == "full":
+            counts.deleted += store.sweep(conn, table.name, state.generation)
+            state = replace(state, last_full_sync_at=ctx.clock.stamp())
+        if page.is_last:
+            state = replace(
+                state, phase="idle", last_sync_at=ctx.clock.stamp(), seen_tick=state.read_tick
+            )
+        store.save_state(conn, state)
+        store.renew_lease(conn, sync_lease(table.name))
+    return state
+
+
+def _after_page(state: SyncState, page: Page, now: str) -> SyncState:
     """The state that follows a page: its next link, and on the last page the new cursor.
 
     A full read is not ordered by `modifiedon`, so its watermark is when it started (the
@@ -149,7 +210,7 @@ def _after_page(state: SyncState, page: Page) -> SyncState:
     read: a delta link came, or it did not.
     """
     if state.phase == "full":
-        started = state.watermark or page.server_time or utc_now()
+        started = state.watermark or page.server_time or now
         mode = ("delta" if page.delta_link else "watermark") if page.is_last else state.mode
         return replace(
             state,
@@ -166,9 +227,8 @@ def _after_page(state: SyncState, page: Page) -> SyncState:
     return replace(state, next_link=page.next_link, watermark=watermark)
 
 
-def _minus_seconds(stamp: str, seconds: int) -> str:
-    moment = datetime.fromisoformat(stamp) - timedelta(seconds=seconds)
-    return moment.astimezone(UTC).strftime(_ISO)
+def _minus_seconds(moment: str, seconds: int) -> str:
+    return stamp(parse_stamp(moment) - timedelta(seconds=seconds))
 
 
 def run_sync(ctx: Context) -> dict[str, TableCounts]:
@@ -183,6 +243,8 @@ def run_sync(ctx: Context) -> dict[str, TableCounts]:
 
 _PLAN_TEXT = {
     "full": "full read, then remove local rows Dataverse no longer has",
+    "periodic-full": "full read (full_read_every has passed), then remove rows Dataverse no "
+    "longer has",
     "delta": "changes since the last sync (change tracking)",
     "watermark": "rows modified since {since} (watermark, {overlap} s overlap)",
     "resume-full": "resume the full read from its saved page",
@@ -194,7 +256,7 @@ def describe_plan(ctx: Context) -> list[dict[str, str]]:
     """What `run sync` would read for each table, without sending anything (the dry run)."""
     plans = []
     for table in ctx.mapping.tables.values():
-        plan = plan_read(ctx.online(), table, ctx.store.load_state(table.name))
+        plan = plan_read(ctx.online(), table, ctx.store.load_state(table.name), ctx.clock.now())
         text = _PLAN_TEXT[plan.kind].format(
             since=plan.state.watermark, overlap=table.watermark_overlap_seconds
         )

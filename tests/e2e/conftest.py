@@ -17,6 +17,7 @@ from sqlalchemy import inspect, select
 from connector.mapping import load_mapping
 from connector.store import Store
 from emulator.process import EmulatorProcess
+from tests.paths import MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DVCONNECT = str(Path(sys.executable).parent / "dvconnect")
@@ -40,7 +41,7 @@ class Cli:
             **base,
             **self.emulator.env(),
             "DVCONNECT_DATABASE_URL": f"sqlite:///{self.database}",
-            "DVCONNECT_MAPPINGS_DIR": str(ROOT / "mappings"),
+            "DVCONNECT_MAPPINGS_DIR": str(MAPPINGS),
             **self.env,
             **overrides,
         }
@@ -93,7 +94,7 @@ class Cli:
         return inspect(self.store().engine).has_table("dvc_runs")
 
     def store(self) -> Store:
-        return Store(f"sqlite:///{self.database}", load_mapping(ROOT / "mappings"))
+        return Store(f"sqlite:///{self.database}", load_mapping(MAPPINGS))
 
     def store_rows(self, table: str) -> dict[str, dict[str, Any]]:
         """Every row of a local table, by primary key, mapped columns only."""
@@ -106,7 +107,7 @@ class Cli:
 
     def org_rows(self, table: str) -> dict[str, dict[str, Any]]:
         """Every row the emulator holds, by primary key, restricted to the mapped columns."""
-        mapping = load_mapping(ROOT / "mappings").tables[table]
+        mapping = load_mapping(MAPPINGS).tables[table]
         return {
             row[mapping.primary_key]: {c: row.get(c) for c in mapping.select}
             for row in self.emulator.rows(table)

@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 from tests.e2e.conftest import ROOT, Cli
+from tests.paths import MAPPINGS
 
 
 def copy_mappings(tmp_path: Path) -> Path:
     target = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", target)
+    shutil.copytree(MAPPINGS, target)
     return target
 
 
@@ -60,7 +61,10 @@ def test_bad_mappings_exit_2_naming_file_and_key_and_write_nothing(
     tables.write_text(tables.read_text().replace("entity_set: leads", "entityset: leads", 1))
     result = cli.run("run", "sync", DVCONNECT_MAPPINGS_DIR=str(mappings))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"dvconnect: {tables}: tables.lead.entityset: unknown key"
+    assert (
+        result.stderr.strip()
+        == f"dvconnect: {tables}: tables.lead.entityset (line 10): unknown key"
+    )
     assert not cli.database.exists()
     assert cli.emulator.requests_after(0) == []
 
@@ -136,10 +140,10 @@ def test_a_second_sync_of_the_same_store_is_refused_while_one_runs(cli: Cli) -> 
     first = cli.popen("run", "sync", DVCONNECT_PAGE_SIZE="20")  # 15 slow pages: ~6 s of reading
     cli.wait_for(cli.reading_mid_table("lead"))
     second = cli.run("run", "sync")
-    assert second.returncode == 1
+    assert second.returncode == 4  # did not run: another run holds the lease
     assert "dvconnect: sync lead is already running (pid " in second.stderr
     reset = cli.run("state", "reset", "lead")
-    assert reset.returncode == 1
+    assert reset.returncode == 4
     assert "sync lead is already running" in reset.stderr
     assert first.wait(timeout=120) == 0
     cli.assert_store_matches_org()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -11,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cli
+from tests.e2e.conftest import Cli
+from tests.paths import MAPPINGS
 
 OPEN, QUALIFIED = 0, 1
 
@@ -47,7 +50,7 @@ def job_counts(document: dict[str, Any], job: str) -> dict[str, Any]:
 def mappings_with(tmp_path: Path, **orphans: Any) -> Path:
     """A copy of the shipped mappings whose orphans.yaml sets the given link_orphans keys."""
     directory = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", directory)
+    shutil.copytree(MAPPINGS, directory)
     path = directory / "orphans.yaml"
     text = path.read_text()
     for key, value in orphans.items():
@@ -97,7 +100,12 @@ def test_run_all_gives_every_open_orphan_a_contact_one_per_distinct_new_email(cl
         1 for o in orphans if normal(o["emailaddress1"]) in new_emails
     )
     assert counts["failed"] == 0
-    # the store knows the links and the new contacts before the next sync
+    # every link is on record, and the store holds them once a sync has read them back
+    listed = cli.run("orphans", "links", "--csv")
+    records = list(csv.DictReader(io.StringIO(listed.stdout)))
+    assert {(r["leadid"], r["status"]) for r in records} == {(o["leadid"], "done") for o in orphans}
+    assert {r["contactid"] for r in records if r["how"] == "created"} == set(created)
+    assert cli.run("run", "sync").returncode == 0
     stored_leads = cli.store_rows("lead")
     assert all(stored_leads[o["leadid"]]["_parentcontactid_value"] for o in orphans)
     assert set(created) <= set(cli.store_rows("contact"))
@@ -259,8 +267,11 @@ def test_promotion_clears_the_flag_only_for_contacts_of_qualified_leads(cli: Cli
     assert job_counts(document, "promote-contacts")["promoted"] == len(qualified)
     contacts = {c["contactid"]: c for c in cli.emulator.rows("contact")}
     assert {i for i in created if not contacts[i]["marketingonly"]} == qualified
-    assert all(not cli.store_rows("contact")[i]["marketingonly"] for i in qualified)
     seq = cli.emulator.requests_after(0)[-1]["seq"]
+    # before the next sync reads them back, promotions in flight are not sent again
+    assert job_counts(run(cli, "promote-contacts")[1], "promote-contacts")["promoted"] == 0
+    assert cli.run("run", "sync").returncode == 0
+    assert all(not cli.store_rows("contact")[i]["marketingonly"] for i in qualified)
     assert job_counts(run(cli, "promote-contacts")[1], "promote-contacts")["promoted"] == 0
     assert [r for r in cli.emulator.requests_after(seq) if r["method"] != "GET"] == []
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Cli
+from tests.e2e.conftest import Cli
+from tests.paths import MAPPINGS
 
 CONTOSO = "contoso-decision-makers"
 
@@ -128,7 +129,7 @@ def test_list_preview_and_status_show_the_segments(cli: Cli) -> None:
 
 def test_a_bad_segment_fails_check_but_not_the_others_in_a_run(cli: Cli, tmp_path: Path) -> None:
     directory = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", directory)
+    shutil.copytree(MAPPINGS, directory)
     (directory / "segments" / "typo.yaml").write_text(
         "name: typo\ndescription: a typo\nlead: \"subjet eq 'x'\"\n"
     )

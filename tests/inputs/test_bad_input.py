@@ -1,29 +1,21 @@
-"""The bad-input corpus: malformed settings and mappings get their exact error, exit 2, and
-nothing is written (no store is created, Dataverse is not called)."""
+"""The bad-input corpus: malformed settings, mappings and stores get their exact error and exit
+code, and nothing is written (no store is created, Dataverse is not called).
+
+The CLI runs in this process (`jobs.cli.main`) with the environment and working folder of the
+case: the same code as the console script, without a Python start-up per case.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import DVCONNECT, ROOT
+from tests.inputs.conftest import Cli
 
 HERE = Path(__file__).parent
-VALID = {
-    "DVCONNECT_DATAVERSE_URL": "https://contoso.crm.dynamics.com",
-    "DVCONNECT_TENANT_ID": "00000000-0000-0000-0000-0000000000aa",
-    "DVCONNECT_CLIENT_ID": "00000000-0000-0000-0000-0000000000bb",
-    "DVCONNECT_CLIENT_SECRET": "valid-looking-secret",
-    "DVCONNECT_DATABASE_URL": "sqlite:///store.sqlite3",
-    "DVCONNECT_MAPPINGS_DIR": "mappings",
-    "DVCONNECT_MAX_ATTEMPTS": "1",
-}
 
 
 def _cases(name: str) -> list[Any]:
@@ -31,56 +23,55 @@ def _cases(name: str) -> list[Any]:
     return [pytest.param(case, id=case["name"]) for case in cases]
 
 
-def _dvconnect(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DVCONNECT_")}
-    return subprocess.run(
-        [DVCONNECT, *args], cwd=workdir, env={**base, **VALID, **env},
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
-    (tmp_path / "client.pem").write_text(
-        "-----BEGIN CERTIFICATE-----\nnot a key\n-----END CERTIFICATE-----\n"
-    )
-    return tmp_path
+def _write(path: Path, case: dict[str, Any]) -> None:
+    """Change one file as a case says: delete it, make it a folder, or write new content."""
+    if case.get("delete"):
+        path.unlink()
+    elif case.get("directory"):
+        if path.exists():
+            path.unlink()
+        path.mkdir()
+    elif "whole" in case:
+        path.write_text(case["whole"])
+    elif "latin1" in case:
+        path.write_bytes(case["latin1"].encode("latin-1"))
+    else:
+        old, new = case["replace"]
+        text = path.read_text()
+        assert old in text, f"corpus case out of date: {old!r} not in {path.name}"
+        path.write_text(text.replace(old, new, 1))
 
 
 @pytest.mark.parametrize("case", _cases("settings.yaml"))
-def test_malformed_settings(workdir: Path, case: dict[str, Any]) -> None:
-    result = _dvconnect(workdir, case["env"], "run", "sync")
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"dvconnect: {case['error']}"
+def test_malformed_settings(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    if "dotenv" in case:
+        (workdir / ".env").write_bytes(case["dotenv"].encode("latin-1"))
+    code, _, err = dvconnect("run", "sync", **case["env"])
+    assert code == case.get("exit", 2), err
+    assert err.strip().splitlines()[-1] == f"dvconnect: {case['error']}"
     assert not (workdir / "store.sqlite3").exists()
 
 
 @pytest.mark.parametrize("case", _cases("mappings.yaml"))
-def test_malformed_mappings(workdir: Path, case: dict[str, Any]) -> None:
-    path = workdir / "mappings" / case["file"]
-    if case.get("delete"):
-        path.unlink()
-    elif "whole" in case:
-        path.write_text(case["whole"])
-    else:
-        old, new = case["replace"]
-        text = path.read_text()
-        assert old in text, f"corpus case out of date: {old!r} not in {case['file']}"
-        path.write_text(text.replace(old, new, 1))
+def test_malformed_mappings(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    _write(workdir / "mappings" / case["file"], case)
     for args in (["check", "--offline"], ["run", "sync"]):
-        result = _dvconnect(workdir, {}, *args)
-        assert result.returncode == 2, result.stderr
+        code, _, err = dvconnect(*args)
+        assert code == 2, err
         reported = Path("mappings") / case.get("reported_in", case["file"])
-        assert result.stderr.strip() == f"dvconnect: {reported}: {case['error']}"
+        assert err.strip() == f"dvconnect: {reported}: {case['error']}"
     assert not (workdir / "store.sqlite3").exists()
 
 
 @pytest.mark.parametrize("case", _cases("segments.yaml"))
-def test_malformed_segments(workdir: Path, case: dict[str, Any]) -> None:
-    (workdir / "mappings" / "segments" / "bad.yaml").write_text(case["text"])
-    result = _dvconnect(workdir, {}, "check", "--offline")
-    assert result.returncode == 2, result.stderr
+def test_malformed_segments(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    target = workdir / "mappings" / "segments" / "bad.yaml"
+    if "text" in case:
+        target.write_text(case["text"])
+    else:
+        _write(target, case)
+    code, _, err = dvconnect("check", "--offline")
+    assert code == 2, err
     reported = Path("mappings") / "segments" / case.get("file", "bad.yaml")
-    assert f"error: {reported}: {case['error']}" in result.stderr.splitlines()
+    assert f"error: {reported}: {case['error']}" in err.splitlines()
     assert not (workdir / "store.sqlite3").exists()

@@ -429,7 +429,7 @@ def test_invalid_filters_are_refused_with_what_and_where(
         ("statecode eq eq 1", "syntax error at position 16: unexpected '1'", 16),
         ("subject eq 'a", "syntax error at position 11: a string is never closed", 11),
         ("subject eq 'a' and", "syntax error at position 15: unexpected 'and'", 15),
-        ("statecode eq 1 and ", "syntax error at position 19: the filter ends too early", 19),
+        ("statecode eq 1 and ", "syntax error at position 15: unexpected 'and'", 15),
         ("statecode eq 1 $", "syntax error at position 15: unexpected '$'", 15),
         ("(statecode eq 1", "syntax error at position 15: the filter ends too early", 15),
         ("statecode in (0)", "syntax error at position 15: unexpected ')'", 15),

@@ -9,8 +9,9 @@ import pytest
 
 from connector.errors import MappingError
 from connector.mapping import load_mapping
+from tests.paths import MAPPINGS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+SHIPPED = MAPPINGS
 
 
 @pytest.fixture
@@ -48,10 +49,13 @@ def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) 
     assert {"accountrolecode", "marketingonly", "emailaddress1", "statecode"} <= set(
         contact.columns
     )
-    assert set(mapping.schedule) == {"sync", "link-orphans", "promote-contacts", "segments"}
-    assert mapping.orphans.match == "email"
-    assert mapping.orphans.contact_columns["emailaddress1"] == "emailaddress1"
-    assert mapping.orphans.promote_contacts
+    assert lead.lookup_types == {"owneridtype": "_ownerid_value"}
+    assert set(mapping.schedule.jobs) == {"sync", "link-orphans", "promote-contacts", "segments"}
+    assert mapping.orphans.link_orphans.match == "email"
+    assert mapping.orphans.link_orphans.accents == "ignore"
+    assert mapping.orphans.link_orphans.contact_columns["emailaddress1"] == "emailaddress1"
+    assert mapping.orphans.promote_contacts.enabled
+    assert mapping.match_keys == {"lead": ("emailaddress1",), "contact": ("emailaddress1",)}
 
 
 def test_unknown_key_is_rejected(mappings: Path) -> None:
@@ -60,14 +64,17 @@ def test_unknown_key_is_rejected(mappings: Path) -> None:
         "    entity_set: contacts",
         "    entity_set: contacts\n    colums: {}",
     )
-    assert _error(mappings) == f"{mappings / 'tables.yaml'}: tables.contact.colums: unknown key"
+    assert (
+        _error(mappings)
+        == f"{mappings / 'tables.yaml'}: tables.contact.colums (line 38): unknown key"
+    )
 
 
 def test_unknown_column_type_lists_the_allowed_ones(mappings: Path) -> None:
     _edit(mappings / "tables.yaml", "      jobtitle: string", "      jobtitle: text")
     message = _error(mappings)
     assert message.startswith(
-        f"{mappings / 'tables.yaml'}: tables.lead.columns.jobtitle: expected one of "
+        f"{mappings / 'tables.yaml'}: tables.lead.columns.jobtitle (line 24): expected one of "
     )
     assert "'guid'" in message
     assert "'datetime'" in message
@@ -76,7 +83,7 @@ def test_unknown_column_type_lists_the_allowed_ones(mappings: Path) -> None:
 def test_column_names_must_be_logical_names(mappings: Path) -> None:
     _edit(mappings / "tables.yaml", "      jobtitle: string", "      JobTitle: string")
     assert _error(mappings) == (
-        f"{mappings / 'tables.yaml'}: tables.lead.columns: "
+        f"{mappings / 'tables.yaml'}: tables.lead.columns (line 15): "
         "column 'JobTitle': a lower-case logical name (lookups as _name_value)"
     )
 
@@ -84,7 +91,8 @@ def test_column_names_must_be_logical_names(mappings: Path) -> None:
 def test_primary_key_and_modifiedon_must_be_mapped(mappings: Path) -> None:
     _edit(mappings / "tables.yaml", "      leadid: guid\n", "")
     assert _error(mappings) == (
-        f"{mappings / 'tables.yaml'}: tables.lead.columns: must map the primary key 'leadid' as guid"
+        f"{mappings / 'tables.yaml'}: tables.lead.columns (line 15): "
+        "must map the primary key 'leadid' as guid"
     )
 
 
@@ -96,19 +104,19 @@ def test_invalid_yaml_names_the_line(mappings: Path) -> None:
 def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
     _edit(mappings / "schedule.yaml", '"*/15 * * * *"', '"every quarter hour"')
     assert _error(mappings).startswith(
-        f"{mappings / 'schedule.yaml'}: jobs.sync: a five-field cron expression"
+        f"{mappings / 'schedule.yaml'}: jobs.sync (line 5): a five-field cron expression"
     )
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
     assert (
         _error(mappings)
-        == f"{mappings / 'schedule.yaml'}: jobs.synk: a job name, one of sync, link-orphans, promote-contacts, segments"
+        == f"{mappings / 'schedule.yaml'}: jobs.synk (line 5): a job name, one of sync, link-orphans, promote-contacts, segments"
     )
 
 
 def test_bad_timezone_is_rejected(mappings: Path) -> None:
     _edit(mappings / "schedule.yaml", "timezone: UTC", "timezone: Mars/Olympus")
     assert _error(mappings) == (
-        f"{mappings / 'schedule.yaml'}: timezone: an IANA time zone such as 'UTC' or 'Europe/Paris'"
+        f"{mappings / 'schedule.yaml'}: timezone (line 3): an IANA time zone such as 'UTC' or 'Europe/Paris'"
     )
 
 

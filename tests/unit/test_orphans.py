@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connector.clock import Clock
 from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store, SyncState
 from jobs.context import Context
 from jobs.orphans import LinkCounts, _links, contact_id_for
+from tests.paths import MAPPINGS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+SHIPPED = MAPPINGS
 OWNER = "00000000-0000-0000-0000-0000000000f1"
 
 
@@ -52,11 +53,14 @@ class Lengths:
 
 def context(database_url: str, **orphans: Any) -> Context:
     mapping = load_mapping(SHIPPED)
-    mapping = replace(mapping, orphans=replace(mapping.orphans, **orphans))
+    link = mapping.orphans.link_orphans.model_copy(update=orphans)
+    mapping = replace(mapping, orphans=mapping.orphans.model_copy(update={"link_orphans": link}))
     store = Store(database_url, mapping)
-    store.create()
+    store.prepare()
     settings = Settings()
-    ctx = Context(settings=settings, mapping=mapping, store=store, dataverse=Lengths())  # type: ignore[arg-type]
+    ctx = Context(
+        settings=settings, mapping=mapping, store=store, clock=Clock(), dataverse=Lengths()
+    )  # type: ignore[arg-type]
     with store.transaction() as conn:
         for table in ("lead", "contact"):
             state = SyncState(table, mode="delta", last_full_sync_at="2024-03-01T00:00:00Z")

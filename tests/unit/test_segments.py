@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from connector import tables as dvc
+from connector.clock import Clock
 from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store
 from jobs.context import Context
 from jobs.segments import evaluate, run_segments
+from tests.paths import MAPPINGS
 from tests.unit.test_orphans import contact, lead
 
-SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+SHIPPED = MAPPINGS
 NOW = datetime(2024, 3, 15, 12, 0, tzinfo=UTC)
 CONFERENCE = "Contoso Ltd Conference"
 
@@ -53,7 +56,7 @@ def interest(number: int, parent: int, subject: str = CONFERENCE, **values: Any)
 @pytest.fixture
 def store(database_url: str, tmp_path: Path) -> Store:
     s = Store(database_url, load_mapping(mappings(tmp_path)))
-    s.create()
+    s.prepare()
     return s
 
 
@@ -64,7 +67,7 @@ def put(store: Store, leads: list[dict[str, Any]], contacts: list[dict[str, Any]
 
 
 def members(store: Store, segment: str) -> dict[str, set[str]]:
-    table = store.segment_members
+    table = dvc.segment_members
     with store.engine.connect() as conn:
         rows = conn.execute(select(table).where(table.c.segment == segment)).mappings()
         return {
@@ -74,7 +77,7 @@ def members(store: Store, segment: str) -> dict[str, set[str]]:
 
 
 def events(store: Store, segment: str) -> list[tuple[str, str]]:
-    table = store.segment_events
+    table = dvc.segment_events
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(table.c.event, table.c.contactid)
@@ -136,7 +139,7 @@ def test_a_member_keeps_the_time_it_entered_and_its_leads_follow(store: Store) -
     evaluate(store, segment, NOW)
     put(store, [interest(2, parent=1)], [])
     evaluate(store, segment, NOW.replace(day=16))
-    table = store.segment_members
+    table = dvc.segment_members
     with store.engine.connect() as conn:
         since = conn.execute(select(table.c.since)).scalar_one()
     assert since == "2024-03-15T12:00:00Z"
@@ -147,7 +150,7 @@ def test_relative_dates_follow_the_evaluation_clock_and_exclusion_applies(
     database_url: str, tmp_path: Path
 ) -> None:
     store = Store(database_url, load_mapping(mappings(tmp_path)))
-    store.create()
+    store.prepare()
     web = {"leadsourcecode": 8, "subject": "Web"}
     put(
         store,
@@ -159,17 +162,17 @@ def test_relative_dates_follow_the_evaluation_clock_and_exclusion_applies(
         ],
         [person(1), person(2), person(3)],
     )
-    run_segments(_context(store), NOW)
+    run_segments(_context(store, NOW))
     assert set(members(store, "recent-web-leads")) == {"01"}
     later = datetime(2024, 4, 5, tzinfo=UTC)
-    run_segments(_context(store), later)
+    run_segments(_context(store, later))
     assert members(store, "recent-web-leads") == {}
 
 
 def test_limit_keeps_the_first_contacts_by_id(database_url: str, tmp_path: Path) -> None:
     directory = mappings(tmp_path, top='name: top\ncontact: "accountrolecode eq 1"\nlimit: 2\n')
     store = Store(database_url, load_mapping(directory))
-    store.create()
+    store.prepare()
     put(store, [], [person(3), person(1), person(2)])
     evaluate(store, store.mapping.segments["top"], NOW)
     assert set(members(store, "top")) == {"01", "02"}
@@ -179,21 +182,21 @@ def test_a_failing_segment_keeps_its_last_membership_and_others_go_on(
     database_url: str, tmp_path: Path
 ) -> None:
     store = Store(database_url, load_mapping(mappings(tmp_path)))
-    store.create()
+    store.prepare()
     put(store, [interest(1, parent=1)], [person(1)])
-    run_segments(_context(store), NOW)
+    run_segments(_context(store, NOW))
     bad = tmp_path / "mappings" / "segments" / "contoso-decision-makers.yaml"
     bad.write_text(bad.read_text().replace("accountrolecode eq 1", "acountrolecode eq 1"))
     store.mapping = load_mapping(tmp_path / "mappings")
-    counts = run_segments(_context(store), NOW)
+    counts = run_segments(_context(store, NOW))
     assert counts["contoso-decision-makers.yaml"]["failed"] == 1
     assert "unknown column 'acountrolecode'" in counts["contoso-decision-makers.yaml"]["error"]
     assert counts["recent-web-leads.yaml"]["failed"] == 1  # it excludes the bad one
     assert members(store, "contoso-decision-makers") == {"01": {"01"}}
 
 
-def _context(store: Store) -> Context:
-    return Context(settings=Settings(), mapping=store.mapping, store=store)
+def _context(store: Store, now: datetime) -> Context:
+    return Context(settings=Settings(), mapping=store.mapping, store=store, clock=Clock(now))
 
 
 def test_the_shipped_segments_load() -> None:

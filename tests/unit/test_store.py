@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from connector.errors import ConfigError, SyncError
+from connector import tables as dvc
+from connector.errors import ConfigError, NotRunError
 from connector.mapping import TableMapping, load_mapping
 from connector.store import Store, SyncState
+from tests.paths import MAPPINGS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+SHIPPED = MAPPINGS
 A = "00000000-0000-0000-0000-00000000000a"
 B = "00000000-0000-0000-0000-00000000000b"
 
@@ -23,7 +25,7 @@ B = "00000000-0000-0000-0000-00000000000b"
 @pytest.fixture
 def store(database_url: str) -> Store:
     s = Store(database_url, load_mapping(SHIPPED))
-    s.create()
+    s.prepare()
     return s
 
 
@@ -126,10 +128,10 @@ def test_a_column_added_to_the_mapping_is_added_and_forces_a_full_read(
         )
     base = load_mapping(SHIPPED)
     lead = base.tables["lead"]
-    grown = replace(lead, columns={**lead.columns, "description": "string"})
+    grown = lead.model_copy(update={"columns": {**lead.columns, "description": "string"}})
     mapping = replace(base, tables={**base.tables, "lead": grown})
     again = Store(str(store.engine.url), mapping)
-    again.create()
+    again.prepare()
     assert again.load_state("lead").phase == "full"
     assert again.load_state("contact").phase == "idle"
     assert "description" in _columns(again, "lead")
@@ -151,26 +153,29 @@ def test_bad_database_urls_are_configuration_errors(url: str, message: str) -> N
     assert str(caught.value) == message
 
 
-def test_table_mapping_select_follows_mapping_order() -> None:
+def test_table_mapping_select_follows_mapping_order_without_lookup_types() -> None:
     table = TableMapping(
-        "lead", "leads", "leadid", True, 300, {"leadid": "guid", "modifiedon": "datetime"}
-    )
-    assert table.select == ["leadid", "modifiedon"]
+        name="lead",
+        entity_set="leads",
+        primary_key="leadid",
+        columns={"leadid": "guid", "_ownerid_value": "guid", "owneridtype": "lookuptype",
+                 "modifiedon": "datetime"},
+    )  # fmt: skip
+    assert table.select == ["leadid", "_ownerid_value", "modifiedon"]
+    assert table.lookup_types == {"owneridtype": "_ownerid_value"}
 
 
 def _hold(store: Store, host: str, pid: int, expires_at: str) -> None:
     with store.transaction() as conn:
         conn.execute(
-            store.leases.insert().values(
-                name="sync lead", host=host, pid=pid, expires_at=expires_at
-            )
+            dvc.leases.insert().values(name="sync lead", host=host, pid=pid, expires_at=expires_at)
         )
 
 
 def test_a_held_lease_refuses_a_second_holder(store: Store) -> None:
     with store.lease("sync lead"):
         with (
-            pytest.raises(SyncError, match=r"^sync lead is already running \(pid \d+ on "),
+            pytest.raises(NotRunError, match=r"^sync lead is already running \(pid \d+ on "),
             store.lease("sync lead"),
         ):
             pass
@@ -199,16 +204,16 @@ def test_a_lease_whose_holder_is_gone_or_expired_is_taken_over(store: Store) -> 
 
 def test_a_live_holder_on_another_host_keeps_its_lease(store: Store) -> None:
     _hold(store, "another-host", 1, "2999-01-01T00:00:00Z")
-    with pytest.raises(SyncError, match=r"pid 1 on another-host"), store.lease("sync lead"):
+    with pytest.raises(NotRunError, match=r"pid 1 on another-host"), store.lease("sync lead"):
         pass
 
 
 def test_renewing_a_lease_taken_over_aborts_the_page(store: Store) -> None:
     with store.lease("sync lead"):
         with store.transaction() as conn:
-            conn.execute(store.leases.update().values(host="another-host"))
+            conn.execute(dvc.leases.update().values(host="another-host"))
         with (
-            pytest.raises(SyncError, match="the lease was taken over"),
+            pytest.raises(NotRunError, match="the lease was taken over"),
             store.transaction() as conn,
         ):
             store.upsert_rows(conn, "lead", [{"leadid": A}], generation=1)

@@ -6,12 +6,12 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from connector.clock import Clock
 from connector.dataverse import Dataverse
 from connector.errors import BadRequestError, ExpiredDeltaTokenError, SyncError
 from connector.mapping import load_mapping
@@ -19,10 +19,12 @@ from connector.settings import Settings
 from connector.store import Store
 from jobs.context import Context
 from jobs.sync import run_sync, sync_table
+from tests.paths import MAPPINGS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+SHIPPED = MAPPINGS
 API = "https://org.example.crm.dynamics.com/api/data/v9.2/"
 FULL = API + "leads?$select=" + ",".join(load_mapping(SHIPPED).tables["lead"].select)
+OWNER_TYPES = 'odata.include-annotations="Microsoft.Dynamics.CRM.lookuplogicalname"'  # owneridtype
 
 
 def lead(n: int, modified: str = "2024-01-01T00:00:00Z", subject: str = "s") -> dict[str, Any]:
@@ -100,11 +102,12 @@ def transport() -> ScriptedTransport:
 def ctx(database_url: str, transport: ScriptedTransport) -> Context:
     mapping = load_mapping(SHIPPED)
     store = Store(database_url, mapping)
-    store.create()
+    store.prepare()
     return Context(
         settings=Settings(),
         mapping=mapping,
         store=store,
+        clock=Clock(),
         dataverse=Dataverse(transport, page_size=2),
     )  # type: ignore[arg-type]
 
@@ -127,8 +130,8 @@ def test_full_read_follows_next_links_and_keeps_the_last_pages_delta_link(
     assert (counts.read, counts.upserted, counts.pages, counts.full) == (3, 3, 2, True)
     assert lead_ids(ctx) == ["001", "002", "003"]
     assert transport.sent == [
-        (FULL, "odata.track-changes,odata.maxpagesize=2"),
-        (API + "leads?$skiptoken=p2", "odata.track-changes,odata.maxpagesize=2"),
+        (FULL, f"odata.track-changes,odata.maxpagesize=2,{OWNER_TYPES}"),
+        (API + "leads?$skiptoken=p2", f"odata.track-changes,odata.maxpagesize=2,{OWNER_TYPES}"),
     ]
     state = ctx.store.load_state("lead")
     assert (state.phase, state.mode, state.delta_link, state.next_link) == (
@@ -217,7 +220,7 @@ def test_without_change_tracking_the_table_follows_modifiedon_with_overlap(
     transport.page(API + since, [lead(2, "2024-03-02T12:30:00Z"), lead(5, "2024-03-03T08:00:00Z")])
     counts = sync_lead(ctx)
     assert (counts.full, counts.upserted) == (False, 2)
-    assert transport.sent[-1] == (API + since, "odata.maxpagesize=2")
+    assert transport.sent[-1] == (API + since, f"odata.maxpagesize=2,{OWNER_TYPES}")
     assert ctx.store.load_state("lead").watermark == "2024-03-03T08:00:00Z"
 
 

@@ -1,0 +1,387 @@
+"""The outbox: the one way dvconnect writes into Dataverse, exactly once.
+
+A job records each write as an `Intent` — a deterministic record id, what to write, what it must
+wait for — in the same transaction as the state it follows from (a link chosen, a journey
+member's step). `Outbox.drain` then sends what is pending, in waves, a bounded chunk at a time
+(memory does not grow with the number of intents):
+
+* **create**: `CreateMultiple` on tables whose bulk messages the org supports (the §10.3 probe),
+  otherwise one `POST` per record in a `$batch`; the id is in the body, so a create that
+  already happened (a lost response, a re-run after a crash) answers "duplicate key" and counts
+  as done — a record is never created twice;
+* **update**: `UpdateMultiple`, otherwise `PATCH` with `If-Match: *` (a deleted record is never
+  re-created);
+* **action** (`SendEmail`, `ExecuteWorkflow`, …, bound to the record): first the intent's guard,
+  a read that shows whether an earlier attempt already did it (only a draft e-mail is sent), then
+  one `$batch` operation per record. Actions are not repeated blindly: when the answer is lost,
+  the intent stays pending and its guard decides at the next drain.
+
+An intent waits for the intent named in its `after` to be done, and fails when that one fails.
+A bulk request refused because of a record is redone record by record, so every intent gets its
+own outcome: done (with a tick that orders it against sync reads, see `connector.tables`) or
+failed with status, code, message and request id. Failures of the service itself (throttling
+beyond the retries, an outage, authentication) are raised: the intents stay pending for the
+next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Select, and_, exists, func, or_, select, true, update
+from sqlalchemy.orm import aliased
+
+from connector import tables as dvc
+from connector.batch import MAX_OPERATIONS, Operation, PartOutcome
+from connector.dataverse import Dataverse
+from connector.errors import DataverseError, ThrottledError, UnreachableError
+from connector.odata import entity_path, query_string
+from connector.store import Store
+
+log = logging.getLogger("dvconnect.outbox")
+
+Kind = Literal["create", "update", "action"]
+DUPLICATE_KEY = "0x80040237"  # the record's id exists already: an earlier create went through
+_BOUND = "Microsoft.Dynamics.CRM."
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A read done before an action: when it finds a row, the action was already done."""
+
+    entity_set: str
+    key: str  # the primary key of that entity set's table: the one column read
+    filter: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One write to make: `record_id` is deterministic, `key` names the intent for good."""
+
+    key: str
+    job: str
+    kind: Kind
+    table: str  # logical name
+    entity_set: str
+    primary_key: str
+    record_id: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    action: str | None = None  # for kind "action": the bound action's name
+    after: str | None = None  # the key of the intent that must be done first
+    guard: Guard | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to an intent that failed."""
+
+    key: str
+    record_id: str
+    after: str | None
+    status: int
+    code: str
+    message: str
+    request_id: str
+
+
+@dataclass
+class DrainResult:
+    """What one drain did: intents done (by kind) and failed (with their errors), and those
+    left pending."""
+
+    done: Counter[str] = field(default_factory=Counter)
+    failed: list[Outcome] = field(default_factory=list)
+    pending: int = 0
+    requests: int = 0
+
+
+def record_level(exc: DataverseError) -> bool:
+    """A refusal caused by some record of a request (not auth, throttling or an outage)."""
+    return exc.exit_code == 1 and not isinstance(exc, ThrottledError)
+
+
+def record(
+    conn: Connection, intents: Iterable[Intent], *, now: str, run_id: int | None,
+    renew_seen: dict[str, int | None] | None = None,
+) -> list[str]:  # fmt: skip
+    """Record intents in the caller's transaction; returns the keys new or renewed.
+
+    An intent whose key exists is left as it is — it is pending, or was sent — unless
+    `renew_seen` gives its table's `seen_tick`: then one that failed, or that a sync read after
+    it was done, becomes pending again with the new content (the caller found it needed again
+    in a store that already holds its effect, so the effect was undone since).
+    """
+    o = dvc.outbox.c
+    keys: list[str] = []
+    for intent in intents:
+        values = {
+            "job": intent.job, "kind": intent.kind, "table_name": intent.table,
+            "entity_set": intent.entity_set, "primary_key": intent.primary_key,
+            "record_id": intent.record_id, "action": intent.action,
+            "body": json.dumps(intent.body, sort_keys=True),
+            "headers": json.dumps(intent.headers, sort_keys=True), "after": intent.after,
+            "guard": json.dumps(asdict(intent.guard)) if intent.guard else None,
+            "status": "pending", "attempts": 0, "error": None, "created_at": now,
+            "done_at": None, "done_tick": None, "run_id": run_id,
+        }  # fmt: skip
+        existing = conn.execute(select(o.status, o.done_tick).where(o.key == intent.key)).first()
+        if existing is None:
+            conn.execute(dvc.outbox.insert().values(key=intent.key, **values))
+            keys.append(intent.key)
+        elif renew_seen is not None and intent.table in renew_seen:
+            seen = renew_seen[intent.table]
+            settled = existing.status == "done" and seen is not None and existing.done_tick <= seen
+            if existing.status == "failed" or settled:
+                conn.execute(dvc.outbox.update().where(o.key == intent.key).values(**values))
+                keys.append(intent.key)
+    return keys
+
+
+def in_flight(job: str, table: str, seen_tick: int | None) -> Select[Any]:
+    """Record ids `job` is writing on `table` that a sync has not read back yet: intents
+    pending, or done after the table's last completed read began."""
+    o = dvc.outbox.c
+    unseen = true() if seen_tick is None else o.done_tick > seen_tick
+    sent = and_(o.status == "done", unseen)
+    return select(o.record_id).where(
+        o.job == job, o.table_name == table, or_(o.status == "pending", sent)
+    )
+
+
+class Outbox:
+    """Intents in `dvc_outbox`, and the sending of them through one Dataverse client."""
+
+    def __init__(
+        self, store: Store, dataverse: Dataverse, *, chunk: int = 1000, bulk: bool = True
+    ) -> None:
+        self.store = store
+        self.dataverse = dataverse
+        self.chunk = min(chunk, MAX_OPERATIONS)
+        self.bulk = bulk
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def drain(self, job: str, stop: Callable[[], bool] = lambda: False) -> DrainResult:
+        """Send every pending intent of `job` that can be sent now; see the module docstring."""
+        result = DrainResult()
+        sent_before = self.dataverse.requests_sent
+        unconfirmed: set[int] = set()  # actions whose answer was lost: their guard decides later
+        while not stop():
+            self._fail_dependents(job, result)
+            wave = self._next_chunk(job, unconfirmed)
+            if not wave:
+                break
+            outcomes = self._send(wave)
+            unconfirmed |= {row["intent_id"] for row in wave if row["intent_id"] not in outcomes}
+            self._record(wave, outcomes, result)
+        self._fail_dependents(job, result)
+        result.pending = self.pending(job)
+        result.requests = self.dataverse.requests_sent - sent_before
+        return result
+
+    def pending(self, job: str) -> int:
+        o = dvc.outbox.c
+        with self.store.engine.connect() as conn:
+            query = select(func.count()).where(o.job == job, o.status == "pending")
+            return int(conn.execute(query).scalar_one())
+
+    def _fail_dependents(self, job: str, result: DrainResult) -> None:
+        """Intents waiting for one that failed fail too (repeated: chains of them)."""
+        o, before = dvc.outbox.c, aliased(dvc.outbox)
+        while True:
+            with self.store.transaction() as conn:
+                failed = conn.execute(
+                    select(o.intent_id, o.key, o.record_id, o.after)
+                    .join(before, before.c.key == o.after)
+                    .where(o.job == job, o.status == "pending", before.c.status == "failed")
+                ).all()
+                for intent_id, key, record_id, after in failed:
+                    message = f"not sent: {after} failed before it"
+                    result.failed.append(Outcome(key, record_id, after, 424, "", message, ""))
+                    error = {"status": 424, "code": "", "message": message, "request_id": ""}
+                    conn.execute(
+                        update(dvc.outbox)
+                        .where(o.intent_id == intent_id)
+                        .values(status="failed", error=json.dumps(error))
+                    )
+            if not failed:
+                return
+
+    def _next_chunk(self, job: str, skip: set[int]) -> list[dict[str, Any]]:
+        """Up to `chunk` pending intents that can go now, all of one kind, table and action."""
+        o, before = dvc.outbox.c, aliased(dvc.outbox)
+        ready = and_(
+            o.job == job,
+            o.status == "pending",
+            or_(
+                o.after.is_(None),
+                exists().where(before.c.key == o.after, before.c.status == "done"),
+            ),
+        )
+        if skip:
+            ready = and_(ready, o.intent_id.not_in(sorted(skip)))
+        with self.store.engine.connect() as conn:
+            first = conn.execute(
+                select(o.kind, o.table_name, o.action, o.headers)
+                .where(ready)
+                .order_by(o.intent_id)
+                .limit(1)
+            ).first()
+            if first is None:
+                return []
+            same = and_(
+                ready,
+                o.kind == first.kind,
+                o.table_name == first.table_name,
+                o.headers == first.headers,
+                o.action.is_(None) if first.action is None else o.action == first.action,
+            )
+            rows = conn.execute(
+                select(dvc.outbox).where(same).order_by(o.intent_id).limit(self.chunk)
+            ).mappings()  # fmt: skip
+            return [dict(row) for row in rows]
+
+    def _send(self, wave: list[dict[str, Any]]) -> dict[int, DataverseError | None]:
+        """Send one chunk; returns the outcome of each intent confirmed done (None) or failed."""
+        first = wave[0]
+        headers = json.loads(first["headers"])
+        if first["kind"] == "action":
+            return self._actions(wave, headers)
+        message = "CreateMultiple" if first["kind"] == "create" else "UpdateMultiple"
+        if self.bulk and self.dataverse.supports(first["table_name"], message):
+            targets = [{**json.loads(row["body"]), row["primary_key"]: row["record_id"]}
+                       for row in wave]  # fmt: skip
+            try:
+                self.dataverse.bulk(
+                    first["table_name"], first["entity_set"], message, targets, headers=headers
+                )
+            except DataverseError as exc:
+                if not record_level(exc):
+                    raise
+                log.warning(
+                    "%s of %d %s refused (%s): sending them one by one",
+                    message, len(wave), first["table_name"], exc,
+                )  # fmt: skip
+            else:
+                return {row["intent_id"]: None for row in wave}
+        operations = [self._operation(row, headers) for row in wave]
+        return self._one_by_one(wave, operations, safe=True)
+
+    def _operation(self, row: dict[str, Any], headers: dict[str, str]) -> Operation:
+        body = json.loads(row["body"])
+        if row["kind"] == "create":
+            return Operation(
+                "POST", row["entity_set"], {**body, row["primary_key"]: row["record_id"]},
+                headers=tuple(headers.items()),
+            )  # fmt: skip
+        return Operation(
+            "PATCH", entity_path(row["entity_set"], row["record_id"]), body,
+            headers=(*headers.items(), ("If-Match", "*")),
+        )  # fmt: skip
+
+    def _actions(
+        self, wave: list[dict[str, Any]], headers: dict[str, str]
+    ) -> dict[int, DataverseError | None]:
+        results: dict[int, DataverseError | None] = {}
+        guarded = [row for row in wave if row["guard"]]
+        if guarded:
+            reads = [self._guard_read(row) for row in guarded]
+            for row, outcome in zip(guarded, self._batch(reads, safe=True), strict=True):
+                if outcome.error is not None:
+                    results[row["intent_id"]] = outcome.error
+                elif outcome.responses and outcome.responses[0].json().get("value"):
+                    results[row["intent_id"]] = None  # done by an earlier attempt
+        to_send = [row for row in wave if row["intent_id"] not in results]
+        if not to_send:
+            return results
+        operations = [
+            Operation(
+                "POST",
+                f"{entity_path(row['entity_set'], row['record_id'])}/{_BOUND}{row['action']}",
+                json.loads(row["body"]),
+                headers=tuple(headers.items()),
+            )
+            for row in to_send
+        ]
+        try:
+            results.update(self._one_by_one(to_send, operations, safe=False))
+        except UnreachableError as exc:  # the answer was lost: the guard decides next time
+            log.warning("%d %s actions unconfirmed (%s)", len(to_send), wave[0]["action"], exc)
+        return results
+
+    def _guard_read(self, row: dict[str, Any]) -> Operation:
+        guard = Guard(**json.loads(row["guard"]))
+        options = {"$select": guard.key, "$filter": guard.filter, "$top": "1"}
+        return Operation("GET", f"{guard.entity_set}?{query_string(options)}")
+
+    def _one_by_one(
+        self, wave: list[dict[str, Any]], operations: list[Operation], *, safe: bool
+    ) -> dict[int, DataverseError | None]:
+        results: dict[int, DataverseError | None] = {}
+        for row, outcome in zip(wave, self._batch(operations, safe=safe), strict=True):
+            error = outcome.error
+            if error is not None and row["kind"] == "create" and error.code == DUPLICATE_KEY:
+                error = None  # created by an earlier attempt
+            results[row["intent_id"]] = error
+        return results
+
+    def _batch(self, operations: Sequence[Operation], *, safe: bool) -> list[PartOutcome]:
+        outcomes: list[PartOutcome] = []
+        for start in range(0, len(operations), MAX_OPERATIONS):
+            part = list(operations[start : start + MAX_OPERATIONS])
+            outcomes += self.dataverse.batch(part, safe=safe)
+        return outcomes
+
+    def _record(
+        self,
+        wave: list[dict[str, Any]],
+        outcomes: dict[int, DataverseError | None],
+        result: DrainResult,
+    ) -> None:
+        """Mark each confirmed intent done or failed, in one transaction (with one tick)."""
+        o = dvc.outbox.c
+        with self.store.transaction() as conn:
+            tick = self.store.next_tick(conn)
+            now = self.store.clock.stamp()
+            for row in wave:
+                intent_id = row["intent_id"]
+                attempts = row["attempts"] + 1
+                if intent_id not in outcomes:
+                    conn.execute(
+                        update(dvc.outbox).where(o.intent_id == intent_id).values(attempts=attempts)
+                    )
+                    continue
+                error = outcomes[intent_id]
+                if error is None:
+                    values: dict[str, Any] = {"status": "done", "done_at": now, "done_tick": tick}
+                    result.done[row["kind"]] += 1
+                else:
+                    failure = Outcome(row["key"], row["record_id"], row["after"], error.status,
+                                      error.code, error.message, error.request_id)  # fmt: skip
+                    result.failed.append(failure)
+                    values = {"status": "failed", "done_at": now, "error": json.dumps(
+                        {"status": error.status, "code": error.code, "message": error.message,
+                         "request_id": error.request_id})}  # fmt: skip
+                conn.execute(
+                    update(dvc.outbox)
+                    .where(o.intent_id == intent_id)
+                    .values(attempts=attempts, **values)
+                )
+
+
+def pending_by_job(store: Store) -> dict[str, int]:
+    """How many intents each job has recorded and not yet sent (for `status`)."""
+    if not store.exists:
+        return {}
+    o = dvc.outbox.c
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(o.job, func.count()).where(o.status == "pending").group_by(o.job)
+        ).all()
+    return {job: int(count) for job, count in rows}

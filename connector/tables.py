@@ -1,0 +1,171 @@
+"""dvconnect's own tables (`dvc_…`), declared once: what the store creates and migrations own.
+
+The mapped tables (`lead`, `contact`, …) follow `tables.yaml` and are built by `connector.store`;
+everything dvconnect records about its own work lives here:
+
+* `dvc_sync_state` — one cursor per synced table, saved in the transaction of the page it follows;
+  `read_tick` is when the read under way began, `seen_tick` when the last completed one began.
+* `dvc_runs` — one record per job run (with the process that ran it, so a run whose process is
+  gone shows as abandoned).
+* `dvc_leases` — who is running what: two runs of one job on one store would undo each other.
+* `dvc_ticks` — one counter that orders events across processes: a sync read that began after a
+  write was confirmed has seen that write (`dvc_outbox.done_tick` against `seen_tick`).
+* `dvc_outbox` — every write dvconnect makes into Dataverse, as an intent committed with the
+  state that caused it, then sent; its outcome is recorded on it.
+* `dvc_orphan_links` — what `link-orphans` decided for each lead: the contact, matched or created.
+* `dvc_sync_rejects` — rows a sync could not store (a value the database cannot hold), by id.
+* `dvc_segment_members`, `dvc_segment_events`, `dvc_segment_evaluations`, `dvc_segment_scratch` —
+  segment membership, who entered or exited, each evaluation's size and changes.
+* `dvc_meta` — facts about the store itself (the normal form its match keys were computed in).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+METADATA = MetaData()
+
+STAMP = String(20)  # ISO-8601 UTC with Z, as every dvc_ table keeps time
+ID = String(36)  # a Dataverse GUID, lower case
+
+sync_state = Table(
+    "dvc_sync_state",
+    METADATA,
+    Column("table_name", String(128), primary_key=True),
+    Column("phase", String(16), nullable=False),
+    Column("mode", String(16)),
+    Column("next_link", Text()),
+    Column("delta_link", Text()),
+    Column("watermark", STAMP),
+    Column("generation", Integer(), nullable=False),
+    Column("last_full_sync_at", STAMP),
+    Column("last_sync_at", STAMP),
+    Column("read_tick", BigInteger()),
+    Column("seen_tick", BigInteger()),
+)
+
+runs = Table(
+    "dvc_runs",
+    METADATA,
+    Column("run_id", Integer(), primary_key=True, autoincrement=True),
+    Column("job", String(64), nullable=False),
+    Column("started_at", STAMP, nullable=False),
+    Column("finished_at", STAMP),
+    Column("outcome", String(16), nullable=False),
+    Column("counts", Text(), nullable=False),
+    Column("requests", Integer(), nullable=False),
+    Column("error", Text()),
+    Column("host", String(255)),
+    Column("pid", Integer()),
+)
+
+leases = Table(
+    "dvc_leases",
+    METADATA,
+    Column("name", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("expires_at", STAMP, nullable=False),
+)
+
+ticks = Table(
+    "dvc_ticks",
+    METADATA,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger(), nullable=False),
+)
+
+outbox = Table(
+    "dvc_outbox",
+    METADATA,
+    Column("intent_id", Integer(), primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False, unique=True),
+    Column("job", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # create, update or action
+    Column("table_name", String(128), nullable=False),
+    Column("entity_set", String(128), nullable=False),
+    Column("primary_key", String(128), nullable=False),
+    Column("record_id", ID, nullable=False),
+    Column("action", String(128)),
+    Column("body", Text(), nullable=False),
+    Column("headers", Text(), nullable=False),
+    Column("after", String(255)),  # the key of an intent that must succeed first
+    Column("guard", Text()),  # a read showing an action was already done (JSON)
+    Column("status", String(16), nullable=False),  # pending, done or failed
+    Column("attempts", Integer(), nullable=False),
+    Column("error", Text()),
+    Column("created_at", STAMP, nullable=False),
+    Column("done_at", STAMP),
+    Column("done_tick", BigInteger()),
+    Column("run_id", Integer()),
+    Index("dvc_outbox_status", "status", "job"),
+    Index("dvc_outbox_record", "table_name", "record_id"),
+)
+
+orphan_links = Table(
+    "dvc_orphan_links",
+    METADATA,
+    Column("link_id", Integer(), primary_key=True, autoincrement=True),
+    Column("leadid", ID, nullable=False, index=True),
+    Column("contactid", ID, nullable=False),
+    Column("how", String(8), nullable=False),  # matched or created
+    Column("match_key", Text()),
+    Column("intent", String(255), nullable=False),  # the dvc_outbox key of the link
+    Column("run_id", Integer()),
+    Column("at", STAMP, nullable=False),
+)
+
+sync_rejects = Table(
+    "dvc_sync_rejects",
+    METADATA,
+    Column("table_name", String(128), primary_key=True),
+    Column("record_id", ID, primary_key=True),
+    Column("reason", Text(), nullable=False),
+    Column("at", STAMP, nullable=False),
+)
+
+segment_members = Table(
+    "dvc_segment_members",
+    METADATA,
+    Column("segment", String(64), primary_key=True),
+    Column("contactid", ID, primary_key=True),
+    Column("lead_ids", Text()),  # the matching leads, comma-separated
+    Column("since", STAMP, nullable=False),
+)
+
+segment_events = Table(
+    "dvc_segment_events",
+    METADATA,
+    Column("event_id", Integer(), primary_key=True, autoincrement=True),
+    Column("segment", String(64), nullable=False, index=True),
+    Column("contactid", ID, nullable=False),
+    Column("event", String(8), nullable=False),  # "entered" or "exited"
+    Column("at", STAMP, nullable=False),
+)
+
+segment_evaluations = Table(
+    "dvc_segment_evaluations",
+    METADATA,
+    Column("evaluation_id", Integer(), primary_key=True, autoincrement=True),
+    Column("segment", String(64), nullable=False, index=True),
+    Column("evaluated_at", STAMP, nullable=False),
+    Column("size", Integer(), nullable=False),
+    Column("entered", Integer(), nullable=False),
+    Column("exited", Integer(), nullable=False),
+    Column("seconds", Float(), nullable=False),
+)
+
+segment_scratch = Table(  # one evaluation's result, before it is compared
+    "dvc_segment_scratch",
+    METADATA,
+    Column("segment", String(64), primary_key=True),
+    Column("contactid", ID, primary_key=True),
+    Column("lead_ids", Text()),
+)
+
+meta = Table(
+    "dvc_meta",
+    METADATA,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text(), nullable=False),
+)

@@ -1,0 +1,160 @@
+"""Stores that cannot be used get one line naming the store and the problem, the documented exit
+code, and nothing written; read-only commands never create or change anything in a store."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+
+from tests.inputs.conftest import Cli
+
+
+def _digest(path: Path) -> str:
+    """The bytes of a file that is not a database; the whole content (as SQL) of one that is."""
+    data = path.read_bytes()
+    if not data.startswith(b"SQLite format 3"):
+        return hashlib.sha256(data).hexdigest()
+    with sqlite3.connect(path) as database:
+        return hashlib.sha256("\n".join(database.iterdump()).encode()).hexdigest()
+
+
+def test_a_corrupt_store_is_named_with_exit_3_and_left_as_it_is(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    store = workdir / "store.sqlite3"
+    store.write_bytes(b"this is not a database, just bytes" * 200)
+    before = _digest(store)
+    for args in (["status"], ["run", "sync"], ["segments", "list"]):
+        code, _, err = dvconnect(*args)
+        assert (code, err.strip()) == (
+            3,
+            "dvconnect: the store sqlite:///store.sqlite3 cannot be used: file is not a database "
+            "(the file is not a SQLite database)",
+        )
+    assert _digest(store) == before
+
+
+def test_a_read_only_store_is_named_with_exit_3(workdir: Path, dvconnect: Cli) -> None:
+    code, _, _ = dvconnect("run", "sync", DVCONNECT_DATAVERSE_URL="https://127.0.0.1:9")
+    assert code == 3  # unreachable org; the store was prepared first
+    url = "sqlite:///file:store.sqlite3?mode=ro&uri=true"
+    code, _, err = dvconnect("run", "sync", DVCONNECT_DATABASE_URL=url)
+    assert code == 3
+    assert err.strip() == (
+        f"dvconnect: the store {url} cannot be used: attempt to write a readonly database "
+        "(the file or its folder is read-only)"
+    )
+
+
+def test_a_locked_store_is_named_with_exit_3(workdir: Path, dvconnect: Cli) -> None:
+    dvconnect("run", "sync", DVCONNECT_DATAVERSE_URL="https://127.0.0.1:9")
+    holder = sqlite3.connect(workdir / "store.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        url = "sqlite:///store.sqlite3?timeout=0.2"
+        code, _, err = dvconnect("run", "sync", DVCONNECT_DATABASE_URL=url)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 3
+    assert err.strip() == (
+        f"dvconnect: the store {url} cannot be used: database is locked "
+        "(another process holds a write lock; try again)"
+    )
+
+
+def test_a_store_whose_tables_are_not_ours_is_refused_with_exit_2(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    engine = create_engine(f"sqlite:///{workdir / 'store.sqlite3'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE lead (id INTEGER PRIMARY KEY, name TEXT)"))
+    before = _digest(workdir / "store.sqlite3")
+    code, _, err = dvconnect("run", "sync")
+    assert code == 2
+    assert err.strip() == (
+        "dvconnect: DVCONNECT_DATABASE_URL: the store sqlite:///store.sqlite3 has a table 'lead' "
+        "that dvconnect did not make (it has no dvc_generation column); use a database of "
+        "dvconnect's own"
+    )
+    assert _digest(workdir / "store.sqlite3") == before
+
+
+def test_read_only_commands_on_a_fresh_store_show_their_plan_and_create_nothing(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    code, out, err = dvconnect("status")
+    assert code == 0, err
+    assert out.splitlines()[0] == "the store is empty: nothing synced yet (sqlite:///store.sqlite3)"
+    code, _, err = dvconnect("check", "--offline")
+    assert code == 0, err
+    code, out, err = dvconnect("run", "all", "--dry-run")
+    assert code == 0, err
+    assert "sync: table lead, read full read, then remove local rows Dataverse no longer has" in out
+    assert (
+        "link-orphans: would not run now link-orphans works from the store, and lead has not "
+        "been synced in full yet: run `dvconnect run sync` first"
+    ) in out
+    code, _, _ = dvconnect("segments", "list")
+    assert code == 0
+    assert not (workdir / "store.sqlite3").exists()
+
+
+def test_status_does_not_add_a_column_the_mapping_gained(workdir: Path, dvconnect: Cli) -> None:
+    dvconnect("run", "sync", DVCONNECT_DATAVERSE_URL="https://127.0.0.1:9")  # prepares the store
+    tables = workdir / "mappings" / "tables.yaml"
+    tables.write_text(
+        tables.read_text().replace(
+            "      subject: string", "      subject: string\n      description: string", 1
+        )
+    )
+    before = _digest(workdir / "store.sqlite3")
+    for args in (["status"], ["check", "--offline"], ["run", "sync", "--dry-run"]):
+        code, _, err = dvconnect(*args)
+        assert code == 0, err
+    engine = create_engine(f"sqlite:///{workdir / 'store.sqlite3'}")
+    assert "description" not in {c["name"] for c in inspect(engine).get_columns("lead")}
+    assert _digest(workdir / "store.sqlite3") == before
+
+
+def test_json_prints_a_json_error_document_on_a_fatal_error(workdir: Path, dvconnect: Cli) -> None:
+    import json
+
+    code, out, _ = dvconnect("run", "sync", "--json", DVCONNECT_PAGE_SIZE="0")
+    assert code == 2
+    assert json.loads(out) == {
+        "error": {
+            "message": "DVCONNECT_PAGE_SIZE: Input should be greater than or equal to 1",
+            "exit_code": 2,
+        }
+    }
+
+
+def test_a_second_process_of_the_same_job_exits_4(workdir: Path, dvconnect: Cli) -> None:
+    from connector.mapping import load_mapping
+    from connector.store import Store
+
+    dvconnect("run", "sync", DVCONNECT_DATAVERSE_URL="https://127.0.0.1:9")
+    store = Store(f"sqlite:///{workdir / 'store.sqlite3'}", load_mapping(workdir / "mappings"))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with store.lease("sync lead"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    try:
+        code, _, err = dvconnect("run", "sync")
+    finally:
+        release.set()
+        holder.join()
+    assert code == 4
+    assert err.strip().splitlines()[-1].startswith("dvconnect: sync lead is already running (pid ")
