@@ -16,6 +16,11 @@ everything dvconnect records about its own work lives here:
 * `dvc_sync_rejects` — rows a sync could not store (a value the database cannot hold), by id.
 * `dvc_segment_members`, `dvc_segment_events`, `dvc_segment_evaluations`, `dvc_segment_scratch` —
   segment membership, who entered or exited, each evaluation's size and changes.
+* `dvc_journeys`, `dvc_journey_versions` — each journey's lifecycle (a draft never writes) and
+  every version of its definition, by text; `dvc_journey_members` — one row per entry of a
+  contact into a journey: its step, when that step is due, how it ended; `dvc_journey_history`
+  — every step a member took, with the values that decided it; `dvc_journey_records` — the
+  records a journey created for a member (what its conditions on activities look at).
 * `dvc_meta` — facts about the store itself (the normal form its match keys were computed in).
 """
 
@@ -168,4 +173,72 @@ meta = Table(
     METADATA,
     Column("key", String(64), primary_key=True),
     Column("value", Text(), nullable=False),
+)
+
+journeys = Table(
+    "dvc_journeys",
+    METADATA,
+    Column("journey", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),  # draft, live, stopped
+    Column("version", Integer(), nullable=False),  # the version new entrants take
+    Column("started_at", STAMP),
+    Column("stopped_at", STAMP),
+    Column("admitted_at", STAMP),  # the last admission (entry once: the only one)
+    Column("repeated_at", STAMP),  # the last repetition (entry repeating)
+)
+
+journey_versions = Table(
+    "dvc_journey_versions",
+    METADATA,
+    Column("journey", String(64), primary_key=True),
+    Column("version", Integer(), primary_key=True),
+    Column("text", Text(), nullable=False),
+    Column("created_at", STAMP, nullable=False),
+)
+
+journey_members = Table(
+    "dvc_journey_members",
+    METADATA,
+    Column("member_id", Integer(), primary_key=True, autoincrement=True),
+    Column("journey", String(64), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("contactid", ID, nullable=False),
+    Column("entry", Integer(), nullable=False),
+    Column("leadid", ID),
+    Column("step", String(64)),  # None once the member has left
+    Column("status", String(16), nullable=False),  # active, completed, converted, exited, ...
+    Column("arrived_at", STAMP, nullable=False),  # at its step
+    Column("due_at", STAMP, nullable=False),  # when its step is next due
+    Column("entered_at", STAMP, nullable=False),
+    Column("left_at", STAMP),
+    Column("error", Text()),  # a failed member: step, status, code, message, request id
+    Index("dvc_journey_members_entry", "journey", "contactid", "entry", unique=True),
+    Index("dvc_journey_members_due", "journey", "status", "step", "due_at"),
+)
+
+journey_history = Table(
+    "dvc_journey_history",
+    METADATA,
+    Column("event_id", Integer(), primary_key=True, autoincrement=True),
+    Column("member_id", Integer(), nullable=False, index=True),
+    Column("journey", String(64), nullable=False),
+    Column("at", STAMP, nullable=False),
+    Column("step", String(64)),
+    Column("event", String(32), nullable=False),
+    Column("to_step", String(64)),
+    Column("detail", Text()),  # JSON: what decided it
+)
+
+journey_records = Table(
+    "dvc_journey_records",
+    METADATA,
+    Column("member_id", Integer(), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("table_name", String(128), nullable=False),
+    Column("record_id", ID, nullable=False),
+    Column("journey", String(64), nullable=False),
+    Column("owner_id", ID),
+    Column("day", String(10)),  # the local day it was made for (caps count per owner and day)
+    Column("intent", String(255)),  # the dvc_outbox key that writes it (None: reused)
+    Index("dvc_journey_records_caps", "journey", "owner_id", "day"),
 )

@@ -112,14 +112,20 @@ def _stop_on_signals(ctx: Context) -> Iterator[None]:
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.check import check_online
+    from jobs.journeys.validate import validate
 
-    mapping = load_mapping(settings.mappings_dir)
-    for error in mapping.segment_errors.values():
+    ctx = build_context(settings)
+    mapping = ctx.mapping
+    errors = [*mapping.segment_errors.values(), *mapping.journey_errors.values()]
+    for journey in mapping.journeys.values():
+        errors += validate(ctx, journey)
+    for error in errors:
         print(f"error: {error}", file=sys.stderr)
-    if mapping.segment_errors:
+    if errors:
         return 2
     segments = f", {len(mapping.segments)} segments" if mapping.segments else ""
-    print(f"mappings ok: {', '.join(mapping.tables)}{segments} ({settings.mappings_dir})")
+    journeys = f", {len(mapping.journeys)} journeys" if mapping.journeys else ""
+    print(f"mappings ok: {', '.join(mapping.tables)}{segments}{journeys} ({settings.mappings_dir})")
     for table in mapping.tables.values():
         if not table.change_tracking and table.full_read_every is not None:
             print(
@@ -128,7 +134,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             )
     if args.offline:
         return 0
-    ctx = build_context(settings, online=True)
+    ctx.online()
     problems, notes = check_online(ctx)
     for note in notes:
         print(f"note: {note}")
@@ -363,6 +369,96 @@ def cmd_views_install(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journeys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.inspect import journey_list
+
+    listed = journey_list(build_context(settings))
+    if args.json:
+        _print_json({"journeys": listed})
+        return 0
+    for entry in listed:
+        if entry["state"] == "invalid":
+            print(f"invalid: {entry['error']}", file=sys.stderr)
+            continue
+        members = ", ".join(f"{n:,} {status}" for status, n in sorted(entry["members"].items()))
+        print(f"{entry['journey']}: {entry['state']}, segment {entry['segment']}"
+              + (f", members {members}" if members else ""))  # fmt: skip
+    return 2 if any(e["state"] == "invalid" for e in listed) else 0
+
+
+def cmd_journeys_show(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.inspect import journey_show
+
+    shown = journey_show(build_context(settings), args.name)
+    if args.json:
+        _print_json(shown)
+        return 0
+    print(f"{shown['journey']}: {shown['state']} (version {shown['version'] or '-'})")
+    for step, count in shown["active"].items():
+        print(f"  {step}: {count:,} active")
+    for status, count in sorted(shown["members"].items()):
+        if status != "active":
+            print(f"  {status}: {count:,}")
+    for failure in shown["failures"]:
+        print(f"  failed member {failure['member']} (contact {failure['contact']}) at "
+              f"{failure.get('step')}: {failure.get('code') or ''} {failure.get('message')} "
+              f"(request id {failure.get('request_id') or '-'})")  # fmt: skip
+    return 0
+
+
+def cmd_journeys_validate(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.inspect import journey_named
+    from jobs.journeys.validate import validate
+
+    ctx = build_context(settings)
+    problems = validate(ctx, journey_named(ctx, args.name))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.name}: the flow is valid")
+    return 0
+
+
+def cmd_journeys_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.inspect import explain
+
+    entries = explain(build_context(settings), args.name, args.contact)
+    if args.json:
+        _print_json({"journey": args.name, "contact": args.contact, "entries": entries})
+        return 0
+    if not entries:
+        print(f"{args.contact} has not entered {args.name}")
+    for entry in entries:
+        print(f"entry {entry['entry']} (version {entry['version']}, lead {entry['lead'] or '-'}): "
+              f"{entry['status']}" + (f" at {entry['step']}, due {entry['due_at']}"
+                                      if entry["status"] == "active" else ""))  # fmt: skip
+        for event in entry["path"]:
+            detail = f" {_plain(event['detail'])}" if event["detail"] else ""
+            where = f" -> {event['to_step']}" if event["to_step"] else ""
+            print(f"  {event['at']} {event['step'] or '(entry)'}: {event['event']}{where}{detail}")
+        for created in entry["records"]:
+            print(f"  created {created['table_name']} {created['record_id']} at {created['step']}")
+    return 0
+
+
+def cmd_journeys_state(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.engine import set_state
+    from jobs.journeys.inspect import journey_named
+    from jobs.journeys.validate import validate
+
+    ctx = build_context(settings, prepare=True)
+    wanted = "live" if args.journeys_command == "start" else "stopped"
+    if wanted == "live":
+        problems = validate(ctx, journey_named(ctx, args.name))
+        if problems:
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+            raise ConfigError(f"journey {args.name!r} is not valid: not started")
+    print(f"{args.name}: {set_state(ctx, args.name, wanted)}")
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -440,6 +536,30 @@ def _parser() -> argparse.ArgumentParser:
     links.add_argument("--since", help="only links made at or after this ISO-8601 time")
     links.add_argument("--csv", action="store_true", help="CSV with a header row")
     links.set_defaults(handler=cmd_orphans_links)
+
+    journeys = commands.add_parser("journeys", help="list, check, start and follow journeys")
+    journey_commands = journeys.add_subparsers(
+        dest="journeys_command", required=True, metavar="ACTION"
+    )
+    jlist = journey_commands.add_parser("list", help="every journey, its state and members")
+    jlist.add_argument("--json", action="store_true", help="print one JSON document")
+    jlist.set_defaults(handler=cmd_journeys_list)
+    show = journey_commands.add_parser("show", help="members per step, goal, exited, failed")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
+    show.set_defaults(handler=cmd_journeys_show)
+    check_flow = journey_commands.add_parser("validate", help='"test the flow"')
+    check_flow.add_argument("name")
+    check_flow.set_defaults(handler=cmd_journeys_validate)
+    why = journey_commands.add_parser("explain", help="one member's path and what decided it")
+    why.add_argument("name")
+    why.add_argument("contact", help="the contact's id")
+    why.add_argument("--json", action="store_true", help="print one JSON document")
+    why.set_defaults(handler=cmd_journeys_explain)
+    for action, text in (("start", "validate, then let it write"), ("stop", "end it for good")):
+        lifecycle = journey_commands.add_parser(action, help=text)
+        lifecycle.add_argument("name")
+        lifecycle.set_defaults(handler=cmd_journeys_state)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")

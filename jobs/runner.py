@@ -1,9 +1,11 @@
 """Runs a job by name and records the run in `dvc_runs`: counts, requests, outcome, error.
 
 The CLI's `run` and the scheduler both come through here, so every run is recorded the same
-way. `all` runs every job in the contract's order. A run whose job reports `failed` records is
-`partial`: it ran to the end, and the CLI exits 1. A run that fails for any reason is recorded
-as failed with a one-line reason (a database error by its first line, never its parameters).
+way. `all` runs every job in the contract's order, with a second sync after the jobs that
+write to Dataverse, so that what they wrote is in the store before segments are evaluated. A
+run whose job reports `failed` records is `partial`: it ran to the end, and the CLI exits 1. A
+run that fails for any reason is recorded as failed with a one-line reason (a database error by
+its first line, never its parameters).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.errors import DvconnectError, NotRunError
 from connector.store import store_error
 from jobs.context import Context
+from jobs.journeys.engine import plan_journeys, run_journeys
 from jobs.orphans import (
     plan_link_orphans,
     plan_promote_contacts,
@@ -85,6 +88,29 @@ def _segments_summary(counts: dict[str, Any]) -> list[str]:
     ]
 
 
+def _journeys_summary(counts: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, c in counts.items():
+        if not isinstance(c, dict):
+            continue
+        if c.get("error"):
+            lines.append(f"{name}: not run: {c['error']}")
+        elif c.get("state", "live") != "live":
+            lines.append(f"{name}: {c['state']} (not run; `dvconnect journeys start {name}`)")
+        else:
+            lines.append(
+                f"{name}: {c.get('entered', 0)} entered, {c.get('acted', 0)} actions, "
+                f"{c.get('moved', 0)} moves, {c.get('completed', 0)} completed, "
+                f"{c.get('converted', 0)} converted, {c.get('exited', 0)} exited, "
+                f"{c.get('capped', 0)} capped, {c.get('failed', 0)} failed"
+            )
+        lines += [
+            f"  failed member {f['member']} at {f['step']}: {f.get('code') or ''} {f['message']}"
+            for f in c.get("failures", [])
+        ]
+    return lines
+
+
 def _failure_line(kind: str, failure: dict[str, Any]) -> str:
     return (
         f"failed {kind} {failure['record']}: {failure['status']} {failure['code']} "
@@ -109,8 +135,12 @@ JOBS: dict[str, Job] = {
         summary=_promote_summary,
     ),
     "segments": Job(run=run_segments, plan=plan_segments, summary=_segments_summary),
+    "journeys": Job(run=run_journeys, plan=plan_journeys, summary=_journeys_summary),
 }
 JOB_CHOICES = (*JOBS, "all")
+# `all`: the write jobs work from a fresh sync, and a second sync reads their writes back
+# before segments are evaluated (only the sync writes the synced tables).
+ALL = ("sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys")
 
 
 @dataclass(frozen=True)
@@ -175,7 +205,7 @@ def run_job(ctx: Context, job: str) -> JobResult:
 
 def run_named(ctx: Context, job: str) -> list[JobResult]:
     """Run `job`, or every job in order for `all` (stopping early when asked to)."""
-    names = list(JOBS) if job == "all" else [job]
+    names = list(ALL) if job == "all" else [job]
     results = []
     for name in names:
         results.append(run_job(ctx, name))
@@ -189,7 +219,7 @@ def plan_named(ctx: Context, job: str) -> dict[str, Any]:
 
     A job that could not run now (it needs a synced store, say) says why instead of a plan.
     """
-    names = list(JOBS) if job == "all" else [job]
+    names = list(JOBS) if job == "all" else [job]  # a dry run's read-back sync would read nothing
     plans: dict[str, Any] = {}
     for name in names:
         try:

@@ -2,10 +2,12 @@
 
 One module per definition kind: `tables` (what the sync copies), `schedule` (each job's cron),
 `orphans` (how `link-orphans` finds or makes contacts), `segments` (OData conditions compiled
-once); `document` reads any of them with the line of every key. Unknown keys are refused and
+once), `journeys` (steps over a segment's members); `document` reads any of them with the line
+of every key. Unknown keys are refused and
 every error names the file, the key, its line and what was expected, so an admin can fix it
-without reading Python. A bad segment does not stop the rest: it is kept in
-`Mapping.segment_errors`, so `check` fails on it while a scheduled run evaluates the others.
+without reading Python. A bad segment or journey does not stop the rest: it is kept in
+`Mapping.segment_errors` (`journey_errors`), so `check` fails on it while a scheduled run
+evaluates the others.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from connector.errors import ConfigError, MappingError
 from connector.keys import Accents
 from connector.mapping.document import Document
+from connector.mapping.journeys import Journey, load_journeys
 from connector.mapping.orphans import MATCH_COLUMNS, Orphans, load_orphans
 from connector.mapping.schedule import JOB_NAMES, Schedule, load_schedule
 from connector.mapping.segments import CHANNEL_OPT_OUTS, Segment, load_segments
@@ -27,6 +30,7 @@ __all__ = [
     "JOB_NAMES",
     "MATCH_COLUMNS",
     "ColumnType",
+    "Journey",
     "Mapping",
     "Orphans",
     "Schedule",
@@ -46,6 +50,8 @@ class Mapping:
     orphans: Orphans
     segments: dict[str, Segment]
     segment_errors: dict[str, MappingError]  # by file name: what is wrong with a bad segment
+    journeys: dict[str, Journey]
+    journey_errors: dict[str, MappingError]  # by file name: what is wrong with a bad journey
 
     @cached_property
     def match_keys(self) -> dict[str, tuple[str, ...]]:
@@ -67,6 +73,7 @@ def load_mapping(directory: Path) -> Mapping:
     schedule = load_schedule(Document.read(directory / "schedule.yaml"))
     orphans = load_orphans(Document.read(directory / "orphans.yaml"), tables)
     segments, segment_errors = load_segments(directory / "segments", tables)
+    journeys, journey_errors = load_journeys(directory / "journeys", tables)
     return Mapping(
         directory=directory,
         tables=tables,
@@ -74,4 +81,6 @@ def load_mapping(directory: Path) -> Mapping:
         orphans=orphans,
         segments=segments,
         segment_errors=segment_errors,
+        journeys=journeys,
+        journey_errors=journey_errors,
     )

@@ -56,6 +56,7 @@ class Document:
     path: Path
     data: Any
     lines: dict[Location, int] = field(repr=False)
+    text: str = field(default="", repr=False)
 
     @classmethod
     def read(cls, path: Path) -> Document:
@@ -75,6 +76,11 @@ class Document:
             raise MappingError(
                 str(path), f"line {line}", "not UTF-8 text (save the file as UTF-8)"
             ) from None
+        return cls.from_text(path, text)
+
+    @classmethod
+    def from_text(cls, path: Path, text: str) -> Document:
+        """Parse `text` as the content of `path` (a version kept in the store, say)."""
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text)
@@ -88,7 +94,7 @@ class Document:
         lines: dict[Location, int] = {}
         if node is not None:
             _collect_lines(node, (), lines)
-        return cls(path, data, lines)
+        return cls(path, data, lines, text)
 
     def line(self, loc: Location) -> int | None:
         """The line of `loc`, or of the nearest key above it; None when unknown."""

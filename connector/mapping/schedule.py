@@ -6,7 +6,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.mapping.document import Document, Strict
 
-JOB_NAMES = ("sync", "link-orphans", "promote-contacts", "segments")
+JOB_NAMES = ("sync", "link-orphans", "promote-contacts", "segments", "journeys")
 
 
 class Schedule(Strict):

@@ -77,6 +77,17 @@ class Cli:
             assert time.monotonic() < deadline, f"timed out waiting for {condition.__name__}"
             time.sleep(0.05)
 
+    def wait_until_held(self, process: subprocess.Popen[str]) -> None:
+        """Wait until the emulator holds a request of `process` (a `hold` or `commit-hold`
+        fault); fail when the process ends first: it never reached that point of its work."""
+
+        def held_or_ended() -> bool:
+            holding = bool(self.emulator.admin("GET", "/faults")["holding"])
+            return holding or process.poll() is not None
+
+        self.wait_for(held_or_ended)
+        assert process.poll() is None, "the process ended before the request it was held at"
+
     def reading_mid_table(self, table: str = "lead", at_least: int = 1) -> Callable[[], bool]:
         """A condition: a read of `table` has committed `at_least` rows and has pages to go."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import ROOT, Cli
+from tests.e2e.conftest import DVCONNECT, Cli
 from tests.paths import MAPPINGS
 
 
@@ -21,7 +24,7 @@ def test_check_online_proves_credentials_and_every_column(cli: Cli) -> None:
     result = cli.run("check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"mappings ok: lead, contact, 2 segments ({ROOT / 'mappings'})",
+        f"mappings ok: lead, contact, 2 segments ({MAPPINGS})",
         f"dataverse ok: every mapped column exists ({cli.emulator.base_url})",
     ]
 
@@ -148,3 +151,57 @@ def test_a_second_sync_of_the_same_store_is_refused_while_one_runs(cli: Cli) -> 
     assert first.wait(timeout=120) == 0
     cli.assert_store_matches_org()
     assert cli.run("run", "sync").returncode == 0  # released: the next one runs
+
+
+def test_sigterm_on_run_saves_the_page_prints_what_was_saved_and_exits_130(cli: Cli) -> None:
+    cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=200:path=leads*"})
+    process = cli.popen("run", "sync", DVCONNECT_PAGE_SIZE="20")
+    cli.wait_for(cli.reading_mid_table("lead"))
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith("sync: interrupted in ")
+    assert lines[1].startswith("  lead: full, ")
+    assert lines[-1] == "stopped: what is listed above is saved; the next run continues from there"
+    assert "Traceback" not in stderr
+    assert cli.store().load_state("lead").next_link is not None
+    assert cli.store().recent_runs(1)[0].outcome == "interrupted"
+
+
+def test_a_killed_run_shows_as_abandoned_not_running(cli: Cli) -> None:
+    cli.emulator.admin("PUT", "/faults", {"spec": "hold:path=leads*:at=2"})
+    process = cli.popen("run", "sync", DVCONNECT_PAGE_SIZE="50")
+    cli.wait_until_held(process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    cli.emulator.admin("DELETE", "/faults")
+    status = cli.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    (run,) = json.loads(status.stdout)["runs"]
+    assert (run["job"], run["outcome"], run["finished_at"]) == ("sync", "abandoned", None)
+    assert f"#{run['run_id']} sync abandoned started" in cli.run("status").stdout
+
+
+def test_the_demo_uses_its_own_store_and_never_prints_a_password(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    shutil.copytree(MAPPINGS, workdir / "mappings")
+    (workdir / ".env").write_text(
+        "DVCONNECT_DATABASE_URL=postgresql://crm:s3cr3t-pw@127.0.0.1:9/production\n"
+        "DVCONNECT_DATAVERSE_URL=https://contoso.crm4.dynamics.com\n"
+        "DVCONNECT_CLIENT_SECRET=the-real-org-secret\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DVCONNECT_")}
+    result = subprocess.run(
+        [DVCONNECT, "demo", "--leads", "400", "--contacts", "200"],
+        cwd=workdir, env={**environment, "DVCONNECT_LOG_LEVEL": "WARNING"},
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "s3cr3t-pw" not in shown
+    assert "the-real-org-secret" not in shown
+    assert "contoso.crm4" not in shown
+    assert "store:    var/demo/dvconnect.sqlite3" in result.stdout
+    assert (workdir / "var" / "demo" / "dvconnect.sqlite3").exists()

@@ -75,3 +75,16 @@ def test_malformed_segments(workdir: Path, dvconnect: Cli, case: dict[str, Any])
     reported = Path("mappings") / "segments" / case.get("file", "bad.yaml")
     assert f"error: {reported}: {case['error']}" in err.splitlines()
     assert not (workdir / "store.sqlite3").exists()
+
+
+@pytest.mark.parametrize("case", _cases("journeys.yaml"))
+def test_malformed_journeys(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    path = workdir / "mappings" / "journeys" / "conference-follow-up.yaml"
+    _write(path, case)
+    code, _, err = dvconnect("check", "--offline")
+    assert code == 2, err
+    reported = Path("mappings") / "journeys" / "conference-follow-up.yaml"
+    assert f"error: {reported}: {case['error']}" in err.splitlines()
+    code, _, err = dvconnect("journeys", "validate", "conference-follow-up")
+    assert code == 2, err
+    assert not (workdir / "store.sqlite3").exists()

@@ -1,16 +1,16 @@
 """The sync under faults: whatever goes wrong, the store ends equal to the org.
 
 Each case runs a full sync, lets the org change (creates, updates, deletes), and syncs again,
-with faults injected throughout; then the store must hold exactly the org's rows and values.
-Kill -9 at seeded random moments, followed by a re-run, must end the same way.
+with faults injected throughout (each must fire); then the store must hold exactly the org's
+rows and values. Kill -9 while the emulator holds a chosen page request — so the kill lands
+after that many pages — followed by a re-run, must resume with the same kind of cursor (change
+tracking, not a silent fall-back to modifiedon) and end the same way.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import signal
-import time
 
 import pytest
 
@@ -77,19 +77,36 @@ def test_an_expired_delta_token_resyncs_to_the_same_state(cli: Cli) -> None:
     cli.assert_store_matches_org()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_kill_9_at_random_moments_then_rerun_ends_equal_to_the_org(cli: Cli, seed: int) -> None:
-    rng = random.Random(seed)
-    cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=60", "seed": seed})
+KILL_POINTS = {  # the full read's page request the emulator holds while the sync is killed
+    "after the first page": 2,
+    "after three pages": 4,
+    "after six pages": 7,
+}
+DELTA_PAGE = 2  # the churn's changes fill two pages of 40: killed between them
+
+
+@pytest.mark.parametrize("page", KILL_POINTS.values(), ids=KILL_POINTS.keys())
+def test_kill_9_at_a_page_then_rerun_resumes_the_same_cursor_and_ends_equal_to_the_org(
+    cli: Cli, page: int
+) -> None:
     for phase in ("full", "incremental"):
         if phase == "incremental":
             churn(cli)
-        for _ in range(2):  # two kills per phase, each at a random moment
-            process = cli.popen("run", "sync")
-            time.sleep(rng.uniform(0.8, 2.5))
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        at = page if phase == "full" else DELTA_PAGE
+        cli.emulator.admin("PUT", "/faults", {"spec": f"hold:path=leads*:at={at}"})
+        process = cli.popen("run", "sync")
+        cli.wait_until_held(process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        state = cli.store().load_state("lead")
+        assert state.next_link is not None, f"{phase}: the kill did not land mid-read"
+        assert state.phase == phase
         cli.emulator.admin("DELETE", "/faults")
+        seq = cli.emulator.requests_after(0)[-1]["seq"]
         sync(cli)
+        resumed = [r for r in cli.emulator.requests_after(seq) if r["path"].endswith("/leads")]
+        assert "odata.track-changes" in (resumed[0]["prefer"] or "")  # still change tracking
+        after = cli.store().load_state("lead")
+        assert (after.mode, after.next_link) == ("delta", None)
+        assert after.delta_link is not None
         cli.assert_store_matches_org()
-        cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=60", "seed": seed})

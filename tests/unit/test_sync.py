@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -333,3 +334,104 @@ def test_a_saved_cursor_dataverse_refuses_names_the_remedy(
         "lead: Dataverse refused the saved cursor (Dataverse 400 0x8004112A: Invalid paging cookie.); "
         "`dvconnect state reset lead` makes the next sync read it in full"
     )
+
+
+def test_a_failed_store_write_between_a_page_and_its_cursor_commits_neither(
+    ctx: Context, transport: ScriptedTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport.page(FULL, [lead(1), lead(2)], next_link=API + "leads?$skiptoken=p2")
+    transport.page(API + "leads?$skiptoken=p2", [lead(3)], delta_link=API + "leads?$deltatoken=10")
+    save_state = ctx.store.save_state
+    saves: list[str | None] = []
+
+    def failing_save(conn: Any, state: Any) -> None:
+        saves.append(state.next_link)
+        if state.delta_link is not None:  # the last page's cursor: the database fails here
+            raise OSError("disk full")
+        save_state(conn, state)
+
+    monkeypatch.setattr(ctx.store, "save_state", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        sync_lead(ctx)
+    assert lead_ids(ctx) == ["001", "002"]  # page 2's rows went with its cursor
+    state = ctx.store.load_state("lead")
+    assert (state.next_link, state.delta_link, state.phase) == (
+        API + "leads?$skiptoken=p2", None, "full"
+    )  # fmt: skip
+    monkeypatch.setattr(ctx.store, "save_state", save_state)
+    sync_lead(ctx)
+    assert lead_ids(ctx) == ["001", "002", "003"]
+    assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=10"
+
+
+def test_an_incremental_read_resumed_after_a_crash_keeps_following_change_tracking(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1), lead(2), lead(3)], delta_link=API + "leads?$deltatoken=10")
+    sync_lead(ctx)
+    delta, page2 = API + "leads?$deltatoken=10", API + "leads?$deltatoken=10&$skiptoken=2"
+    transport.page(delta, [lead(4)], next_link=page2)
+    transport.replies[page2] = ConnectionError("killed")
+    with pytest.raises(ConnectionError):
+        sync_lead(ctx)
+    state = ctx.store.load_state("lead")
+    assert (state.phase, state.mode, state.next_link) == ("incremental", "delta", page2)
+    transport.page(page2, [deleted(2)], delta_link=API + "leads?$deltatoken=20")
+    transport.sent.clear()
+    sync_lead(ctx)
+    tracked = f"odata.track-changes,odata.maxpagesize=2,{OWNER_TYPES}"
+    assert transport.sent == [(page2, tracked)]  # the same Prefer on every page of the delta
+    state = ctx.store.load_state("lead")
+    assert (state.mode, state.delta_link, state.next_link) == (
+        "delta", API + "leads?$deltatoken=20", None
+    )  # fmt: skip
+    assert lead_ids(ctx) == ["001", "003", "004"]  # the deletion on the resumed page applied
+
+
+def test_a_value_the_database_cannot_hold_is_reported_by_id_and_the_table_goes_on(
+    ctx: Context, transport: ScriptedTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    postgres = ctx.store.engine.dialect.name == "postgresql"
+    secret = "Ada Lovelace <ada@example.com>"
+    nul = lead(2, subject=f"{secret}\x00")
+    surrogate = lead(3, subject=f"{secret}\ud800")
+    transport.page(FULL, [lead(1), nul, surrogate, lead(4)], next_link=API + "leads?$skiptoken=p2")
+    transport.page(API + "leads?$skiptoken=p2", [lead(5)], delta_link=API + "leads?$deltatoken=10")
+    counts = sync_lead(ctx)
+    expected_ids = ["001", "004", "005"] if postgres else ["001", "002", "004", "005"]
+    assert lead_ids(ctx) == expected_ids
+    rejected = [nul["leadid"], surrogate["leadid"]] if postgres else [surrogate["leadid"]]
+    assert [r["record"] for r in counts.rejects] == rejected
+    assert counts.failed == len(rejected)
+    assert ctx.store.load_state("lead").delta_link == API + "leads?$deltatoken=10"
+    assert [r.record_id for r in ctx.store.rejects("lead")] == rejected
+    assert counts.rejects[-1]["reason"] == (
+        "subject: text that is not valid Unicode (an unpaired surrogate)"
+    )
+    assert secret not in caplog.text
+    assert secret not in str(counts.rejects)
+    # changed in Dataverse and readable now: stored, and no longer listed as rejected
+    transport.page(
+        API + "leads?$deltatoken=10", [lead(3, subject="fixed")],
+        delta_link=API + "leads?$deltatoken=20",
+    )  # fmt: skip
+    sync_lead(ctx)
+    assert "003" in lead_ids(ctx)
+    assert [r.record_id for r in ctx.store.rejects("lead")] == rejected[:-1]
+
+
+def test_a_table_without_change_tracking_is_read_in_full_again_to_see_deletions(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1, "2024-03-01T10:00:00Z"), lead(2, "2024-03-02T10:00:00Z")])
+    sync_lead(replace(ctx, clock=Clock(datetime(2024, 3, 2, 12, tzinfo=UTC))))
+    assert ctx.store.load_state("lead").mode == "watermark"
+    since = ctx.dataverse.watermark_url(ctx.mapping.tables["lead"], "2024-03-02T11:55:00Z")  # type: ignore[union-attr]
+    transport.page(API + since, [])
+    counts = sync_lead(replace(ctx, clock=Clock(datetime(2024, 3, 9, 11, tzinfo=UTC))))
+    assert (counts.full, transport.sent[-1][0]) == (False, API + since)  # not 7 days yet
+    transport.page(FULL, [lead(1, "2024-03-01T10:00:00Z")])  # lead 2 was deleted meanwhile
+    counts = sync_lead(replace(ctx, clock=Clock(datetime(2024, 3, 9, 12, tzinfo=UTC))))
+    assert (counts.full, counts.deleted) == (True, 1)
+    assert transport.sent[-1][0] == FULL
+    assert lead_ids(ctx) == ["001"]

@@ -1,0 +1,645 @@
+"""The `journeys` job: admit members, decide their steps set-wise, write through the outbox.
+
+For each live journey, in one run at the run's clock:
+
+1. members who reached the journey's `goal` leave as converted, those who meet its `exit` as
+   exited (one query per condition, for every member at once);
+2. segment members enter by the entry rules (`once`, `dynamic` with `re_entry`, `repeating`),
+   inside the schedule's window, each at the first step of the current version;
+3. step by step, the members due there (and, at an `if`, those whose condition now holds —
+   one query per step) go through the state machine, `CHUNK` at a time; an action's writes
+   become outbox intents committed in the same transaction as the member's new step and its
+   history, so a crash never loses a member nor writes twice; immediate steps follow each other
+   in the same run, wave after wave, until nobody moves;
+4. the outbox drains: bulk messages where the table supports them, `$batch` otherwise; a write
+   Dataverse refuses fails its member (step, status, code, request id), never the others.
+
+Members keep the version they entered with: a changed journey file is a new version for new
+entrants. A draft journey never writes; `journeys start` makes it live, `journeys stop` ends it.
+
+The dry run drives the same code inside one transaction that is rolled back: it lists every
+record the run would write, with its deterministic id, and sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, exists, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector import tables as dvc
+from connector.clock import parse_stamp, stamp
+from connector.errors import ConfigError, DvconnectError, MappingError
+from connector.mapping.journeys import Journey, Step, load_journey
+from connector.outbox import Outbox, Outcome, record
+from jobs.context import Context
+from jobs.journeys.actions import (
+    JOB,
+    ActionProblem,
+    Owner,
+    Target,
+    act,
+    owner_for,
+)
+from jobs.journeys.calendar import Calendar
+from jobs.journeys.conditions import condition_sql
+from jobs.journeys.machine import Member, Move, decide, due
+from jobs.journeys.templates import TemplateProblem
+
+log = logging.getLogger("dvconnect.journeys")
+
+CHUNK = 1000  # members per transaction
+MAX_WAVES = 200  # immediate steps in a row a run follows (validation refuses loops without waits)
+CAPPED = ("phonecall", "task", "appointment")  # what per_owner_per_day counts: a rep's work
+ACTIVE = "active"
+
+
+@dataclass
+class JourneyCounts:
+    """What one run did with one journey."""
+
+    state: str = "live"
+    entered: int = 0
+    moved: int = 0
+    acted: int = 0
+    capped: int = 0
+    converted: int = 0
+    exited: int = 0
+    completed: int = 0
+    stopped: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    writes: list[dict[str, Any]] = field(default_factory=list)  # the dry run's listing
+
+
+class Sink:
+    """Where the engine reads and writes: the store (a transaction per chunk), or for a dry run
+    one transaction that is never committed."""
+
+    def __init__(self, ctx: Context, dry: bool) -> None:
+        self.ctx = ctx
+        self.dry = dry
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[Sink]:
+        if not self.dry:
+            yield self
+            return
+        with self.ctx.store.engine.connect() as conn:
+            self._conn = conn
+            transaction = conn.begin()
+            try:
+                yield self
+            finally:
+                transaction.rollback()
+                self._conn = None
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        with self.ctx.store.transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        with self.ctx.store.engine.connect() as conn:
+            yield conn
+
+
+def journey_state(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(select(dvc.journeys).where(dvc.journeys.c.journey == name)).mappings()
+    found = row.first()
+    return dict(found) if found else None
+
+
+def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dict[int, Journey]]:
+    """The version new entrants take (a new one when the file changed) and every version's
+    definition, parsed from its stored text."""
+    v = dvc.journey_versions.c
+    rows = conn.execute(
+        select(v.version, v.text).where(v.journey == journey.name).order_by(v.version)
+    ).all()
+    definitions: dict[int, Journey] = {}
+    for number, text in rows:
+        if text == journey.text:
+            definitions[number] = journey
+            continue
+        try:
+            definitions[number] = load_journey(journey.path, ctx.mapping.tables, text)
+        except MappingError as exc:
+            log.error("%s version %d no longer loads: %s", journey.name, number, exc)
+    current = next((n for n, text in reversed(rows) if text == journey.text), None)
+    if current is None:
+        current = (rows[-1][0] if rows else 0) + 1
+        conn.execute(
+            dvc.journey_versions.insert().values(
+                journey=journey.name, version=current, text=journey.text,
+                created_at=ctx.clock.stamp(),
+            )
+        )  # fmt: skip
+        conn.execute(
+            update(dvc.journeys)
+            .where(dvc.journeys.c.journey == journey.name)
+            .values(version=current)
+        )
+        definitions[current] = journey
+    return current, definitions
+
+
+class JourneyRun:
+    """One run of one journey at `now`."""
+
+    def __init__(self, ctx: Context, journey: Journey, sink: Sink, now: datetime) -> None:
+        self.ctx = ctx
+        self.journey = journey
+        self.sink = sink
+        self.now = now
+        self.at = stamp(now)
+        self.counts = JourneyCounts()
+        self.calendar = Calendar(journey.business_hours, journey.schedule.zone)
+        self._caps: Counter[tuple[str, str]] = Counter()
+        self._caps_loaded: set[tuple[str, str]] = set()
+
+    def run(self) -> JourneyCounts:
+        with self.sink.write() as conn:
+            current, definitions = versions(self.ctx, conn, self.journey)
+            state = journey_state(conn, self.journey.name)
+        for version, definition in definitions.items():
+            self._leave(version, definition)
+        assert state is not None
+        self._admit(current, definitions[current], state)
+        for _ in range(MAX_WAVES):
+            moved = 0
+            for version, definition in definitions.items():
+                for step in definition.steps:
+                    if self.ctx.stop.is_set():
+                        return self.counts
+                    moved += self._step(version, definition, step)
+            if not moved:
+                break
+        return self.counts
+
+    # -- leaving: goal and exit ---------------------------------------------------------------
+
+    def _leave(self, version: int, definition: Journey) -> None:
+        m = dvc.journey_members
+        for status, condition in (("converted", definition.goal), ("exited", definition.exit)):
+            if condition is None:
+                continue
+            mine = and_(m.c.journey == definition.name, m.c.version == version,
+                        m.c.status == ACTIVE)  # fmt: skip
+            query = select(m.c.member_id, m.c.step).where(
+                mine, condition_sql(self.ctx.store, m, condition, self.now)
+            )
+            with self.sink.write() as conn:
+                leaving = conn.execute(query).all()
+                for chunk in _chunks(leaving, CHUNK):
+                    ids = [row[0] for row in chunk]
+                    conn.execute(
+                        update(m).where(m.c.member_id.in_(ids))
+                        .values(status=status, left_at=self.at)
+                    )  # fmt: skip
+                    self._history(conn, [(row[0], row[1], status, None, None) for row in chunk])
+            setattr(self.counts, status, getattr(self.counts, status) + len(leaving))
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def _admit(self, version: int, journey: Journey, state: dict[str, Any]) -> None:
+        window = journey.schedule
+        if not (window.starts <= self.now < window.ends):
+            return
+        if journey.entry == "once" and state["admitted_at"] is not None:
+            return
+        if journey.entry == "repeating" and state["repeated_at"] is not None:
+            assert journey.repeat is not None
+            last = parse_stamp(state["repeated_at"])
+            if self.now < self.calendar.add(last, journey.repeat.every):
+                return
+        first = journey.steps[0].id
+        first_due = stamp(due(journey, self.calendar, first, self.now))
+        for chunk in _chunks(self._candidates(journey), CHUNK):
+            leads = self._leads(chunk)
+            rows = [
+                {"journey": journey.name, "version": version, "contactid": contact,
+                 "entry": entry, "leadid": leads.get(contact), "step": first, "status": ACTIVE,
+                 "arrived_at": self.at, "due_at": first_due, "entered_at": self.at}
+                for contact, entry, _ in chunk
+            ]  # fmt: skip
+            with self.sink.write() as conn:
+                inserted = conn.execute(
+                    dvc.journey_members.insert().returning(
+                        dvc.journey_members.c.member_id, sort_by_parameter_order=True
+                    ),
+                    rows,
+                )
+                ids = list(inserted.scalars())
+                self._history(conn, [(i, None, "entered", first, None) for i in ids])
+            self.counts.entered += len(rows)
+        stamp_column = "repeated_at" if journey.entry == "repeating" else "admitted_at"
+        with self.sink.write() as conn:
+            conn.execute(
+                update(dvc.journeys)
+                .where(dvc.journeys.c.journey == journey.name)
+                .values({stamp_column: self.at})
+            )
+
+    def _candidates(self, journey: Journey) -> Iterator[tuple[str, int, str | None]]:
+        """(contact, entry number, lead ids) of every segment member entering now."""
+        s, m = dvc.segment_members, dvc.journey_members
+        mine = and_(m.c.journey == journey.name, m.c.contactid == s.c.contactid)
+        last_entry = select(func.max(m.c.entry)).where(mine).scalar_subquery()
+        active = exists().where(mine, m.c.status == ACTIVE)
+        query = select(s.c.contactid, last_entry.label("last"), s.c.lead_ids).where(
+            s.c.segment == journey.audience.segment, ~active
+        )
+        for excluded in journey.audience.exclude:
+            other = dvc.segment_members.alias()
+            query = query.where(
+                ~exists().where(other.c.segment == excluded, other.c.contactid == s.c.contactid)
+            )
+        if journey.entry != "repeating":
+            if journey.re_entry == "never":
+                query = query.where(last_entry.is_(None))
+            else:
+                wait = journey.re_entry.after
+                assert wait.calendar is not None or wait.business_days is not None
+                left = select(func.max(m.c.left_at)).where(mine).scalar_subquery()
+                cutoff = stamp(self.now - wait.longest()) if wait.calendar is None else stamp(
+                    self.now - wait.calendar)  # fmt: skip
+                query = query.where(or_(last_entry.is_(None), left <= cutoff))
+        with self.sink.read() as conn:
+            rows = conn.execute(query.order_by(s.c.contactid)).all()
+        for contact, last, lead_ids in rows:
+            yield contact, (last or 0) + 1, lead_ids
+
+    def _leads(self, chunk: list[tuple[str, int, str | None]]) -> dict[str, str]:
+        """Each entering contact's lead: its most recent open lead of the segment's leads."""
+        ids = {i for _, _, lead_ids in chunk for i in (lead_ids or "").split(",") if i}
+        if not ids or "lead" not in self.ctx.store.tables:
+            return {}
+        lead = self.ctx.store.tables["lead"]
+        with self.sink.read() as conn:
+            rows = conn.execute(
+                select(lead.c.leadid, lead.c._parentcontactid_value, lead.c.statecode,
+                       lead.c.createdon).where(lead.c.leadid.in_(sorted(ids)))
+            ).all()  # fmt: skip
+        best: dict[str, tuple[Any, ...]] = {}
+        for leadid, contact, state, created in rows:
+            rank = (state == 0, created or "", leadid)
+            if contact not in best or rank > best[contact]:
+                best[contact] = rank
+        return {contact: rank[2] for contact, rank in best.items()}
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _step(self, version: int, journey: Journey, step: Step) -> int:
+        """Move every member due at `step` (and, at an `if`, those whose condition holds)."""
+        m = dvc.journey_members
+        conditions = step.conditions()
+        facts = [
+            case((condition_sql(self.ctx.store, m, c, self.now), 1), else_=0).label(f"fact{i}")
+            for i, c in enumerate(conditions)
+        ]
+        ready = m.c.due_at <= self.at
+        if step.kind == "if":
+            ready = or_(ready, condition_sql(self.ctx.store, m, conditions[0], self.now))
+        query = select(
+            m.c.member_id, m.c.contactid, m.c.entry, m.c.leadid, m.c.arrived_at, m.c.due_at,
+            *facts,
+        ).where(
+            m.c.journey == journey.name, m.c.version == version, m.c.status == ACTIVE,
+            m.c.step == step.id, ready,
+        )  # fmt: skip
+        moved = 0
+        after = 0
+        while True:
+            with self.sink.read() as conn:
+                rows = list(
+                    conn.execute(
+                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+                    )
+                )
+            if not rows:
+                return moved
+            after = rows[-1][0]
+            moved += self._chunk(version, journey, step, rows)
+
+    def _chunk(self, version: int, journey: Journey, step: Step, rows: list[Any]) -> int:
+        """Decide and apply the moves of one chunk of members at `step`, in one transaction."""
+        targets = self._targets(version, journey, rows) if step.is_action else {}
+        moved = 0
+        with self.sink.write() as conn:
+            history: list[tuple[int, str | None, str, str | None, dict[str, Any] | None]] = []
+            for row in rows:
+                member_id, contact, entry = row[0], row[1], row[2]
+                member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
+                                parse_stamp(row[5]))  # fmt: skip
+                facts = tuple(bool(value) for value in row[6:])
+                move = decide(journey, member, self.now, facts)
+                if move.stays:
+                    continue
+                if move.action is not None:
+                    done = self._act(conn, targets[member_id], move, history)
+                    if not done:
+                        continue
+                self._apply(conn, journey, member_id, step, move, history)
+                moved += 1
+            self._history(conn, history)
+        return moved
+
+    def _apply(self, conn: Connection, journey: Journey, member_id: int, step: Step, move: Move,
+               history: list[Any]) -> None:  # fmt: skip
+        m = dvc.journey_members
+        values: dict[str, Any]
+        if move.finish is not None:
+            values = {"status": move.finish, "left_at": self.at}
+            setattr(self.counts, move.finish, getattr(self.counts, move.finish) + 1)
+        else:
+            assert move.to is not None
+            next_due = due(journey, self.calendar, move.to, self.now)
+            values = {"step": move.to, "arrived_at": self.at, "due_at": stamp(next_due)}
+            self.counts.moved += 1
+        conn.execute(update(m).where(m.c.member_id == member_id).values(values))
+        event = (
+            move.finish if move.finish and move.event in ("end", "journey ended") else move.event
+        )
+        history.append((member_id, step.id, event, move.to, move.detail or None))
+
+    def _act(self, conn: Connection, target: Target, move: Move, history: list[Any]) -> bool:
+        """Record the writes of the member's action; False when it waits (capped) or failed."""
+        step = move.action
+        assert step is not None
+        member_id = target.member_id
+        try:
+            if step.kind in CAPPED and self._capped(conn, target):
+                next_day = self.calendar.next_day_opening(self.now)
+                conn.execute(
+                    update(dvc.journey_members)
+                    .where(dvc.journey_members.c.member_id == member_id)
+                    .values(due_at=stamp(next_day))
+                )
+                history.append((member_id, step.id, "capped", None,
+                                {"owner": target.owner.id if target.owner else None,
+                                 "until": stamp(next_day)}))  # fmt: skip
+                self.counts.capped += 1
+                return False
+            done = act(target, step, self.now, self.calendar, self._open_leads(conn, target))
+        except (ActionProblem, TemplateProblem) as problem:
+            self._fail(conn, member_id, step.id, {"status": 0, "code": "", "message": str(problem),
+                                                  "request_id": ""})  # fmt: skip
+            history.append((member_id, step.id, "failed", None, {"message": str(problem)}))
+            return False
+        record(conn, done.intents, now=self.at, run_id=self.ctx.run_id)
+        if done.record_id is not None:
+            owner = target.owner.id if target.owner else None
+            conn.execute(
+                dvc.journey_records.insert().values(
+                    member_id=member_id, step=step.id, table_name=done.table,
+                    record_id=done.record_id, journey=target.journey.name, owner_id=owner,
+                    day=self.calendar.day(self.now).isoformat(),
+                    intent=done.intents[0].key if done.intents else None,
+                )
+            )  # fmt: skip
+            if step.kind in CAPPED and target.owner is not None:
+                self._caps[(target.owner.id, self.calendar.day(self.now).isoformat())] += 1
+        self.counts.acted += 1
+        if self.sink.dry:  # the dry run lists every write; a run's record only counts them
+            self.counts.writes.append(done.summary)
+        history.append((member_id, step.id, "acted", None, done.summary))
+        return True
+
+    def _capped(self, conn: Connection, target: Target) -> bool:
+        limit = target.journey.caps.per_owner_per_day
+        if limit is None or target.owner is None:
+            return False
+        key = (target.owner.id, self.calendar.day(self.now).isoformat())
+        if key not in self._caps_loaded:
+            r = dvc.journey_records.c
+            made = conn.execute(
+                select(func.count()).where(
+                    r.journey == target.journey.name, r.owner_id == key[0], r.day == key[1],
+                    r.table_name.in_(CAPPED),
+                )
+            ).scalar_one()  # fmt: skip
+            self._caps[key] = int(made)
+            self._caps_loaded.add(key)
+        return self._caps[key] >= limit
+
+    def _open_leads(self, conn: Connection, target: Target) -> list[dict[str, Any]]:
+        """The contact's leads in the store (open and closed), for create_lead's matching."""
+        step_kinds = {s.kind for s in target.journey.steps}
+        if "create_lead" not in step_kinds:
+            return []
+        lead = self.ctx.store.tables["lead"]
+        rows = conn.execute(
+            select(lead.c.leadid, lead.c.subject, lead.c.statecode).where(
+                lead.c._parentcontactid_value == target.contactid
+            )
+        ).mappings()
+        return [dict(row) for row in rows]
+
+    def _fail(self, conn: Connection, member_id: int, step: str, error: dict[str, Any]) -> None:
+        m = dvc.journey_members
+        conn.execute(
+            update(m).where(m.c.member_id == member_id)
+            .values(status="failed", left_at=self.at, error=json.dumps({"step": step, **error}))
+        )  # fmt: skip
+        self.counts.failed += 1
+        self.counts.failures.append({"member": member_id, "step": step, **error})
+
+    def _targets(self, version: int, journey: Journey, rows: list[Any]) -> dict[int, Target]:
+        """The members of a chunk as actions see them: their contact, lead and owner rows."""
+        store = self.ctx.store
+        contacts = self._rows("contact", "contactid", {row[1] for row in rows})
+        leads = self._rows("lead", "leadid", {row[3] for row in rows if row[3]})
+        owners: dict[int, Owner | None] = {}
+        for row in rows:
+            key = f"{row[1]}/{row[2]}"
+            owners[row[0]] = owner_for(journey, key, contacts.get(row[1], {}),
+                                       leads.get(row[3], {}) if row[3] else {})  # fmt: skip
+        user_ids = {o.id for o in owners.values() if o and o.table == "systemuser"}
+        users = self._rows("systemuser", "systemuserid", user_ids)
+        users_table = store.mapping.tables.get("systemuser")
+        blank = dict.fromkeys(users_table.columns) if users_table else {}
+        targets = {}
+        for row in rows:
+            owner = owners[row[0]]
+            targets[row[0]] = Target(
+                journey, version, row[0], row[1], row[2], row[3],
+                contacts.get(row[1], {}), leads.get(row[3], {}) if row[3] else {},
+                owner, users.get(owner.id, blank) if owner else blank,
+            )  # fmt: skip
+        return targets
+
+    def _rows(self, table: str, key: str, ids: set[str]) -> dict[str, dict[str, Any]]:
+        if not ids or table not in self.ctx.store.tables:
+            return {}
+        stored = self.ctx.store.tables[table]
+        columns = [stored.c[c] for c in self.ctx.mapping.tables[table].columns]
+        with self.sink.read() as conn:
+            rows = conn.execute(select(*columns).where(stored.c[key].in_(sorted(ids)))).mappings()
+            return {row[key]: dict(row) for row in rows}
+
+    def _history(self, conn: Connection, events: list[Any]) -> None:
+        if not events:
+            return
+        conn.execute(
+            dvc.journey_history.insert(),
+            [
+                {"member_id": member_id, "journey": self.journey.name, "at": self.at,
+                 "step": step, "event": event, "to_step": to,
+                 "detail": json.dumps(detail, sort_keys=True, default=str) if detail else None}
+                for member_id, step, event, to, detail in events
+            ],
+        )  # fmt: skip
+
+
+def _chunks(items: Any, size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
+    """Run every live journey once; a bad journey is reported and the others run."""
+    results: dict[str, Any] = {}
+    sink = Sink(ctx, dry)
+    with ctx.store.lease(JOB) if not dry else _nothing():
+        outbox = None if dry else Outbox(ctx.store, ctx.online())
+        if outbox is not None:
+            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+        with sink.session():
+            for name, journey in ctx.mapping.journeys.items():
+                with sink.read() as conn:
+                    state = journey_state(conn, name)
+                if state is None or state["state"] != "live":
+                    results[name] = {"state": state["state"] if state else "draft", "failed": 0}
+                    continue
+                try:
+                    counts = JourneyRun(ctx, journey, sink, ctx.clock.now()).run()
+                except (DvconnectError, SQLAlchemyError) as exc:
+                    reason = str(exc).splitlines()[0]
+                    log.error("journey %s not run: %s", name, reason)
+                    results[name] = {"failed": 1, "error": reason}
+                    continue
+                results[name] = counts.__dict__
+        if outbox is not None:
+            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+    for file, error in ctx.mapping.journey_errors.items():
+        results[file] = {"failed": 1, "error": str(error)}
+    if ctx.stop.is_set():
+        results["interrupted"] = True
+    return results
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> None:
+    """Members whose write Dataverse refused fail, with the step and the error."""
+    if not failures:
+        return
+    m = dvc.journey_members
+    with ctx.store.transaction() as conn:
+        for failure in failures:
+            parts = failure.key.split("/")  # journeys/<member>/<step>/<part>
+            member_id, step = int(parts[1]), parts[2]
+            error = {"step": step, "status": failure.status, "code": failure.code,
+                     "message": failure.message, "request_id": failure.request_id}  # fmt: skip
+            journey = conn.execute(
+                update(m).where(m.c.member_id == member_id)
+                .values(status="failed", left_at=ctx.clock.stamp(), error=json.dumps(error))
+                .returning(m.c.journey)
+            ).scalar()  # fmt: skip
+            if journey is None:
+                continue
+            conn.execute(
+                dvc.journey_history.insert().values(
+                    member_id=member_id, journey=journey, at=ctx.clock.stamp(), step=step,
+                    event="failed", detail=json.dumps(error, sort_keys=True),
+                )
+            )  # fmt: skip
+            entry = results.setdefault(journey, {})
+            if isinstance(entry, dict):
+                entry["failed"] = entry.get("failed", 0) + 1
+                entry.setdefault("failures", []).append({"member": member_id, **error})
+            log.warning("journey %s member %d failed at %s: %s %s", journey, member_id, step,
+                        failure.code, failure.message)  # fmt: skip
+
+
+def plan_journeys(ctx: Context) -> list[dict[str, Any]]:
+    """What `run journeys` would write now: the same run inside a transaction rolled back."""
+    if not ctx.store.exists:
+        return [{"journeys": "the store is empty: nothing would enter yet"}]
+    results = run_journeys(ctx, dry=True)
+    steps: list[dict[str, Any]] = []
+    for name, counts in results.items():
+        if not isinstance(counts, dict):
+            continue
+        if counts.get("error"):
+            steps.append({"journey": name, "not run": counts["error"]})
+        for write in counts.get("writes", []):
+            steps.append({"journey": name, **write})
+    return steps
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+
+def set_state(ctx: Context, name: str, state: str) -> str:
+    """Start or stop a journey; returns what was done. Stopping is final: members stop."""
+    if name not in ctx.mapping.journeys:
+        for error in ctx.mapping.journey_errors.values():
+            if error.path.endswith(f"{name}.yaml"):
+                raise ConfigError(str(error))
+        known = ", ".join(sorted(ctx.mapping.journeys)) or "none"
+        raise ConfigError(f"unknown journey {name!r}: the mappings define {known}")
+    j, m = dvc.journeys, dvc.journey_members
+    now = ctx.clock.stamp()
+    with ctx.store.transaction() as conn:
+        current = journey_state(conn, name)
+        if state == "live":
+            if current is not None and current["state"] == "stopped":
+                raise ConfigError(f"journey {name!r} was stopped; a stopped journey stays stopped")
+            if current is None:
+                conn.execute(j.insert().values(journey=name, state="live", version=0,
+                                               started_at=now))  # fmt: skip
+            else:
+                conn.execute(update(j).where(j.c.journey == name)
+                             .values(state="live", started_at=now))  # fmt: skip
+            return "live"
+        if current is None:
+            conn.execute(j.insert().values(journey=name, state="stopped", version=0,
+                                           stopped_at=now))  # fmt: skip
+        else:
+            conn.execute(update(j).where(j.c.journey == name)
+                         .values(state="stopped", stopped_at=now))  # fmt: skip
+        conn.execute(
+            update(m).where(m.c.journey == name, m.c.status == ACTIVE)
+            .values(status="stopped", left_at=now)
+        )  # fmt: skip
+        return "stopped"
