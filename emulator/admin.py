@@ -412,6 +412,8 @@ class Admin:
 
     def transport(self, request: Request, rid: str) -> Response:
         outcome = _object(request).get("outcome")
+        if outcome not in emails.TRANSPORT:
+            raise AdminError(400, f"outcome must be one of {', '.join(emails.TRANSPORT)}")
         try:
             emails.move(self.ctx, rid.lower(), str(outcome))
         except emails.HookError as error:

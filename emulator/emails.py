@@ -144,9 +144,8 @@ TRANSPORT = {
 
 
 def move(ctx: Context, email_id: str, outcome: str) -> None:
-    """The mail transport's verdict on a queued e-mail: Sending, Sent (with `senton`), Failed."""
-    if outcome not in TRANSPORT:
-        raise HookError(f"outcome must be one of {', '.join(TRANSPORT)}")
+    """The mail transport's verdict on a queued e-mail (`outcome` one of TRANSPORT): Sending,
+    Sent (with `senton`), Failed."""
     sources, values = TRANSPORT[outcome]
     table = ctx.schema.by_name["email"]
     with ctx.store.write(ctx.now()) as tx:

@@ -883,6 +883,7 @@ APPOINTMENT = _activity(
         _datetime("actualstart", "Actual Start"),
         _datetime("actualend", "Actual End"),
         _integer("scheduleddurationminutes", "Duration"),
+        _integer("actualdurationminutes", "Actual Duration"),
         _text("location", "Location", 200),
         _boolean("isalldayevent", "All Day Event", "Yes", "No"),
     ),

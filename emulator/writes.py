@@ -184,6 +184,12 @@ def _values(
                     )
                 ids = tuple(resolve(ctx, tx, url, collection.table.name, key)[1] for url in value)
                 related.append(_Related(collection, ids=ids))
+            elif table.is_activity and f"{name}_{table.name}" in table.navigations:
+                raise errors.payload_error(  # U45 (emulator wording)
+                    f"The navigation property '{name}' is inherited from "
+                    "'Microsoft.Dynamics.CRM.activitypointer' and cannot be bound on "
+                    f"'{table.type_name}': use '{name}_{table.name}'."
+                )
             else:
                 raise errors.undeclared_property(name)
             continue
