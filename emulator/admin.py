@@ -7,8 +7,8 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     GET    /status                      version, clock, row counts, change-tracking flags,
                                         service protection windows per caller
     GET    /requests?after=SEQ          Web API calls after SEQ        DELETE /requests
-    POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, clock,
-                                        config, service protection windows (versions keep
+    POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, invocations,
+                                        clock, config, service protection windows (versions keep
                                         growing; tokens stay valid)
     GET    /tables/<t>[?$filter=…]      every row (optionally filtered with OData $filter text)
     GET    /tables/<t>/count            GET /tables/<t>/deleted (tombstones)

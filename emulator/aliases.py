@@ -16,8 +16,6 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|@([A-Za-z_]\w*)")
 def resolve(options: dict[str, str]) -> dict[str, str]:
     """`options` without the `@name` options, their values written into `$filter`."""
     values = {name: value for name, value in options.items() if name.startswith("@")}
-    if not values:
-        return options
     resolved = {name: value for name, value in options.items() if name not in values}
     if "$filter" in resolved:
         resolved["$filter"] = _TOKEN.sub(

@@ -9,8 +9,8 @@ the `$ref` and single-property requests. Duplicate detection (§7.10) runs when 
 it. Read-only columns are ignored, except `statecode` on create (U19). `fullname`, owner,
 created/modified stamps, defaults, the resolved e-mail sender and the initial state of an
 appointment (U47) are filled in here; parties are checked against the roles of their activity
-(§18.5, §19.4); versions, tombstones and delete cascades are the store's, owners and the Assign
-cascade `owners`'.
+(§18.5, §19.4). Versions, tombstones and delete cascades belong to the store; owner checks and
+the Assign cascade to `owners`.
 """
 
 from __future__ import annotations

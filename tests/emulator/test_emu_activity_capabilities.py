@@ -245,3 +245,9 @@ def test_parameter_aliases_are_written_into_the_filter(web: Api) -> None:
     assert len(unset.json()["value"]) == sum(
         1 for lead in web.rows("lead").values() if lead["jobtitle"] is None
     )
+
+
+def test_an_alias_without_any_value_is_null(web: Api) -> None:
+    response = web.get("sdkmessagefilters?$select=name&$filter=sdkmessageid/name eq @message")
+    assert response.status_code == 200
+    assert response.json()["value"] == []
