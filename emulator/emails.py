@@ -19,7 +19,7 @@ from emulator.context import Context
 from emulator.schema import Table
 from emulator.storage import WriteTx
 from emulator.wire import Request, Response, json_response
-from emulator.writes import body_of, insert_system
+from emulator.writes import action_parameters, insert_system
 
 NAMESPACE = "Microsoft.Dynamics.CRM."
 DRAFT, FAILED, SENT, PENDING_SEND, SENDING = 1, 8, 3, 6, 7
@@ -32,24 +32,6 @@ INTERACTIONS = {
     "attachment_opens": ("attachmentopencount", 2, "AttachmentOpen"),
     "replies": ("replycount", 3, "EmailReply"),
 }
-
-
-def _parameters(body: object, operation: str, names: dict[str, type]) -> dict[str, Any]:
-    """An action's JSON parameters: a known name each, of its type (emulator wording)."""
-    if not isinstance(body, dict):
-        raise errors.payload_error("The request body must be a JSON object.")
-    for name, value in body.items():
-        if name not in names:
-            raise errors.payload_error(
-                f"The parameter '{name}' in the request payload is not a valid parameter for the "
-                f"operation '{operation}'."
-            )
-        if value is not None and not isinstance(value, names[name]):
-            raise errors.payload_error(
-                f"The parameter '{name}' of the operation '{operation}' must be of type "
-                f"'{'Edm.Boolean' if names[name] is bool else 'Edm.String'}'."
-            )
-    return body
 
 
 def _parties(tx: WriteTx, email_id: str) -> list[tuple[int, str | None, str | None]]:
@@ -92,9 +74,7 @@ def _check_sendable(ctx: Context, tx: WriteTx, current: dict[str, Any]) -> None:
 
 def send_email(ctx: Context, request: Request, table: Table, email_id: str) -> Response:
     """`emails(<id>)/Microsoft.Dynamics.CRM.SendEmail` (§18.7)."""
-    parameters = _parameters(
-        body_of(request), "SendEmail", {"IssueSend": bool, "TrackingToken": str}
-    )
+    parameters = action_parameters(request, "SendEmail", {"IssueSend": bool, "TrackingToken": str})
     issue = parameters.get("IssueSend")
     if not isinstance(issue, bool):
         raise errors.payload_error(
@@ -124,7 +104,7 @@ def send_email(ctx: Context, request: Request, table: Table, email_id: str) -> R
 
 def tracking_token(ctx: Context, request: Request) -> Response:
     """`GetTrackingTokenEmail` (§18.8, U39): the next `CRM:<7 digits>` token of the org."""
-    _parameters(body_of(request) if request.body else {}, "GetTrackingTokenEmail", {"Subject": str})
+    action_parameters(request, "GetTrackingTokenEmail", {"Subject": str})
     with ctx.store.write(ctx.now()) as tx:
         number = int(ctx.store.meta(TOKEN_COUNTER) or 0) + 1
         tx.set_meta(TOKEN_COUNTER, str(number))
@@ -206,7 +186,9 @@ def _first_recipient_address(ctx: Context, tx: WriteTx, email_id: str) -> str | 
         return None
     address, party, kind = found[0]
     if address or party is None or kind is None:
-        return address  # type: ignore[no-any-return]
+        return str(address) if address else None
     record = tx.record(ctx.schema.by_name[kind], party) or {}
-    value = record.get("emailaddress1") or record.get("internalemailaddress")
-    return record.get("emailaddress") if value is None else value  # type: ignore[no-any-return]
+    for column in ("emailaddress1", "internalemailaddress", "emailaddress"):
+        if record.get(column):
+            return str(record[column])
+    return None

@@ -17,10 +17,11 @@ from emulator.context import Context
 from emulator.schema import Table
 from emulator.storage import WriteTx
 from emulator.wire import Request, Response, json_response
-from emulator.writes import body_of, insert_system, parse_key
+from emulator.writes import action_parameters, insert_system, parse_key
 
 NAMESPACE = "Microsoft.Dynamics.CRM."
-PARAMETERS = frozenset({"Target", "SourceQueue", "QueueItemProperties"})
+PARAMETERS: dict[str, type | None] = {"Target": None, "SourceQueue": None,
+                                       "QueueItemProperties": None}  # fmt: skip
 
 
 def _reference(
@@ -50,15 +51,7 @@ def _item_of(tx: WriteTx, queue_id: str, record_id: str) -> str | None:
 
 def add_to_queue(ctx: Context, request: Request, queue: Table, queue_id: str) -> Response:
     """Put the `Target` record into the bound queue (or move it there from `SourceQueue`)."""
-    body = body_of(request)
-    if not isinstance(body, dict):
-        raise errors.payload_error("The request body must be a JSON object.")
-    for name in body:
-        if name not in PARAMETERS:
-            raise errors.payload_error(
-                f"The parameter '{name}' in the request payload is not a valid parameter for the "
-                "operation 'AddToQueue'."
-            )
+    body = action_parameters(request, "AddToQueue", PARAMETERS)
     items = ctx.schema.by_name["queueitem"]
     targets = tuple(t.table for t in items.by_name["objectid"].targets)
     if body.get("Target") is None:

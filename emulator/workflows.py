@@ -14,14 +14,13 @@ reference documents none).
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from emulator import errors
 from emulator.context import Context
 from emulator.schema import Table
 from emulator.storage import WriteTx
 from emulator.wire import Request, Response, json_response
-from emulator.writes import body_of, insert_system
+from emulator.writes import action_parameters, insert_system
 
 NAMESPACE = "Microsoft.Dynamics.CRM."
 CLASSIC_WORKFLOW, ACTION = 0, 3
@@ -30,18 +29,6 @@ ACTIVATED = 1
 WORKFLOW_OPERATION = 10
 ROUTE_LEAD = "new_RouteLead"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-def _check_parameters(body: object, operation: str, names: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise errors.payload_error("The request body must be a JSON object.")
-    for name in body:
-        if name not in names:
-            raise errors.payload_error(
-                f"The parameter '{name}' in the request payload is not a valid parameter for the "
-                f"operation '{operation}'."
-            )
-    return body
 
 
 def _entity_id(value: object) -> str:
@@ -68,9 +55,7 @@ def _find_record(ctx: Context, tx: WriteTx, entity: Table, record_id: str) -> No
 
 def execute_workflow(ctx: Context, request: Request, table: Table, workflow_id: str) -> Response:
     """ExecuteWorkflow: a system job for the workflow on `EntityId`."""
-    body = _check_parameters(
-        body_of(request), "ExecuteWorkflow", frozenset({"EntityId", "InputArguments"})
-    )
+    body = action_parameters(request, "ExecuteWorkflow", {"EntityId": None, "InputArguments": None})
     if body.get("EntityId") is None:
         raise errors.invalid_argument("The parameter 'EntityId' of ExecuteWorkflow is required.")
     jobs = ctx.schema.by_name["asyncoperation"]
@@ -120,14 +105,7 @@ def execute_workflow(ctx: Context, request: Request, table: Table, workflow_id: 
 
 def route_lead(ctx: Context, request: Request, table: Table, lead_id: str) -> Response:
     """The custom action `new_RouteLead` bound to lead: `Reason` (Edm.String, optional)."""
-    body = _check_parameters(
-        body_of(request) if request.body else {}, ROUTE_LEAD, frozenset({"Reason"})
-    )
-    reason = body.get("Reason")
-    if reason is not None and not isinstance(reason, str):
-        raise errors.payload_error(
-            f"The parameter 'Reason' of the operation '{ROUTE_LEAD}' must be of type 'Edm.String'."
-        )
+    reason = action_parameters(request, ROUTE_LEAD, {"Reason": str}).get("Reason")
     with ctx.store.write(ctx.now()) as tx:
         if tx.record(table, lead_id) is None:
             raise errors.does_not_exist(table.name, lead_id)

@@ -593,6 +593,29 @@ def body_of(request: Request) -> object:
         ) from None
 
 
+def action_parameters(
+    request: Request, operation: str, types: dict[str, type | None]
+) -> dict[str, Any]:
+    """An action's JSON parameters (an empty body is none): each a parameter of `operation`
+    (ODataLib's text otherwise) and, where `types` gives one, of that type (emulator wording)."""
+    body = body_of(request) if request.body else {}
+    if not isinstance(body, dict):
+        raise errors.payload_error("The request body must be a JSON object.")
+    for name, value in body.items():
+        if name not in types:
+            raise errors.payload_error(
+                f"The parameter '{name}' in the request payload is not a valid parameter for the "
+                f"operation '{operation}'."
+            )
+        kind = types[name]
+        if kind is not None and value is not None and not isinstance(value, kind):
+            edm = "Edm.Boolean" if kind is bool else "Edm.String"
+            raise errors.payload_error(
+                f"The parameter '{name}' of the operation '{operation}' must be of type '{edm}'."
+            )
+    return body
+
+
 def detects_duplicates(request: Request) -> bool:
     """§7.10: duplicate detection runs only when the request switches it on."""
     header = request.header("mscrm.suppressduplicatedetection") or ""
