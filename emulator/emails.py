@@ -19,7 +19,7 @@ from emulator.context import Context
 from emulator.schema import Table
 from emulator.storage import WriteTx
 from emulator.wire import Request, Response, json_response
-from emulator.writes import action_parameters, insert_system
+from emulator.writes import action_parameters, coerce, insert_system
 
 NAMESPACE = "Microsoft.Dynamics.CRM."
 DRAFT, FAILED, SENT, PENDING_SEND, SENDING = 1, 8, 3, 6, 7
@@ -96,7 +96,8 @@ def send_email(ctx: Context, request: Request, table: Table, email_id: str) -> R
         if not issue:
             values["senton"] = tx.now
         if parameters.get("TrackingToken") is not None:
-            values["trackingtoken"] = parameters["TrackingToken"]
+            token = parameters["TrackingToken"]
+            values["trackingtoken"] = coerce(table, table.by_name["trackingtoken"], token)
         tx.update(table, email_id, values)
     context = f"{ctx.api_root}$metadata#{NAMESPACE}SendEmailResponse"
     return json_response(200, {"@odata.context": context, "Subject": current["subject"]})

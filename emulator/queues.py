@@ -14,10 +14,10 @@ from typing import Any
 
 from emulator import errors
 from emulator.context import Context
-from emulator.schema import Table
+from emulator.schema import Attribute, Table
 from emulator.storage import WriteTx
 from emulator.wire import Request, Response, json_response
-from emulator.writes import action_parameters, insert_system, parse_key
+from emulator.writes import action_parameters, coerce, insert_system, parse_key
 
 NAMESPACE = "Microsoft.Dynamics.CRM."
 PARAMETERS: dict[str, type | None] = {"Target": None, "SourceQueue": None,
@@ -38,6 +38,11 @@ def _reference(
     if value.get(table.primary_id) is None:
         raise errors.payload_error(f"The parameter '{name}' must carry its '{table.primary_id}'.")
     return table, parse_key(table, str(value[table.primary_id]))
+
+
+def _cut(text: str | None, column: Attribute) -> str | None:
+    """A default title: the record's subject, cut to the title's MaxLength."""
+    return text[: column.max_length] if text is not None else None
 
 
 def _item_of(tx: WriteTx, queue_id: str, record_id: str) -> str | None:
@@ -65,9 +70,8 @@ def add_to_queue(ctx: Context, request: Request, queue: Table, queue_id: str) ->
     properties = body.get("QueueItemProperties") or {}
     if not isinstance(properties, dict):
         raise errors.payload_error("The parameter 'QueueItemProperties' must be a queueitem.")
-    title = properties.get("title")
-    if title is not None and not isinstance(title, str):
-        raise errors.payload_error("The 'title' of 'QueueItemProperties' must be a string.")
+    title_column = items.by_name["title"]
+    title = coerce(items, title_column, properties.get("title"))
     with ctx.store.write(ctx.now()) as tx:
         for kind, key in ((queue, queue_id), (table, record_id)):
             if tx.record(kind, key) is None:
@@ -84,7 +88,7 @@ def add_to_queue(ctx: Context, request: Request, queue: Table, queue_id: str) ->
         elif item_id is None:
             record = tx.record(table, record_id) or {}
             item_id = insert_system(ctx, tx, items, {
-                "title": title if title is not None else record.get("subject"),
+                "title": title if title is not None else _cut(record.get("subject"), title_column),
                 "_queueid_value": queue_id, "_objectid_value": record_id,
                 "objectidtype": table.name, "enteredon": tx.now,
             })  # fmt: skip

@@ -357,6 +357,10 @@ def test_send_email_checks_its_parameters_and_the_record(web: Api, email_id: str
         "The parameter 'Regarding' in the request payload is not a valid parameter for the "
         "operation 'SendEmail'."
     )
+    assert error(send(web, email_id, {"IssueSend": True, "TrackingToken": "x" * 51}))[:2] == (
+        400,
+        "0x80044331",
+    )
     missing = "00000000-0000-0000-0000-0000000000e1"
     assert error(send(web, missing, {"IssueSend": True})) == (
         404,
