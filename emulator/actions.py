@@ -2,10 +2,11 @@
 
 `<set>/Microsoft.Dynamics.CRM.CreateMultiple|UpdateMultiple|UpsertMultiple` take `Targets`, each
 naming its entity type with `@odata.type`; a request is all-or-nothing (one transaction, the first
-bad target fails it with the ordinary error). Activity tables answer 0x80040315 unless the U28
-switch allows them. `leads(<id>)/Microsoft.Dynamics.CRM.QualifyLead` creates the account, contact
-and opportunity asked for, applies the documented side effects only (U37) and answers the created
-records as typed entity references (U36). Both honour duplicate detection on request.
+bad target fails it with the ordinary error). They serve lead, contact, account and opportunity;
+activity tables answer 0x80040315 unless the U28 switch allows them, the other tables always.
+`leads(<id>)/Microsoft.Dynamics.CRM.QualifyLead` creates the account, contact and opportunity
+asked for, applies the documented side effects only (U37) and answers the created records as
+typed entity references (U36). Both honour duplicate detection on request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from emulator import errors
+from emulator import errors, messages
 from emulator.context import Context
 from emulator.schema import Table
 from emulator.storage import WriteTx
@@ -74,7 +75,7 @@ def _target_id(table: Table, target: dict[str, Any], action: str) -> str | None:
 
 def bulk(ctx: Context, request: Request, table: Table, action: str) -> Response:
     """CreateMultiple → 200 with `Ids`; UpdateMultiple and UpsertMultiple → 204 (§10)."""
-    if table.is_party or (table.is_activity and not ctx.config.bulk_on_activities):
+    if not messages.bulk_supported(ctx.config, table):
         raise errors.not_supported(
             f"The '{action}' method does not support entities of type '{table.name}'."
         )

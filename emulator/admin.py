@@ -7,8 +7,8 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     GET    /status                      version, clock, row counts, change-tracking flags,
                                         service protection windows per caller
     GET    /requests?after=SEQ          Web API calls after SEQ        DELETE /requests
-    POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, clock,
-                                        config, service protection windows (versions keep
+    POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, invocations,
+                                        clock, config, service protection windows (versions keep
                                         growing; tokens stay valid)
     GET    /tables/<t>[?$filter=…]      every row (optionally filtered with OData $filter text)
     GET    /tables/<t>/count            GET /tables/<t>/deleted (tombstones)
@@ -21,17 +21,22 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     POST   /faults/release              let held requests go (they end by closing the connection)
     GET|PATCH /config                   {"change_tracking": {"lead": false}, "token_lifetime": …,
                                         "service_protection": {"requests": 5}, U-switches…}
+    POST   /emails/<id>/engagement {"opens","clicks","attachment_opens","replies","interactions"}
+                                        engagement recorded on a mail (U43)
+    POST   /emails/<id>/transport {"outcome": "sending"|"sent"|"failed"}   the mail transport
+    GET    /invocations                 workflows and custom actions run (DELETE clears)
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from emulator import errors, seed
+from emulator import emails, errors, messages, owners, seed
 from emulator.clock import parse_wire, wire
 from emulator.faults import FaultPlan, FaultSpecError, parse_spec
 from emulator.schema import GUID_TYPES, AttributeType, Table
@@ -74,6 +79,7 @@ def _integer(body: dict[str, Any], key: str, default: int) -> int:
 
 
 Handler = Callable[..., Response]
+_ID = "[0-9a-fA-F-]{36}"
 
 
 class Admin:
@@ -110,6 +116,10 @@ class Admin:
             ("POST", re.compile(r"^/faults/release$"), self.release_faults),
             ("GET", re.compile(r"^/config$"), self.config),
             ("PATCH", re.compile(r"^/config$"), self.set_config),
+            ("POST", re.compile(rf"^/emails/(?P<rid>{_ID})/engagement$"), self.engagement),
+            ("POST", re.compile(rf"^/emails/(?P<rid>{_ID})/transport$"), self.transport),
+            ("GET", re.compile(r"^/invocations$"), self.invocations),
+            ("DELETE", re.compile(r"^/invocations$"), self.clear_invocations),
         ]
 
     def handle(self, request: Request) -> Response:
@@ -188,6 +198,7 @@ class Admin:
                         None,
                     )  # fmt: skip
                 values[attribute.type_column] = target if value is not None else None
+        owners.fill_owner(table, values)
         return values
 
     # -- routes --------------------------------------------------------------------------------
@@ -235,7 +246,9 @@ class Admin:
         with ctx.store.write(ctx.now()) as tx:
             tx.clear()
             counts = seed.seed(tx, anchor=anchor, client_id=ctx.client_id, **sizes)
+            messages.sync(ctx, tx)
         self.emulator.log.clear()
+        ctx.invocations.clear()
         return _reply({"seeded": counts, "version": ctx.store.version})
 
     def table_rows(self, request: Request, name: str) -> Response:
@@ -384,8 +397,41 @@ class Admin:
         return _reply(self.ctx.config.as_json())
 
     def set_config(self, request: Request) -> Response:
+        ctx = self.ctx
         try:
-            self.ctx.config = self.ctx.config.updated(_object(request))
+            ctx.config = ctx.config.updated(_object(request))
         except ValueError as error:
             raise AdminError(400, str(error)) from None
-        return _reply(self.ctx.config.as_json())
+        with ctx.store.write(ctx.now()) as tx:
+            messages.sync(ctx, tx)
+        return _reply(ctx.config.as_json())
+
+    def engagement(self, request: Request, rid: str) -> Response:
+        body = _object(request)
+        unknown = set(body) - {*emails.INTERACTIONS, "interactions"}
+        if unknown:
+            raise AdminError(400, f"unknown keys {sorted(unknown)}")
+        counts = {key: _integer(body, key, 0) for key in emails.INTERACTIONS if key in body}
+        interactions = body.get("interactions", False)
+        if not isinstance(interactions, bool):
+            raise AdminError(400, "interactions must be a boolean")
+        created = emails.engage(self.ctx, rid.lower(), counts, interactions=interactions)
+        row = self.get_row(request, "email", rid.lower())
+        return _reply({**json.loads(row.body), "interactions": created})
+
+    def transport(self, request: Request, rid: str) -> Response:
+        outcome = _object(request).get("outcome")
+        if outcome not in emails.TRANSPORT:
+            raise AdminError(400, f"outcome must be one of {', '.join(emails.TRANSPORT)}")
+        try:
+            emails.move(self.ctx, rid.lower(), str(outcome))
+        except emails.HookError as error:
+            raise AdminError(409, str(error)) from None
+        return self.get_row(request, "email", rid.lower())
+
+    def invocations(self, request: Request) -> Response:
+        return _reply({"invocations": self.ctx.invocations.entries()})
+
+    def clear_invocations(self, request: Request) -> Response:
+        self.ctx.invocations.clear()
+        return _reply({"cleared": True})

@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
-from emulator import actions, batch, errors, metadata, reads, writes
+from emulator import (
+    actions,
+    batch,
+    emails,
+    errors,
+    metadata,
+    queues,
+    reads,
+    workflows,
+    writes,
+)
 from emulator.admin import Admin
 from emulator.context import Context
 from emulator.faults import FaultPlan
@@ -40,6 +50,14 @@ _IDENTITY = re.compile(
 _SERVICE_HEADERS = (("OData-Version", "4.0"), ("x-ms-dop-hint", "4"))
 _ACTION = "Microsoft.Dynamics.CRM."
 _REF = re.compile(r"^(?P<nav>[A-Za-z_]\w*)(?:\((?P<key>[^)]*)\))?/\$ref$")
+BOUND_ACTIONS = {  # (table, action) → handler(ctx, request, table, record id)
+    ("lead", "QualifyLead"): actions.qualify_lead,
+    ("email", "SendEmail"): emails.send_email,
+    ("queue", "AddToQueue"): queues.add_to_queue,
+    ("workflow", "ExecuteWorkflow"): workflows.execute_workflow,
+    ("lead", workflows.ROUTE_LEAD): workflows.route_lead,
+}
+UNBOUND_ACTIONS = {"GetTrackingTokenEmail": emails.tracking_token}
 
 logger = logging.getLogger("emulator")
 
@@ -235,6 +253,10 @@ class Emulator:
             return batch.handle(
                 ctx, request, self._dispatch, lambda extra: self._charge(request, extra)
             )
+        if resource in UNBOUND_ACTIONS:
+            if method != "POST":
+                raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
+            return UNBOUND_ACTIONS[resource](ctx, request)
         match = _ENTITY.match(resource)
         if match is None:
             raise errors.resource_not_found(resource.split("/")[0])
@@ -258,6 +280,8 @@ class Emulator:
                 return actions.bulk(ctx, request, table, action)
             raise errors.resource_not_found(rest.split("/")[0])
         record_id = writes.parse_key(table, key)
+        if method == "GET" and not table.supports("Retrieve"):
+            raise writes.unsupported("Retrieve", table)
         if rest is None:
             if method == "GET":
                 return reads.get_entity(ctx, request, table, record_id)
@@ -271,10 +295,11 @@ class Emulator:
     def _record_path(self, request: Request, table: Table, record_id: str, rest: str) -> Response:
         """`<set>(<id>)/…`: a column, a navigation (or its `$ref`), or a bound action."""
         ctx, method = self.ctx, request.method
-        if rest == f"{_ACTION}QualifyLead" and table.name == "lead":
+        handler = BOUND_ACTIONS.get((table.name, rest.removeprefix(_ACTION)))
+        if handler is not None and rest.startswith(_ACTION):
             if method != "POST":
                 raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
-            return actions.qualify_lead(ctx, request, table, record_id)
+            return handler(ctx, request, table, record_id)
         reference = _REF.match(rest)
         if reference is not None:
             return self._reference(request, table, record_id, reference)
@@ -288,21 +313,20 @@ class Emulator:
         if rest in table.navigations:
             if method != "GET":
                 raise method_not_allowed(method)
-            lookup, target = table.navigations[rest]
-            related = ctx.schema.by_name.get(target.table)
+            lookup, targets = table.bindings[rest]
             current = ctx.store.record(table, record_id)
             if current is None:
                 raise errors.does_not_exist(table.name, record_id)
             linked = current.get(lookup.read_name)
-            if (
-                related is None
-                or linked is None
-                or (lookup.type_column and current.get(lookup.type_column) != target.table)
-            ):
+            kind = current.get(lookup.type_column) if lookup.type_column else targets[0].table
+            related = ctx.schema.by_name.get(kind or "")
+            if related is None or linked is None or kind not in {t.table for t in targets}:
                 return Response(204)
             return reads.get_entity(ctx, request, related, linked)
         collection = ctx.schema.collection(table.name, rest)
         if collection is not None:
+            if method == "PUT" and collection.table.is_party and table.name == "email":
+                return writes.replace_parties(ctx, request, table, record_id, collection)
             if method == "PUT" and collection.table.is_party:
                 raise errors.bad_query(
                     f"The collection '{rest}' cannot be replaced with PUT; PATCH the "

@@ -3,10 +3,12 @@
 `Config` holds what the admin endpoint can change at run time (change tracking per table, token
 lifetime, retention, service protection limits, and the switches of §16.2 for UNCONFIRMED
 behaviour); it is replaced as a whole, so a request always sees one consistent configuration.
+`Invocations` lists the workflows and custom actions run, for the admin endpoint.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,6 +22,8 @@ from emulator.storage import Store
 EMULATOR_NAMESPACE = uuid.UUID("6c5f1c2e-8d1b-4d6a-9a3e-3c2b1f0e9d7a")
 ORGANIZATION_ID = str(uuid.uuid5(EMULATOR_NAMESPACE, "organization"))
 BUSINESS_UNIT_ID = str(uuid.uuid5(EMULATOR_NAMESPACE, "businessunit"))
+# U55: e-mail change tracking is off unless switched on; U58: none on interactionforemail.
+UNTRACKED_BY_DEFAULT = frozenset({"email", "interactionforemail"})
 
 
 def application_user_id(client_id: str) -> str:
@@ -47,6 +51,8 @@ SWITCHES = (
     "bulk_on_activities",  # U28: CreateMultiple & co. on phonecall, task, appointment
     "qualify_links_lead",  # U37: QualifyLead sets the lead's parent contact and account
     "duplicates_across_tables",  # §7.10: a lead's email also matches contacts, and vice versa
+    "send_email_requires_approval",  # U41: SendEmail fails for a sender not approved (≠ 1)
+    "appointment_scheduled_on_create",  # U47: an appointment with start and end is created Busy
 )
 
 
@@ -68,6 +74,8 @@ class Config:
     bulk_on_activities: bool = False
     qualify_links_lead: bool = False
     duplicates_across_tables: bool = False
+    send_email_requires_approval: bool = False
+    appointment_scheduled_on_create: bool = True
     limits: Limits = field(default_factory=Limits)
     tables: tuple[str, ...] = field(default=(), compare=False)
 
@@ -112,6 +120,29 @@ class Config:
         return replace(config, untracked=frozenset(untracked))
 
 
+class Invocations:
+    """The workflows (ExecuteWorkflow) and custom actions run, in order (admin endpoint only).
+
+    An entry is made when the call runs, so one whose `$batch` change set rolls back later stays.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries = []
+
+
 class Context:
     """What every handler needs; `config` is swapped atomically by the admin endpoint."""
 
@@ -137,6 +168,7 @@ class Context:
         self.compiler = QueryCompiler(schema)
         self.initial_config = config
         self.config = config
+        self.invocations = Invocations()
 
     def now(self) -> str:
         return wire(self.clock.now())

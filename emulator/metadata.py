@@ -25,6 +25,7 @@ from emulator.reads import query_options
 from emulator.schema import Attribute, AttributeType, Table
 from emulator.wire import Request, Response, json_response
 
+PRINCIPALS = frozenset({"systemuser", "team"})
 ENTITY_TYPE = "Microsoft.Dynamics.CRM.EntityMetadata"
 ATTRIBUTE_TYPE = "Microsoft.Dynamics.CRM.AttributeMetadata"
 RELATIONSHIP_TYPE = "Microsoft.Dynamics.CRM.RelationshipMetadataBase"
@@ -203,8 +204,9 @@ def _relationship(
 ) -> dict[str, Any]:
     target = attribute.targets[target_index]
     referenced = ctx.schema.by_name.get(target.table)
+    shared = sum(t.relationship == target.relationship for t in attribute.targets) > 1
     return {
-        "MetadataId": _id("relationship", target.relationship),
+        "MetadataId": _id("relationship", target.relationship, *([target.table] if shared else [])),
         "SchemaName": target.relationship,
         "RelationshipType": "OneToManyRelationship",
         "ReferencedEntity": target.table,
@@ -213,7 +215,10 @@ def _relationship(
         "ReferencingAttribute": attribute.name,
         "ReferencedEntityNavigationPropertyName": target.relationship,
         "ReferencingEntityNavigationPropertyName": target.navigation,
-        "CascadeConfiguration": {"Delete": target.on_delete.value},
+        "CascadeConfiguration": {
+            "Assign": "Cascade" if target.assign else "NoCascade",
+            "Delete": target.on_delete.value,
+        },
         "IsCustomRelationship": False,
     }
 
@@ -460,19 +465,27 @@ def csdl(ctx: Context, with_annotations: bool) -> Response:
         '<Schema Namespace="Microsoft.Dynamics.CRM" Alias="mscrm" '
         'xmlns="http://docs.oasis-open.org/odata/ns/edm">',
     ]
+    lines.append(
+        '<EntityType Name="principal" Abstract="true"><Key><PropertyRef Name="ownerid" /></Key>'
+        '<Property Name="ownerid" Type="Edm.Guid" Nullable="false" /></EntityType>'
+    )
     for table in ctx.schema.tables:
-        lines.append(f'<EntityType Name="{table.name}">')
-        lines.append(f'<Key><PropertyRef Name="{table.primary_id}" /></Key>')
+        if table.name in PRINCIPALS:  # systemuser and team derive from principal (§21.1)
+            lines.append(f'<EntityType Name="{table.name}" BaseType="mscrm.principal">')
+        else:
+            lines.append(f'<EntityType Name="{table.name}">')
+            lines.append(f'<Key><PropertyRef Name="{table.primary_id}" /></Key>')
         for attribute in table.attributes:
             lines.append(f'<Property Name="{attribute.read_name}" Type="{attribute.edm_type}" />')
-        for attribute in table.attributes:
-            for target in attribute.targets:
-                if target.table in ctx.schema.by_name:
-                    lines.append(
-                        f'<NavigationProperty Name="{target.navigation}" '
-                        f'Type="mscrm.{target.table}" '
-                        f'Nullable="true" Partner="{target.relationship}" />'
-                    )
+        for name, (_, targets) in table.bindings.items():
+            served = [t for t in targets if t.table in ctx.schema.by_name]
+            if len(served) > 1:  # ownerid: a user or a team
+                lines.append(f'<NavigationProperty Name="{name}" Type="mscrm.principal" />')
+            elif served:
+                lines.append(
+                    f'<NavigationProperty Name="{name}" Type="mscrm.{served[0].table}" '
+                    f'Nullable="true" Partner="{served[0].relationship}" />'
+                )
         for reference in ctx.schema.references_to(table.name):
             lines.append(
                 f'<NavigationProperty Name="{reference.target.relationship}" '

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from emulator import errors
+from emulator import aliases, errors
 from emulator.context import Context
 from emulator.paging import (
     Cursor,
@@ -57,7 +57,8 @@ CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
 
 
 def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The request's query options by name; duplicates and unsupported options are a 400."""
+    """The request's query options by name, parameter aliases written into `$filter`;
+    duplicates and unsupported options are a 400."""
     options: dict[str, str] = {}
     for name, value in request.options:
         if name in options:
@@ -66,13 +67,12 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
                 "at most once."
             )
         options[name] = value
+    options = aliases.resolve(options)
     for name in options:
         if name in allowed:
             continue
         if name in LATER:
             raise errors.not_implemented(LATER[name])
-        if name.startswith("@"):
-            raise errors.not_implemented("Parameter aliases")
         if name.startswith("$"):
             raise errors.bad_query(f"The query parameter '{name}' is not supported.")
     return options

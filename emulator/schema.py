@@ -9,8 +9,8 @@ are all generated from these definitions, so they cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
@@ -70,12 +70,26 @@ class Option:
 
 @dataclass(frozen=True)
 class LookupTarget:
-    """One table a lookup can point at, with its case-sensitive navigation property names."""
+    """One table a lookup can point at, with its case-sensitive navigation property names.
+
+    `assign` marks a parental relationship whose Assign cascades: giving the referenced record a
+    new owner gives it to the referencing records too (§18.4, §21.1).
+    """
 
     table: str
     navigation: str
     relationship: str
     on_delete: OnDelete = OnDelete.REMOVE_LINK
+    assign: bool = False
+
+
+@dataclass(frozen=True)
+class PartyRole:
+    """Who may take one participation type (mask) on an activity: record tables, and whether an
+    address alone (`addressused`, an unresolved party) will do (§8.5, §18.5, §19.4)."""
+
+    tables: tuple[str, ...]
+    unresolved: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,14 +168,21 @@ class Table:
     ownership: str
     attributes: tuple[Attribute, ...]
     computed_fullname: bool = False
-    deletable: bool = True
+    unsupported: frozenset[str] = frozenset()
     is_activity: bool = False
     duplicate_keys: tuple[str, ...] = ()
+    party_roles: Mapping[int, PartyRole] = field(default_factory=dict)
+    bulk: bool = False
+    parent: str | None = None
 
     @property
     def is_party(self) -> bool:
         """activityparty: written only through an activity's `<activity>_activity_parties`."""
         return self.name == "activityparty"
+
+    def supports(self, message: str) -> bool:
+        """Whether the Web API serves `message` (Create, Retrieve, Update, Delete) for the table."""
+        return message not in self.unsupported
 
     @property
     def type_name(self) -> str:
@@ -177,11 +198,23 @@ class Table:
 
     @cached_property
     def navigations(self) -> dict[str, tuple[Attribute, LookupTarget]]:
-        """Single-valued navigation property name → (lookup attribute, target)."""
+        """Single-valued navigation property name → (lookup attribute, its first target).
+
+        `ownerid` is one navigation for two targets (systemuser, team): reads and expansions
+        follow the first, binds choose by the URL (`bindings`).
+        """
+        found: dict[str, tuple[Attribute, LookupTarget]] = {}
+        for attribute in self.attributes:
+            for target in attribute.targets:
+                found.setdefault(target.navigation, (attribute, target))
+        return found
+
+    @cached_property
+    def bindings(self) -> dict[str, tuple[Attribute, tuple[LookupTarget, ...]]]:
+        """Single-valued navigation property name → (lookup attribute, every target it binds)."""
         return {
-            target.navigation: (attribute, target)
-            for attribute in self.attributes
-            for target in attribute.targets
+            name: (attribute, tuple(t for t in attribute.targets if t.navigation == name))
+            for name, (attribute, _) in self.navigations.items()
         }
 
     @cached_property
@@ -338,13 +371,44 @@ def _system(table: str) -> tuple[Attribute, ...]:
     )
 
 
-def _owner(relationship: str) -> Attribute:
-    return _lookup(
-        "ownerid",
-        "Owner",
-        LookupTarget("systemuser", "ownerid", relationship, OnDelete.RESTRICT),
-        kind=AttributeType.OWNER,
-        required=RequiredLevel.SYSTEM_REQUIRED,
+def _owner(table: str, relationship: str) -> tuple[Attribute, ...]:
+    """`ownerid` (a user or a team, §21.1) and the read-only `owninguser` / `owningteam` that say
+    which of the two it is."""
+    return (
+        _lookup(
+            "ownerid",
+            "Owner",
+            LookupTarget("systemuser", "ownerid", relationship, OnDelete.RESTRICT),
+            LookupTarget("team", "ownerid", relationship, OnDelete.RESTRICT),
+            kind=AttributeType.OWNER,
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _lookup(
+            "owninguser",
+            "Owning User",
+            LookupTarget("systemuser", "owninguser", f"{table}_owning_user", OnDelete.RESTRICT),
+            writable=False,
+        ),
+        _lookup(
+            "owningteam",
+            "Owning Team",
+            LookupTarget("team", "owningteam", f"team_{table}", OnDelete.RESTRICT),
+            writable=False,
+        ),
+    )
+
+
+def _approval() -> Attribute:
+    """`emailrouteraccessapproval` of users and queues (§21.2): not valid for create."""
+    labels = {0: "Empty", 1: "Approved", 2: "Pending Approval", 3: "Rejected"}
+    options = tuple(Option(value, label) for value, label in labels.items())
+    return Attribute(
+        "emailrouteraccessapproval",
+        AttributeType.PICKLIST,
+        "Primary Email Status",
+        options=options,
+        default=0,
+        create=False,
     )
 
 
@@ -364,6 +428,7 @@ LEAD = Table(
     ownership="UserOwned",
     computed_fullname=True,
     duplicate_keys=("emailaddress1",),
+    bulk=True,
     attributes=(
         _key("leadid", "Lead"),
         _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
@@ -426,7 +491,7 @@ LEAD = Table(
             "Qualifying Opportunity",
             LookupTarget("opportunity", "qualifyingopportunityid", "lead_qualifying_opportunity"),
         ),
-        _owner("owner_leads"),
+        *_owner("lead", "owner_leads"),
         *_system("lead"),
     ),
 )
@@ -443,6 +508,7 @@ CONTACT = Table(
     ownership="UserOwned",
     computed_fullname=True,
     duplicate_keys=("emailaddress1",),
+    bulk=True,
     attributes=(
         _key("contactid", "Contact"),
         _text("firstname", "First Name", 50, required=RequiredLevel.RECOMMENDED),
@@ -479,7 +545,7 @@ CONTACT = Table(
         ),
         _state(ACTIVE_STATES),
         _status(ACTIVE_STATUSES),
-        _owner("owner_contacts"),
+        *_owner("contact", "owner_contacts"),
         *_system("contact"),
     ),
 )
@@ -530,6 +596,7 @@ ACCOUNT = Table(
     display_plural="Accounts",
     object_type_code=1,
     ownership="UserOwned",
+    bulk=True,
     attributes=(
         _key("accountid", "Account"),
         _text("name", "Account Name", 160, required=RequiredLevel.APPLICATION_REQUIRED),
@@ -582,7 +649,7 @@ ACCOUNT = Table(
         ),
         _state(ACTIVE_STATES),
         _status(ACTIVE_STATUSES),
-        _owner("owner_accounts"),
+        *_owner("account", "owner_accounts"),
         *_system("account"),
     ),
 )
@@ -598,7 +665,7 @@ SYSTEMUSER = Table(
     object_type_code=8,
     ownership="BusinessOwned",
     computed_fullname=True,
-    deletable=False,
+    unsupported=frozenset({"Delete"}),
     attributes=(
         _key("systemuserid", "User"),
         _text("firstname", "First Name", 256, required=RequiredLevel.APPLICATION_REQUIRED),
@@ -634,6 +701,9 @@ SYSTEMUSER = Table(
             },
             0,
         ),
+        _boolean("islicensed", "User Licensed", "Yes", "No"),
+        _boolean("isintegrationuser", "Integration user mode", "Yes", "No"),
+        _approval(),
         _lookup(
             "businessunitid",
             "Business Unit",
@@ -647,8 +717,9 @@ SYSTEMUSER = Table(
 )
 
 PRIORITIES = {0: "Low", 1: "Normal", 2: "High"}
-ACTIVITY_TABLES = ("phonecall", "task", "appointment")
-PARTY_TARGETS = ("contact", "lead", "systemuser", "account")
+ACTIVITY_TABLES = ("phonecall", "task", "appointment", "email")
+PARTY_TARGETS = ("contact", "lead", "systemuser", "account", "queue")
+RECIPIENTS = PartyRole(("account", "contact", "lead", "queue", "systemuser"))
 PARTICIPATION_TYPES = {
     1: "Sender",
     2: "To Recipient",
@@ -666,7 +737,13 @@ PARTICIPATION_TYPES = {
 
 
 def _integer(
-    name: str, display: str, *, low: int = 0, high: int = 2_147_483_647, read_only: bool = False
+    name: str,
+    display: str,
+    *,
+    low: int = 0,
+    high: int = 2_147_483_647,
+    read_only: bool = False,
+    default: int | None = None,
 ) -> Attribute:
     return Attribute(
         name,
@@ -676,11 +753,14 @@ def _integer(
         max_value=high,
         create=not read_only,
         update=not read_only,
+        default=default,
     )
 
 
-def _datetime(name: str, display: str) -> Attribute:
-    return Attribute(name, AttributeType.DATETIME, display)
+def _datetime(name: str, display: str, *, read_only: bool = False) -> Attribute:
+    return Attribute(
+        name, AttributeType.DATETIME, display, create=not read_only, update=not read_only
+    )
 
 
 def _activity(
@@ -691,11 +771,17 @@ def _activity(
     specific: tuple[Attribute, ...],
     states: dict[int, tuple[str, int]],
     statuses: dict[int, tuple[str, int]],
+    *,
+    display: str | None = None,
+    subject_length: int = 200,
+    description: Attribute | None = None,
+    party_roles: Mapping[int, PartyRole] | None = None,
 ) -> Table:
-    """An activity table (§13.5-13.7): key `activityid`, polymorphic regarding, parties."""
+    """An activity table (§13.5-13.7, §18): key `activityid`, polymorphic regarding whose
+    relationships are parental (delete and assign cascade), parties."""
     regarding = tuple(
         LookupTarget(target, f"regardingobjectid_{target}_{name}", f"{prefix}_{plural}",
-                     OnDelete.CASCADE)
+                     OnDelete.CASCADE, assign=True)
         for target, prefix in (("account", "Account"), ("contact", "Contact"), ("lead", "Lead"))
     )  # fmt: skip
     return Table(
@@ -704,15 +790,18 @@ def _activity(
         entity_set=f"{name}s",
         primary_id="activityid",
         primary_name="subject",
-        display=schema_name if name != "phonecall" else "Phone Call",
-        display_plural=f"{plural}" if name != "phonecall" else "Phone Calls",
+        display=display or schema_name,
+        display_plural=f"{display}s" if display else plural,
         object_type_code=object_type_code,
         ownership="UserOwned",
         is_activity=True,
+        bulk=True,
+        party_roles=party_roles or {},
         attributes=(
             _key("activityid", "Activity"),
-            _text("subject", "Subject", 200, required=RequiredLevel.APPLICATION_REQUIRED),
-            _memo("description", "Description", 2000),
+            _text("subject", "Subject", subject_length,
+                  required=RequiredLevel.APPLICATION_REQUIRED),
+            description or _memo("description", "Description", 2000),
             *specific,
             _choice("prioritycode", "Priority", PRIORITIES, 1),
             _lookup("regardingobjectid", "Regarding", *regarding),
@@ -722,7 +811,7 @@ def _activity(
             ),
             _state(states),
             _status(statuses),
-            _owner(f"owner_{name}s"),
+            *_owner(name, f"owner_{name}s"),
             *_system(name),
         ),
     )  # fmt: skip
@@ -749,6 +838,7 @@ PHONECALL = _activity(
     ),
     {0: ("Open", 1), 1: ("Completed", 2), 2: ("Canceled", 3)},
     {1: ("Open", 0), 2: ("Made", 1), 4: ("Received", 1), 3: ("Canceled", 2)},
+    display="Phone Call",
 )  # fmt: skip
 
 TASK = _activity(
@@ -793,6 +883,7 @@ APPOINTMENT = _activity(
         _datetime("actualstart", "Actual Start"),
         _datetime("actualend", "Actual End"),
         _integer("scheduleddurationminutes", "Duration"),
+        _integer("actualdurationminutes", "Actual Duration"),
         _text("location", "Location", 200),
         _boolean("isalldayevent", "All Day Event", "Yes", "No"),
     ),
@@ -804,6 +895,74 @@ APPOINTMENT = _activity(
         4: ("Canceled", 2),
         5: ("Busy", 3),
         6: ("Out of Office", 3),
+    },
+    description=_memo("description", "Description", 1_048_576),
+    party_roles={5: RECIPIENTS, 6: RECIPIENTS, 7: PartyRole(("systemuser",), unresolved=False)},
+)  # fmt: skip
+
+EMAIL = _activity(
+    "email",
+    "Email",
+    "Emails",
+    4202,
+    (
+        Attribute(
+            "directioncode", AttributeType.BOOLEAN, "Direction", labels=("Outgoing", "Incoming"),
+            default=True,
+        ),
+        _choice("deliveryprioritycode", "Delivery Priority", PRIORITIES, 1),
+        _text("category", "Category", 250),
+        _text("subcategory", "Sub-Category", 250),
+        _datetime("scheduledstart", "Start Date"),
+        _datetime("scheduledend", "Due Date"),
+        _integer("actualdurationminutes", "Duration"),
+        _integer("scheduleddurationminutes", "Scheduled Duration", read_only=True),
+        _lookup(
+            "emailsender",
+            "From",
+            *(
+                LookupTarget(t, f"emailsender_{t}", f"email_emailsender_{t}")
+                for t in ("account", "contact", "lead", "queue", "systemuser")
+            ),
+            writable=False,
+        ),
+        _datetime("senton", "Date Sent", read_only=True),
+        _text("trackingtoken", "Tracking Token", 50),
+        _boolean("readreceiptrequested", "Read Receipt Requested", "Yes", "No"),
+        _boolean("deliveryreceiptrequested", "Delivery Receipt Requested", "Yes", "No"),
+        _datetime("delayedemailsendtime", "Send Later"),
+        _boolean("followemailuserpreference", "Following", "Yes", "No"),
+        Attribute(
+            "isemailfollowed", AttributeType.BOOLEAN, "Followed", labels=("Yes", "No"),
+            default=False, create=False, update=False,
+        ),
+        _integer("opencount", "Opens", default=0),
+        _integer("linksclickedcount", "Link Clicks", default=0),
+        _integer("attachmentopencount", "Attachment Views", default=0),
+        _datetime("lastopenedtime", "Last Opened Time"),
+        _integer("replycount", "Replies", read_only=True, default=0),
+    ),
+    {0: ("Open", 1), 1: ("Completed", 2), 2: ("Canceled", 5)},
+    {
+        1: ("Draft", 0),
+        8: ("Failed", 0),
+        2: ("Completed", 1),
+        3: ("Sent", 1),
+        4: ("Received", 1),
+        6: ("Pending Send", 1),
+        7: ("Sending", 1),
+        5: ("Canceled", 2),
+    },
+    subject_length=800,
+    description=Attribute(
+        "description", AttributeType.MEMO, "Description", max_length=1_073_741_823,
+        format="Email",
+    ),
+    party_roles={
+        1: PartyRole(("systemuser", "queue"), unresolved=False),
+        2: RECIPIENTS,
+        3: RECIPIENTS,
+        4: RECIPIENTS,
     },
 )  # fmt: skip
 
@@ -817,6 +976,7 @@ ACTIVITYPARTY = Table(
     display_plural="Activity Parties",
     object_type_code=135,
     ownership="None",
+    parent="activityid",
     attributes=(
         _key("activitypartyid", "Activity Party"),
         _lookup(
@@ -863,6 +1023,7 @@ OPPORTUNITY = Table(
     display_plural="Opportunities",
     object_type_code=3,
     ownership="UserOwned",
+    bulk=True,
     attributes=(
         _key("opportunityid", "Opportunity"),
         _text("name", "Topic", 300, required=RequiredLevel.APPLICATION_REQUIRED),
@@ -899,11 +1060,327 @@ OPPORTUNITY = Table(
                 5: ("Out-Sold", 2),
             }
         ),
-        _owner("owner_opportunitys"),
+        *_owner("opportunity", "owner_opportunitys"),
         *_system("opportunity"),
     ),
 )
 
-SCHEMA = Schema(
-    (LEAD, CONTACT, ACCOUNT, SYSTEMUSER, PHONECALL, TASK, APPOINTMENT, ACTIVITYPARTY, OPPORTUNITY)
+BUSINESSUNIT = Table(
+    name="businessunit",
+    schema_name="BusinessUnit",
+    entity_set="businessunits",
+    primary_id="businessunitid",
+    primary_name="name",
+    display="Business Unit",
+    display_plural="Business Units",
+    object_type_code=10,
+    ownership="BusinessOwned",
+    attributes=(
+        _key("businessunitid", "Business Unit"),
+        _text("name", "Name", 160, required=RequiredLevel.SYSTEM_REQUIRED),
+        _lookup(
+            "parentbusinessunitid",
+            "Parent Business",
+            LookupTarget(
+                "businessunit", "parentbusinessunitid", "business_unit_parent_business_unit",
+                OnDelete.RESTRICT,
+            ),
+        ),
+        Attribute(
+            "isdisabled", AttributeType.BOOLEAN, "Is Disabled", labels=("Yes", "No"),
+            default=False, create=False,
+        ),
+        *_system("businessunit"),
+    ),
+)  # fmt: skip
+
+TEAM = Table(
+    name="team",
+    schema_name="Team",
+    entity_set="teams",
+    primary_id="teamid",
+    primary_name="name",
+    display="Team",
+    display_plural="Teams",
+    object_type_code=9,
+    ownership="BusinessOwned",
+    attributes=(
+        _key("teamid", "Team"),
+        _text("name", "Team Name", 160, required=RequiredLevel.SYSTEM_REQUIRED),
+        Attribute(
+            "teamtype",
+            AttributeType.PICKLIST,
+            "Team Type",
+            options=tuple(
+                Option(v, label)
+                for v, label in {
+                    0: "Owner", 1: "Access", 2: "Security Group", 3: "Office Group"
+                }.items()
+            ),
+            default=0,
+            update=False,
+        ),
+        Attribute(
+            "isdefault", AttributeType.BOOLEAN, "Is Default", labels=("Yes", "No"), default=False,
+            create=False, update=False,
+        ),
+        _text("emailaddress", "Email", 100, format="Email"),
+        _memo("description", "Description", 2000),
+        _lookup(
+            "businessunitid",
+            "Business Unit",
+            LookupTarget(
+                "businessunit", "businessunitid", "business_unit_teams", OnDelete.RESTRICT
+            ),
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        *_system("team"),
+    ),
+)  # fmt: skip
+
+QUEUE = Table(
+    name="queue",
+    schema_name="Queue",
+    entity_set="queues",
+    primary_id="queueid",
+    primary_name="name",
+    display="Queue",
+    display_plural="Queues",
+    object_type_code=2020,
+    ownership="UserOwned",
+    attributes=(
+        _key("queueid", "Queue"),
+        _text("name", "Name", 400, required=RequiredLevel.SYSTEM_REQUIRED),
+        _text("emailaddress", "Incoming Email", 100, format="Email"),
+        _approval(),
+        _memo("description", "Description", 2000),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        *_owner("queue", "owner_queues"),
+        *_system("queue"),
+    ),
 )
+
+QUEUEITEM = Table(
+    name="queueitem",
+    schema_name="QueueItem",
+    entity_set="queueitems",
+    primary_id="queueitemid",
+    primary_name="title",
+    display="Queue Item",
+    display_plural="Queue Items",
+    object_type_code=2029,
+    ownership="OrganizationOwned",
+    attributes=(
+        _key("queueitemid", "Queue Item"),
+        _text("title", "Title", 300),
+        _lookup(
+            "queueid",
+            "Queue",
+            LookupTarget("queue", "queueid", "queue_entries", OnDelete.CASCADE),
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _lookup(
+            "objectid",
+            "Object",
+            *(
+                LookupTarget(t, f"objectid_{t}", f"{schema}_QueueItem", OnDelete.CASCADE)
+                for t, schema in (
+                    ("email", "Email"), ("phonecall", "PhoneCall"), ("task", "Task"),
+                    ("appointment", "Appointment"),
+                )
+            ),
+            required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _datetime("enteredon", "Entered Queue", read_only=True),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        *_system("queueitem"),
+    ),
+)  # fmt: skip
+
+WORKFLOW = Table(
+    name="workflow",
+    schema_name="Workflow",
+    entity_set="workflows",
+    primary_id="workflowid",
+    primary_name="name",
+    display="Process",
+    display_plural="Processes",
+    object_type_code=4703,
+    ownership="UserOwned",
+    attributes=(
+        _key("workflowid", "Process"),
+        _text("name", "Process Name", 100, required=RequiredLevel.SYSTEM_REQUIRED),
+        _text("uniquename", "Unique Name", 256),
+        _choice(
+            "category",
+            "Category",
+            {
+                0: "Workflow", 1: "Dialog", 2: "Business Rule", 3: "Action",
+                4: "Business Process Flow", 5: "Modern Flow", 6: "Desktop Flow", 7: "AI Flow",
+            },
+        ),
+        _choice("type", "Type", {1: "Definition", 2: "Activation", 3: "Template"}),
+        _choice("mode", "Execute As", {0: "Background", 1: "Real-time"}, 0),
+        _boolean("ondemand", "Run as On Demand", "Yes", "No"),
+        Attribute("primaryentity", AttributeType.ENTITYNAME, "Primary Entity"),
+        _memo("description", "Description", 100_000),
+        _state({0: ("Draft", 1), 1: ("Activated", 2), 2: ("Suspended", 3)}),
+        _status({1: ("Draft", 0), 2: ("Activated", 1), 3: ("CompanyDLPViolation", 2)}),
+        *_owner("workflow", "owner_workflows"),
+        *_system("workflow"),
+    ),
+)  # fmt: skip
+
+ASYNCOPERATION = Table(
+    name="asyncoperation",
+    schema_name="AsyncOperation",
+    entity_set="asyncoperations",
+    primary_id="asyncoperationid",
+    primary_name="name",
+    display="System Job",
+    display_plural="System Jobs",
+    object_type_code=4700,
+    ownership="UserOwned",
+    attributes=(
+        _key("asyncoperationid", "System Job"),
+        _text("name", "System Job Name", 256),
+        _choice(
+            "operationtype",
+            "System Job Type",
+            {1: "System Event", 10: "Workflow", 13: "Bulk Delete", 54: "Execute Async Request"},
+        ),
+        _text("messagename", "Message Name", 160),
+        Attribute("primaryentitytype", AttributeType.ENTITYNAME, "Primary Entity Type"),
+        _lookup(
+            "regardingobjectid",
+            "Regarding",
+            *(
+                LookupTarget(t, f"regardingobjectid_{t}", f"{schema}_AsyncOperations",
+                             OnDelete.CASCADE)
+                for t, schema in (("account", "Account"), ("contact", "Contact"), ("lead", "Lead"))
+            ),
+        ),
+        _lookup(
+            "workflowactivationid",
+            "Workflow Activation Id",
+            LookupTarget("workflow", "workflowactivationid",
+                         "lk_asyncoperation_workflowactivationid"),
+        ),
+        _datetime("startedon", "Started On", read_only=True),
+        _datetime("completedon", "Completed On", read_only=True),
+        _state({0: ("Ready", 0), 1: ("Suspended", 10), 2: ("Locked", 20), 3: ("Completed", 30)}),
+        _status(
+            {
+                0: ("Waiting For Resources", 0), 10: ("Waiting", 1), 20: ("In Progress", 2),
+                21: ("Pausing", 2), 22: ("Canceling", 2), 30: ("Succeeded", 3),
+                31: ("Failed", 3), 32: ("Canceled", 3),
+            }
+        ),
+        *_owner("asyncoperation", "owner_asyncoperations"),
+        *_system("asyncoperation"),
+    ),
+)  # fmt: skip
+
+INTERACTIONFOREMAIL = Table(
+    name="interactionforemail",
+    schema_name="InteractionForEmail",
+    entity_set="interactionforemails",
+    primary_id="interactionforemailid",
+    primary_name="name",
+    display="Interaction for Email",
+    display_plural="Interactions for Email",
+    object_type_code=9986,
+    ownership="UserOwned",
+    unsupported=frozenset({"Create", "Retrieve", "Update"}),
+    attributes=(
+        _key("interactionforemailid", "Interaction for Email"),
+        _text("name", "Name", 100, required=RequiredLevel.SYSTEM_REQUIRED),
+        Attribute(
+            "emailactivityid", AttributeType.UNIQUEIDENTIFIER, "Email Activity Id",
+            create=False, update=False,
+        ),
+        Attribute(
+            "interactiontype", AttributeType.PICKLIST, "Interaction Type",
+            options=tuple(
+                Option(v, label)
+                for v, label in enumerate(
+                    ("EmailOpen", "LinkOpen", "AttachmentOpen", "EmailReply")
+                )
+            ),
+            required=RequiredLevel.SYSTEM_REQUIRED, create=False, update=False,
+        ),
+        _datetime("emailinteractiontime", "Interaction date and time of the an email",
+                  read_only=True),
+        _text("interactionlocation", "Location for an Interaction", 1250),
+        _text("interactionuseragent", "User Agent for an Interaction", 1250),
+        _text("interactionrepliedby", "Name who replied to email if interaction is reply", 1250),
+        _text("interactedcomponenttext", "Email Interaction Component Related Text", 1250),
+        _text("emailaddress", "Email Interaction Component Related Text", 1250),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        *_owner("interactionforemail", "owner_interactionforemail"),
+        *_system("interactionforemail"),
+    ),
+)  # fmt: skip
+
+READ_ONLY = frozenset({"Create", "Update", "Delete"})
+
+SDKMESSAGE = Table(
+    name="sdkmessage",
+    schema_name="SdkMessage",
+    entity_set="sdkmessages",
+    primary_id="sdkmessageid",
+    primary_name="name",
+    display="Sdk Message",
+    display_plural="Sdk Messages",
+    object_type_code=4606,
+    ownership="OrganizationOwned",
+    unsupported=READ_ONLY,
+    attributes=(
+        _key("sdkmessageid", "Sdk Message"),
+        _text("name", "Name", 256),
+        _text("categoryname", "Category Name", 25),
+        _boolean("isprivate", "Is Private", "Yes", "No"),
+        *_system("sdkmessage"),
+    ),
+)
+
+SDKMESSAGEFILTER = Table(
+    name="sdkmessagefilter",
+    schema_name="SdkMessageFilter",
+    entity_set="sdkmessagefilters",
+    primary_id="sdkmessagefilterid",
+    primary_name="name",
+    display="Sdk Message Filter",
+    display_plural="Sdk Message Filters",
+    object_type_code=4607,
+    ownership="OrganizationOwned",
+    unsupported=READ_ONLY,
+    attributes=(
+        _key("sdkmessagefilterid", "Sdk Message Filter"),
+        _text("name", "Name", 256),
+        _lookup(
+            "sdkmessageid",
+            "SDK Message",
+            LookupTarget("sdkmessage", "sdkmessageid", "sdkmessageid_sdkmessagefilter",
+                         OnDelete.CASCADE),
+        ),
+        Attribute("primaryobjecttypecode", AttributeType.ENTITYNAME, "Primary Object Type Code"),
+        Attribute(
+            "secondaryobjecttypecode", AttributeType.ENTITYNAME, "Secondary Object Type Code"
+        ),
+        _boolean("iscustomprocessingstepallowed", "Custom Processing Step Allowed", "Yes", "No"),
+        _boolean("isvisible", "Is Visible", "Yes", "No"),
+        *_system("sdkmessagefilter"),
+    ),
+)  # fmt: skip
+
+SCHEMA = Schema(
+    (
+        LEAD, CONTACT, ACCOUNT, SYSTEMUSER, PHONECALL, TASK, APPOINTMENT, ACTIVITYPARTY,
+        OPPORTUNITY, EMAIL, BUSINESSUNIT, TEAM, QUEUE, QUEUEITEM, WORKFLOW, ASYNCOPERATION,
+        INTERACTIONFOREMAIL, SDKMESSAGE, SDKMESSAGEFILTER,
+    )
+)  # fmt: skip

@@ -1,12 +1,16 @@
 """Deterministic, realistic seed data and random churn for the served tables.
 
 For a given seed and sizes the rows are always the same (dates are spread over the year before the
-anchor time): ~15 sales users plus the application user, accounts, contacts (names with accents and
+anchor time): 15 sales users plus the application user, accounts, contacts (names with accents and
 apostrophes such as "Zoë Ångström" and "Seán O'Brien", emails `first.last@company.example`, a few
 in upper case or padded with spaces), and leads: one third orphans (no parent contact, some sharing
 an email with a contact in another case or with spaces), the rest linked to contacts. About 10% of
-leads have the topic "Contoso Ltd Conference". `churn` makes random creates, updates and deletes
-through the same write path as the Web API.
+leads have the topic "Contoso Ltd Conference". The organisation around them (§21) comes from a
+second random stream, so the rows above do not depend on it: the root business unit, its default
+team, an owner team that owns about 2% of the leads (leads with a parent contact only), an access
+team, a second disabled user and a non-interactive one, an approved queue, and the processes
+(two on-demand workflows, a draft, the `new_RouteLead` action). Activities start empty. `churn`
+makes random creates, updates and deletes through the same write path as the Web API.
 """
 
 from __future__ import annotations
@@ -14,14 +18,30 @@ from __future__ import annotations
 import random
 import time
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
 
-from emulator.context import BUSINESS_UNIT_ID, application_id, application_user_id
-from emulator.schema import ACCOUNT, CONTACT, LEAD, SYSTEMUSER, Table
+from emulator.context import (
+    BUSINESS_UNIT_ID,
+    EMULATOR_NAMESPACE,
+    application_id,
+    application_user_id,
+)
+from emulator.schema import (
+    ACCOUNT,
+    BUSINESSUNIT,
+    CONTACT,
+    LEAD,
+    QUEUE,
+    SYSTEMUSER,
+    TEAM,
+    WORKFLOW,
+    Table,
+)
 from emulator.storage import TOMBSTONES, WriteTx
 
 T = TypeVar("T")
@@ -66,6 +86,18 @@ TOPICS = (
 )  # fmt: skip
 CONFERENCE = "Contoso Ltd Conference"
 SALES_USERS = 15
+TEAM_SHARE = 0.03  # of the leads with a parent contact: about 2% of all leads
+
+
+def org_id(name: str) -> str:
+    """The fixed id of an organisation record (the same for every seed)."""
+    return str(uuid.uuid5(EMULATOR_NAMESPACE, name))
+
+
+DEFAULT_TEAM_ID = org_id("team:default")
+OWNER_TEAM_ID = org_id("team:inside-sales")
+ACCESS_TEAM_ID = org_id("team:deal-room")
+QUEUE_ID = org_id("queue:sales-inbox")
 
 
 @dataclass(frozen=True)
@@ -111,7 +143,7 @@ def _times_of_day() -> tuple[str, ...]:
 class Generator:
     """Seeded value factory; `anchor` is "now" for the dates it makes (epoch seconds)."""
 
-    def __init__(self, seed: int, anchor: datetime) -> None:
+    def __init__(self, seed: int | str, anchor: datetime) -> None:
         self.random = random.Random(seed)
         self._draw = self.random.random
         self._bits = self.random.getrandbits
@@ -188,6 +220,8 @@ def _row(table: Table, values: dict[str, Any]) -> tuple[Any, ...]:
 def _system_values(owner: str, created: str, modified: str) -> dict[str, Any]:
     return {
         "_ownerid_value": owner,
+        "owneridtype": "systemuser",
+        "_owninguser_value": owner,
         "_createdby_value": owner,
         "_modifiedby_value": owner,
         "createdon": created,
@@ -206,8 +240,9 @@ def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
             "internalemailaddress": person.email.strip().lower(),
             "domainname": person.email.strip().lower(),
             "azureactivedirectoryobjectid": gen.guid(), "isdisabled": int(index == SALES_USERS - 1),
-            "accessmode": 0, "_businessunitid_value": BUSINESS_UNIT_ID,
-            "createdon": created, "modifiedon": modified,
+            "accessmode": 0, "islicensed": 1, "isintegrationuser": 0,
+            "emailrouteraccessapproval": {3: 2, 8: 3}.get(index, 1),
+            "_businessunitid_value": BUSINESS_UNIT_ID, "createdon": created, "modifiedon": modified,
         })  # fmt: skip
     rows.append({
         "systemuserid": application_user_id(client_id), "firstname": "dvconnect",
@@ -216,6 +251,7 @@ def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
         "domainname": f"app-{_slug(client_id) or 'client'}@contoso.example",
         "azureactivedirectoryobjectid": application_user_id(f"object:{client_id}"),
         "applicationid": application_id(client_id), "isdisabled": 0, "accessmode": 4,
+        "islicensed": 0, "isintegrationuser": 0, "emailrouteraccessapproval": 0,
         "_businessunitid_value": BUSINESS_UNIT_ID,
         "createdon": gen.stamp(gen.anchor - YEAR), "modifiedon": gen.stamp(gen.anchor - YEAR),
     })  # fmt: skip
@@ -279,15 +315,23 @@ class LeadFactory:
 
     One third are orphans (30% of those borrow a contact's name and email, in another spelling),
     the rest belong to a contact (70% also to its account). 80% open, 10% qualified, 10%
-    disqualified; 10% about the Contoso Ltd Conference.
+    disqualified; 10% about the Contoso Ltd Conference. With `team`, a share of the leads that
+    have a parent contact is owned by that team, drawn from a stream of its own.
     """
 
     columns = tuple(c for c in LEAD.storage_columns if c != "versionnumber")
 
-    def __init__(self, gen: Generator, owners: list[str], contacts: list[ContactRef]) -> None:
+    def __init__(
+        self,
+        gen: Generator,
+        owners: list[str],
+        contacts: list[ContactRef],
+        team: tuple[str, random.Random] | None = None,
+    ) -> None:
         self.gen = gen
         self.owners = owners
         self.contacts = contacts
+        self.team = team
         self.domains = [(company, f"{_slug(company)}.example") for company in COMPANIES]
 
     def _person(self) -> tuple[str, str, str, str, str | None, str | None]:
@@ -322,6 +366,14 @@ class LeadFactory:
         people = [self._person() for _ in ids]
         states = [self._state() for _ in ids]
         owners = [self.owners[int(draw() * len(self.owners))] for _ in ids]
+        kinds = ["systemuser"] * count
+        owned = list(owners)
+        if self.team is not None:
+            team_id, team_draw = self.team[0], self.team[1].random
+            for index, person in enumerate(people):
+                if person[4] is not None and team_draw() < TEAM_SHARE:
+                    owned[index], kinds[index] = team_id, "team"
+        pairs = list(zip(owned, kinds, strict=True))
         created, modified = gen.stamps(count)
         phones = [gen.phone() for _ in range(min(count, 5000))]
         first, last = [p[0] for p in people], [p[1] for p in people]
@@ -349,7 +401,10 @@ class LeadFactory:
             "statecode": [s[0] for s in states], "statuscode": [s[1] for s in states],
             "_parentcontactid_value": [p[4] for p in people],
             "_parentaccountid_value": [p[5] for p in people],
-            "_ownerid_value": owners, "_createdby_value": owners, "_modifiedby_value": owners,
+            "_ownerid_value": owned, "owneridtype": kinds,
+            "_owninguser_value": [o if k == "systemuser" else None for o, k in pairs],
+            "_owningteam_value": [o if k == "team" else None for o, k in pairs],
+            "_createdby_value": owners, "_modifiedby_value": owners,
             "createdon": created, "modifiedon": modified,
         }  # fmt: skip
         empty = [None] * count
@@ -367,11 +422,15 @@ def contact_ref(row: dict[str, Any], accounts: dict[str, str]) -> ContactRef:
 
 
 def _lead_rows(
-    gen: Generator, count: int, owners: list[str], refs: list[ContactRef]
+    gen: Generator,
+    count: int,
+    owners: list[str],
+    refs: list[ContactRef],
+    team: tuple[str, random.Random],
 ) -> Iterator[tuple[Any, ...]]:
     """All lead rows in id order, made chunk by chunk: chunk i takes ids from the i-th slice of
     the id space, so the chunks come out sorted (inserts append to the primary key)."""
-    factory = LeadFactory(gen, owners, refs)
+    factory = LeadFactory(gen, owners, refs, team)
     chunks = max(1, -(-count // CHUNK))
     for index in range(chunks):
         low = (index << 128) // chunks
@@ -400,8 +459,73 @@ def seed(
         refs.append(contact_ref(row, names))
         contact_rows.append(_row(CONTACT, row))
     tx.bulk_insert(CONTACT, _columns(CONTACT), contact_rows)
-    tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(gen, leads, owners, refs))
-    return {"systemuser": len(users), "account": len(accounts), "contact": contacts, "lead": leads}
+    team = (OWNER_TEAM_ID, random.Random(f"{seed}:team-owners"))
+    tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(gen, leads, owners, refs, team))
+    counts = _organization(tx, seed, anchor, client_id)
+    counts["systemuser"] += len(users)
+    return {**counts, "account": len(accounts), "contact": contacts, "lead": leads}
+
+
+def _organization(tx: WriteTx, seed: int, anchor: datetime, client_id: str) -> dict[str, int]:
+    """The business unit, teams, extra users, queue and processes (§21, workflows)."""
+    gen = Generator(f"{seed}:organization", anchor)
+    app = application_user_id(client_id)
+    stamp = gen.stamp(gen.anchor - YEAR)
+    made = {"createdon": stamp, "modifiedon": stamp}
+    by_app = {"_createdby_value": app, "_modifiedby_value": app, **made}
+    units = [{"businessunitid": BUSINESS_UNIT_ID, "name": "Contoso", "isdisabled": 0, **made}]
+    users = []
+    for disabled, accessmode in ((1, 0), (0, 4)):  # a leaver; a non-interactive service account
+        person = gen.person("contoso.example")
+        users.append({
+            "systemuserid": gen.guid(), "firstname": person.first, "lastname": person.last,
+            "fullname": f"{person.first} {person.last}",
+            "internalemailaddress": person.email.strip().lower(),
+            "domainname": person.email.strip().lower(), "azureactivedirectoryobjectid": gen.guid(),
+            "isdisabled": disabled, "accessmode": accessmode, "islicensed": 0,
+            "isintegrationuser": int(accessmode == 4), "emailrouteraccessapproval": 0,
+            "_businessunitid_value": BUSINESS_UNIT_ID, **made,
+        })  # fmt: skip
+    teams = [
+        {"teamid": DEFAULT_TEAM_ID, "name": "Contoso", "teamtype": 0, "isdefault": 1},
+        {"teamid": OWNER_TEAM_ID, "name": "Inside Sales", "teamtype": 0, "isdefault": 0,
+         "emailaddress": "inside-sales@contoso.example"},
+        {"teamid": ACCESS_TEAM_ID, "name": "Deal Room", "teamtype": 1, "isdefault": 0},
+    ]  # fmt: skip
+    team_owner = {"_ownerid_value": OWNER_TEAM_ID, "owneridtype": "team",
+                  "_owningteam_value": OWNER_TEAM_ID, **by_app}  # fmt: skip
+    queues = [{
+        "queueid": QUEUE_ID, "name": "Sales Inbox", "emailaddress": "sales@contoso.example",
+        "emailrouteraccessapproval": 1, "statecode": 0, "statuscode": 1, **team_owner,
+    }]  # fmt: skip
+    app_owner = {"_ownerid_value": app, "owneridtype": "systemuser", "_owninguser_value": app}
+    workflows = [
+        {"workflowid": org_id(f"workflow:{key}"), "name": name, "uniquename": unique,
+         "category": category, "type": 1, "mode": 0, "ondemand": int(ondemand),
+         "primaryentity": entity, "statecode": state, "statuscode": state + 1,
+         **app_owner, **by_app}
+        for key, name, unique, category, ondemand, entity, state in (
+            ("lead-nurture", "Lead nurture follow-up", None, 0, True, "lead", 1),
+            ("contact-welcome", "Contact welcome", None, 0, True, "contact", 1),
+            ("lead-reengage", "Lead re-engagement (draft)", None, 0, True, "lead", 0),
+            ("route-lead", "Route lead", "new_RouteLead", 3, False, "lead", 1),
+        )
+    ]  # fmt: skip
+    for table, rows in (
+        (BUSINESSUNIT, units),
+        (SYSTEMUSER, users),
+        (TEAM, [{**t, "_businessunitid_value": BUSINESS_UNIT_ID, **made} for t in teams]),
+        (QUEUE, queues),
+        (WORKFLOW, workflows),
+    ):
+        tx.bulk_insert(table, _columns(table), [_row(table, row) for row in rows])
+    return {
+        "businessunit": len(units),
+        "systemuser": len(users),
+        "team": len(teams),
+        "queue": len(queues),
+        "workflow": len(workflows),
+    }
 
 
 def _mutation(gen: Generator, table: Table, current: dict[str, Any]) -> dict[str, Any]:
@@ -475,7 +599,8 @@ def churn(
     gen = Generator(hash((seed, len(existing), tombstones)), anchor)
     now = tx.now
     owners = [row[0] for row in tx.rows(
-        'SELECT systemuserid FROM "systemuser" WHERE applicationid IS NULL ORDER BY systemuserid'
+        'SELECT systemuserid FROM "systemuser" WHERE applicationid IS NULL '
+        "AND coalesce(islicensed, 1) = 1 ORDER BY systemuserid"
     )]  # fmt: skip
     doomed = gen.random.sample(existing, min(deletes, len(existing)))
     remaining = sorted(set(existing) - set(doomed))

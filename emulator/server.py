@@ -33,10 +33,10 @@ from urllib.parse import unquote
 import trustme
 from cryptography import x509
 
-from emulator import seed
+from emulator import messages, seed
 from emulator.app import Emulator, SeedOptions
 from emulator.clock import Clock, parse_wire
-from emulator.context import Config, Context
+from emulator.context import UNTRACKED_BY_DEFAULT, Config, Context
 from emulator.faults import FaultPlan, FaultRule, FaultSpecError, parse_spec
 from emulator.identity import Identity
 from emulator.limits import Limits
@@ -212,7 +212,10 @@ def _parser() -> argparse.ArgumentParser:
         "concurrency=10' (the defaults: the real limits scaled down by five)",
     )
     add(
-        "--no-change-tracking", default="", help="tables without change tracking, e.g. lead,contact"
+        "--no-change-tracking",
+        default="",
+        help="tables without change tracking, e.g. lead,contact (email and interactionforemail "
+        "have none by default; PATCH /_emulator/config can switch it on)",
     )
     add("--now", help="start the emulator clock at this ISO-8601 time")
     add("--log-level", default="WARNING", help="logging level on stderr")
@@ -311,7 +314,7 @@ def _serve(
         return 2
     origin = f"https://{HOST}:{server.server_port}"
     config = Config(
-        untracked=untracked,
+        untracked=untracked | UNTRACKED_BY_DEFAULT,
         token_lifetime=args.token_lifetime,
         retention_days=args.retention_days,
         limits=limits,
@@ -327,6 +330,8 @@ def _serve(
         config=config,
     )
     _seed_if_needed(ctx, args)
+    with ctx.store.write(ctx.now()) as tx:
+        messages.sync(ctx, tx)
     server.emulator = Emulator(
         ctx,
         Identity(ctx, args.client_secret, certificate),

@@ -5,9 +5,11 @@ be inspected with plain SQL. Every write runs in a `WriteTx` under one lock: it 
 of a single global counter as the row's `versionnumber` (the etag), leaves a tombstone for each
 deleted row, and applies the delete cascades of the schema (RemoveLink, Cascade). A write opened
 inside another in the same thread is a savepoint of it, so a `$batch` change set or a bulk action
-commits or rolls back as a whole. Columns added to the schema since a data dir was made are added
-on open. Readers use one
-connection per thread in WAL mode and never block writers. Text columns compare case-insensitively
+commits or rolls back as a whole. A change to a row of a table with a `parent` lookup (an activity
+party) also bumps the version and `modifiedon` of the record it points at (U57). Columns added to
+the schema since a data dir was made are added on open (the type column of a lookup that gained
+targets is filled with its first target). Readers use one connection per thread in WAL mode and
+never block writers. Text columns compare case-insensitively
 (`COLLATE NOCASE` for sorting, `dv_fold()` for Unicode-aware filters).
 """
 
@@ -129,12 +131,20 @@ class Store:
         self._version = int(stored) if stored is not None else VERSION_START
 
     def _add_missing_columns(self, connection: sqlite3.Connection) -> None:
-        """A data dir made by an older emulator gets the columns added since (as nulls)."""
+        """A data dir made by an older emulator gets the columns added since (as nulls); a lookup
+        that became polymorphic had only its first target before, and its type column says so."""
         for table in self.schema.tables:
             existing = {row[1] for row in connection.execute(f'PRAGMA table_info("{table.name}")')}
             for column, ddl in _column_ddl(table):
                 if column not in existing:
                     connection.execute(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}')
+            for attribute in table.attributes:
+                if attribute.type_column and attribute.type_column not in existing:
+                    connection.execute(
+                        f'UPDATE "{table.name}" SET "{attribute.type_column}" = ? '
+                        f'WHERE "{attribute.read_name}" IS NOT NULL',
+                        (attribute.targets[0].table,),
+                    )
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -277,6 +287,7 @@ class WriteTx:
             f"DELETE FROM {TOMBSTONES} WHERE tablename = ? AND id = ?",
             (table.name, values[table.primary_id]),
         )
+        self._touch_parent(table, values[table.primary_id])
         return version
 
     def update(self, table: Table, record_id: str, values: dict[str, Any]) -> int:
@@ -288,7 +299,29 @@ class WriteTx:
             f'UPDATE "{table.name}" SET {assignments} WHERE "{table.primary_id}" = ?',
             (*row.values(), record_id),
         )
+        self._touch_parent(table, record_id)
         return version
+
+    def _touch_parent(
+        self, table: Table, record_id: str, skip: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """U57: a changed child row (an activity party) bumps the record its `parent` names."""
+        if table.parent is None:
+            return
+        attribute = table.by_name[table.parent]
+        type_column = f'"{attribute.type_column}"' if attribute.type_column else "NULL"
+        found = self._connection.execute(
+            f'SELECT "{attribute.read_name}", {type_column} FROM "{table.name}" '
+            f'WHERE "{table.primary_id}" = ?',
+            (record_id,),
+        ).fetchone()
+        if found is None or found[0] is None:
+            return
+        parent = self.schema.by_name.get(found[1] or attribute.targets[0].table)
+        if parent is None or (parent.name, found[0]) in skip:
+            return
+        if self.record(parent, found[0]) is not None:
+            self.update(parent, found[0], {"modifiedon": self.now})
 
     def delete(self, table: Table, record_id: str) -> list[tuple[str, str]]:
         """Delete a row and apply the cascades; returns every (table, id) deleted."""
@@ -323,6 +356,7 @@ class WriteTx:
                     if attribute.type_column:
                         cleared[attribute.type_column] = None
                     self.update(reference.table, other, cleared)
+        self._touch_parent(table, record_id, deleted)
         self._connection.execute(
             f'DELETE FROM "{table.name}" WHERE "{table.primary_id}" = ?', (record_id,)
         )

@@ -7,8 +7,10 @@ choice values, state/status pairs, closed activities (U22). Single-valued `x@oda
 collection binds, deep insert and `<activity>_activity_parties` arrays are written here, as are
 the `$ref` and single-property requests. Duplicate detection (§7.10) runs when a request asks for
 it. Read-only columns are ignored, except `statecode` on create (U19). `fullname`, owner,
-created/modified stamps and defaults are filled in here; versions, tombstones and cascades by
-the store.
+created/modified stamps, defaults, the resolved e-mail sender and the initial state of an
+appointment (U47) are filled in here; parties are checked against the roles of their activity
+(§18.5, §19.4). Versions, tombstones and delete cascades belong to the store; owner checks and
+the Assign cascade to `owners`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import errors
+from emulator import errors, owners
 from emulator.clock import parse_wire, wire
 from emulator.context import BUSINESS_UNIT_ID, Context
 from emulator.query import Annotations
@@ -30,6 +32,7 @@ from emulator.schema import (
     INTEGER_TYPES,
     Attribute,
     AttributeType,
+    LookupTarget,
     Reference,
     RequiredLevel,
     Table,
@@ -107,17 +110,21 @@ def coerce(table: Table, attribute: Attribute, value: object) -> object:
     raise errors.payload_error(f"The property '{attribute.name}' cannot be written.")
 
 
-def parse_url(ctx: Context, value: object, expected: str | None, what: str) -> tuple[Table, str]:
-    """The (table, id) a record URL such as `/contacts(<id>)` names; `expected` is a table name.
+def parse_url(
+    ctx: Context, value: object, expected: str | tuple[str, ...] | None, what: str
+) -> tuple[Table, str]:
+    """The (table, id) a record URL such as `/contacts(<id>)` names; `expected` is the table
+    name (or names) it may name.
 
     The leading `/` is optional and an absolute URL works too (§8.1).
     """
+    allowed = (expected,) if isinstance(expected, str) else expected
     match = _BIND.match(value) if isinstance(value, str) else None
     if match is None:
-        example = ctx.schema.by_name[expected].entity_set if expected else "<entityset>"
+        example = ctx.schema.by_name[allowed[0]].entity_set if allowed else "<entityset>"
         raise errors.payload_error(f"The value of '{what}' must be a URL like '/{example}(<id>)'.")
     other = ctx.schema.by_set.get(match.group(1))
-    if other is None or (expected is not None and other.name != expected):
+    if other is None or (allowed is not None and other.name not in allowed):
         raise errors.payload_error(
             f"The entity set '{match.group(1)}' is not a valid target of '{what}'."
         )
@@ -125,7 +132,7 @@ def parse_url(ctx: Context, value: object, expected: str | None, what: str) -> t
 
 
 def resolve(
-    ctx: Context, tx: WriteTx, value: object, expected: str | None, what: str
+    ctx: Context, tx: WriteTx, value: object, expected: str | tuple[str, ...] | None, what: str
 ) -> tuple[Table, str]:
     """`parse_url`, and the record must exist."""
     other, record_id = parse_url(ctx, value, expected, what)
@@ -164,17 +171,12 @@ def _values(
         if annotated:
             if annotation != "odata.bind":
                 continue
-            navigation = table.navigations.get(name)
+            binding = table.bindings.get(name)
             collection = ctx.schema.collection(table.name, name)
-            if navigation is not None:
-                attribute, target = navigation
+            if binding is not None:
+                attribute, targets = binding
                 if attribute.create if creating else attribute.update:
-                    bound = (
-                        resolve(ctx, tx, value, target.table, key)[1] if value is not None else None
-                    )
-                    values[attribute.read_name] = bound
-                    if attribute.type_column:
-                        values[attribute.type_column] = target.table if value is not None else None
+                    _bind(ctx, tx, attribute, targets, key, value, values)
             elif collection is not None:
                 if not isinstance(value, list):
                     raise errors.payload_error(
@@ -182,6 +184,12 @@ def _values(
                     )
                 ids = tuple(resolve(ctx, tx, url, collection.table.name, key)[1] for url in value)
                 related.append(_Related(collection, ids=ids))
+            elif table.is_activity and f"{name}_{table.name}" in table.navigations:
+                raise errors.payload_error(  # U45 (emulator wording)
+                    f"The navigation property '{name}' is inherited from "
+                    "'Microsoft.Dynamics.CRM.activitypointer' and cannot be bound on "
+                    f"'{table.type_name}': use '{name}_{table.name}'."
+                )
             else:
                 raise errors.undeclared_property(name)
             continue
@@ -202,6 +210,29 @@ def _values(
             continue
         values[column.read_name] = coerce(table, column, value)
     return values, related
+
+
+def _bind(
+    ctx: Context,
+    tx: WriteTx,
+    attribute: Attribute,
+    targets: tuple[LookupTarget, ...],
+    key: str,
+    value: object,
+    values: dict[str, Any],
+) -> None:
+    """`<navigation>@odata.bind`: the lookup (and its target table) a record URL names; an owner
+    is a user or a team (U51)."""
+    bound: str | None = None
+    kind: str | None = None
+    if value is not None:
+        other, bound = resolve(ctx, tx, value, tuple(t.table for t in targets), key)
+        kind = other.name
+        if attribute.type is AttributeType.OWNER:
+            owners.check_owner(tx, ctx.schema, kind, bound)
+    values[attribute.read_name] = bound
+    if attribute.type_column:
+        values[attribute.type_column] = kind
 
 
 def _navigation_value(
@@ -251,7 +282,7 @@ def _write_related(
         link: dict[str, Any] = {attribute.read_name: record_id}
         if attribute.type_column:
             link[attribute.type_column] = table.name
-        if item.bodies and child.is_party and ctx.config.replace_parties_on_patch:
+        if not item.ids and child.is_party and ctx.config.replace_parties_on_patch:
             where = f'WHERE "{attribute.read_name}" = ?'
             for party_id in tx.ids(child, where, (record_id,)):
                 tx.delete(child, party_id)
@@ -259,6 +290,21 @@ def _write_related(
             create(ctx, tx, child, body, link=link)
         for child_id in item.ids:
             tx.update(child, child_id, {**link, "modifiedon": tx.now})
+    if table.name == "email" and any(item.reference.table.is_party for item in related):
+        tx.update(table, record_id, _email_sender(tx, record_id))
+
+
+def _email_sender(tx: WriteTx, email_id: str) -> dict[str, Any]:
+    """`emailsender`, the resolved sender: the record of the e-mail's one From party (§18.5)."""
+    senders = tx.rows(
+        """SELECT "_partyid_value", partyidtype FROM "activityparty"
+        WHERE "_activityid_value" = ? AND activityidtype = 'email' AND participationtypemask = 1""",
+        (email_id,),
+    )
+    if len(senders) > 1:
+        raise errors.invalid_argument("An e-mail has one sender: only one party can be its From.")
+    sender, kind = senders[0] if senders else (None, None)
+    return {"_emailsender_value": sender, "emailsendertype": kind, "modifiedon": tx.now}
 
 
 def duplicates_exist(
@@ -352,6 +398,19 @@ def fill_defaults(ctx: Context, table: Table, values: dict[str, Any], now: str) 
             values[column] = int(attribute.default)
     if "statecode" in table.by_name and values.get("statuscode") is None:
         values["statuscode"] = default_status(table, values["statecode"])
+    owners.fill_owner(table, values)
+
+
+def _scheduled(ctx: Context, table: Table, values: dict[str, Any]) -> bool:
+    """U47: an appointment created with a start and an end is Scheduled (3, Busy)."""
+    return (
+        table.name == "appointment"
+        and ctx.config.appointment_scheduled_on_create
+        and "statecode" not in values
+        and values.get("statuscode") is None
+        and values.get("scheduledstart") is not None
+        and values.get("scheduledend") is not None
+    )
 
 
 def create(
@@ -375,6 +434,8 @@ def create(
         )
     if tx.record(table, record_id) is not None:
         raise errors.duplicate_key()
+    if _scheduled(ctx, table, values):
+        values["statecode"] = 3
     if values.get("statuscode") is not None:
         _check_pair(table, values.get("statecode", 0), values["statuscode"])
     fill_defaults(ctx, table, values, tx.now)
@@ -400,14 +461,30 @@ def create(
 
 
 def _check_party(ctx: Context, values: dict[str, Any]) -> None:
-    """An activity party names a record, or (U24) only an address."""
+    """An activity party names a record, or (U24) only an address; where the activity lists its
+    roles (e-mail, appointment), the mask and the party's table must fit one (§18.5, §19.4)."""
+    kind = values.get("activityidtype") or ""
+    activity = ctx.schema.by_name.get(kind)
+    roles = activity.party_roles if activity is not None else {}
+    mask = values["participationtypemask"]
+    role = roles.get(mask)
+    if roles and role is None:
+        raise errors.invalid_argument(
+            f"The participation type {mask} is not valid for an activity of type '{kind}'."
+        )
+    party = values.get("partyidtype")
     if values.get("_partyid_value") is not None:
+        if role is not None and party not in role.tables:
+            raise errors.invalid_argument(
+                f"A {party} cannot take the participation type {mask} on an activity of type "
+                f"'{kind}'."
+            )
         return
     if not values.get("addressused"):
         raise errors.invalid_argument(
             "An activity party needs a party (partyid_<table>@odata.bind) or an addressused."
         )
-    if not ctx.config.unresolved_parties:
+    if not ctx.config.unresolved_parties or (role is not None and not role.unresolved):
         raise errors.invalid_argument(
             "An activity party with only an addressused (unresolved) is not allowed here."
         )
@@ -442,11 +519,14 @@ def update(
     _check_closed(ctx, table, current, values, related)
     _check_status(ctx, table, values, current)
     fill_fullname(table, values, current)
+    owners.fill_owner(table, values)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
     values["modifiedon"] = tx.now
     values["_modifiedby_value"] = ctx.caller_id
     tx.update(table, record_id, values)
+    if owners.owner_changed(values, current):
+        owners.cascade_assign(tx, ctx.schema, table, record_id, values)
     _write_related(ctx, tx, table, record_id, related)
 
 
@@ -491,10 +571,8 @@ def delete(
     if current is None:
         raise errors.does_not_exist(table.name, record_id)
     _check_if_match(if_match, current, table, record_id)
-    if not table.deletable:
-        raise errors.not_supported(
-            f"The 'Delete' method does not support entities of type '{table.name}'."
-        )
+    if not table.supports("Delete"):
+        raise unsupported("Delete", table)
     try:
         tx.delete(table, record_id)
     except RestrictedDelete as blocked:
@@ -515,6 +593,29 @@ def body_of(request: Request) -> object:
         ) from None
 
 
+def action_parameters(
+    request: Request, operation: str, types: dict[str, type | None]
+) -> dict[str, Any]:
+    """An action's JSON parameters (an empty body is none): each a parameter of `operation`
+    (ODataLib's text otherwise) and, where `types` gives one, of that type (emulator wording)."""
+    body = body_of(request) if request.body else {}
+    if not isinstance(body, dict):
+        raise errors.payload_error("The request body must be a JSON object.")
+    for name, value in body.items():
+        if name not in types:
+            raise errors.payload_error(
+                f"The parameter '{name}' in the request payload is not a valid parameter for the "
+                f"operation '{operation}'."
+            )
+        kind = types[name]
+        if kind is not None and value is not None and not isinstance(value, kind):
+            edm = "Edm.Boolean" if kind is bool else "Edm.String"
+            raise errors.payload_error(
+                f"The parameter '{name}' of the operation '{operation}' must be of type '{edm}'."
+            )
+    return body
+
+
 def detects_duplicates(request: Request) -> bool:
     """§7.10: duplicate detection runs only when the request switches it on."""
     header = request.header("mscrm.suppressduplicatedetection") or ""
@@ -525,12 +626,19 @@ def entity_url(ctx: Context, table: Table, record_id: str) -> str:
     return f"{ctx.api_root}{table.entity_set}({record_id})"
 
 
+def unsupported(method: str, table: Table) -> errors.ApiError:
+    """A message the table does not serve (emulator wording, code 0x80040315)."""
+    return errors.not_supported(
+        f"The '{method}' method does not support entities of type '{table.name}'."
+    )
+
+
 def _direct(method: str, table: Table) -> None:
-    """activityparty is written through its activity only (reference silent; emulator wording)."""
-    if table.is_party:
-        raise errors.not_supported(
-            f"The '{method}' method does not support entities of type '{table.name}'."
-        )
+    """activityparty is written through its activity only (reference silent; emulator wording);
+    read-only tables (interactionforemail, sdkmessage…) refuse Create and Update (Delete is
+    checked once the record is found)."""
+    if table.is_party or (method != "Delete" and not table.supports(method)):
+        raise unsupported(method, table)
 
 
 def _representation(
@@ -644,6 +752,39 @@ def associate(
         child = resolve(ctx, tx, body["@odata.id"], reference.table.name, "@odata.id")[1]
         _write_related(ctx, tx, table, record_id, [_Related(reference, ids=(child,))])
     return Response(204)
+
+
+def replace_parties(
+    ctx: Context, request: Request, table: Table, record_id: str, reference: Reference
+) -> Response:
+    """`PUT emails(<id>)/email_activity_parties` with `{"value": […]}`: the parties are replaced
+    (documented for e-mail only, §18.5)."""
+    body = body_of(request)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("value"), list)
+        or set(body) - {"value", "@odata.context"}
+    ):
+        raise errors.payload_error('The body of a collection PUT must be {"value": [...]}.')
+    attribute = reference.attribute
+    with ctx.store.write(ctx.now()) as tx:
+        current = _existing(tx, table, record_id)
+        where = f'WHERE "{attribute.read_name}" = ?'
+        for party_id in tx.ids(reference.table, where, (record_id,)):
+            tx.delete(reference.table, party_id)
+        body = {reference.target.relationship: body["value"]}
+        update(ctx, tx, table, record_id, body, current)
+    return Response(204)
+
+
+def insert_system(ctx: Context, tx: WriteTx, table: Table, values: dict[str, Any]) -> str:
+    """A record the platform makes itself (a system job, a queue item, an engagement row): the
+    usual defaults, none of a client's restrictions; returns its id."""
+    record_id = values.pop(table.primary_id, None) or str(uuid.uuid4())
+    fill_defaults(ctx, table, values, tx.now)
+    fill_fullname(table, values, None)
+    tx.insert(table, {**values, table.primary_id: record_id})
+    return record_id
 
 
 def disassociate(

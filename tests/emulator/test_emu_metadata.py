@@ -13,7 +13,9 @@ def test_the_service_document_lists_the_entity_sets(web: Api) -> None:
     assert body["@odata.context"] == f"{web.emulator.api_url}/$metadata"
     assert {s["name"] for s in body["value"]} == {
         "leads", "contacts", "accounts", "systemusers", "phonecalls", "tasks", "appointments",
-        "activityparties", "opportunities",
+        "activityparties", "opportunities", "emails", "businessunits", "teams", "queues",
+        "queueitems", "workflows", "asyncoperations", "interactionforemails", "sdkmessages",
+        "sdkmessagefilters",
     }  # fmt: skip
 
 
@@ -68,12 +70,13 @@ def test_entity_definitions_come_from_the_schema(web: Api) -> None:
     filtered = web.get(
         "EntityDefinitions?$select=LogicalName&$filter=ChangeTrackingEnabled eq true"
     )
-    assert len(filtered.json()["value"]) == len(SCHEMA.tables)
+    untracked = {"email", "interactionforemail"}  # U55, U58
+    assert {i["LogicalName"] for i in filtered.json()["value"]} == set(SCHEMA.by_name) - untracked
     enum = web.get(
         "EntityDefinitions?$select=LogicalName&$filter=OwnershipType eq "
         "Microsoft.Dynamics.CRM.OwnershipTypes'BusinessOwned'"
     ).json()["value"]
-    assert [item["LogicalName"] for item in enum] == ["systemuser"]
+    assert [item["LogicalName"] for item in enum] == ["systemuser", "businessunit", "team"]
     managed = web.get(
         "EntityDefinitions?$select=LogicalName&$filter=CanChangeTrackingBeEnabled/Value eq true"
     )
@@ -147,3 +150,72 @@ def test_relationships_name_the_navigation_properties(web: Api) -> None:
         "parentcustomerid_account",
         "parentcustomerid_contact",
     }
+
+
+def test_journey_tables_have_their_object_type_codes_and_ownership(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions?$select=LogicalName,ObjectTypeCode,OwnershipType,IsActivity,"
+        "PrimaryIdAttribute,EntitySetName"
+    ).json()["value"]
+    by_name = {item["LogicalName"]: item for item in body}
+    expected = {
+        "email": 4202, "team": 9, "businessunit": 10, "queue": 2020, "queueitem": 2029,
+        "workflow": 4703, "asyncoperation": 4700, "interactionforemail": 9986,
+        "sdkmessage": 4606, "sdkmessagefilter": 4607,
+    }  # fmt: skip
+    assert {name: by_name[name]["ObjectTypeCode"] for name in expected} == expected
+    assert (by_name["email"]["PrimaryIdAttribute"], by_name["email"]["IsActivity"]) == (
+        "activityid",
+        True,
+    )
+    assert by_name["interactionforemail"]["EntitySetName"] == "interactionforemails"
+    assert by_name["team"]["OwnershipType"] == "BusinessOwned"
+
+
+def test_email_attributes_come_from_the_schema(web: Api) -> None:
+    body = web.get(
+        "EntityDefinitions(LogicalName='email')/Attributes"
+        "?$select=LogicalName,AttributeType,MaxLength,IsValidForCreate,IsValidForUpdate,Targets"
+    ).json()["value"]
+    by_name = {item["LogicalName"]: item for item in body}
+    assert by_name["subject"]["MaxLength"] == 800
+    assert by_name["description"]["MaxLength"] == 1_073_741_823
+    assert by_name["ownerid"]["AttributeType"] == "Owner"
+    assert by_name["ownerid"]["Targets"] == ["systemuser", "team"]
+    read_only = {"senton", "isemailfollowed", "replycount", "emailsender", "owninguser"}
+    assert {n for n in read_only if by_name[n]["IsValidForCreate"]} == set()
+    assert by_name["opencount"]["IsValidForUpdate"] is True
+    regarding = web.get(
+        "EntityDefinitions(LogicalName='email')/ManyToOneRelationships"
+        "?$select=ReferencingEntityNavigationPropertyName,ReferencedEntity"
+        "&$filter=ReferencingAttribute eq 'regardingobjectid'"
+    ).json()["value"]
+    assert {
+        r["ReferencedEntity"]: r["ReferencingEntityNavigationPropertyName"] for r in regarding
+    } == {
+        "lead": "regardingobjectid_lead_email",
+        "contact": "regardingobjectid_contact_email",
+        "account": "regardingobjectid_account_email",
+    }
+    user = web.get(
+        "EntityDefinitions(LogicalName='systemuser')/Attributes(LogicalName='emailrouteraccessapproval')"
+        "?$select=IsValidForCreate,IsValidForUpdate"
+    ).json()
+    assert (user["IsValidForCreate"], user["IsValidForUpdate"]) == (False, True)
+
+
+def test_metadata_declares_ownerid_as_a_principal(web: Api) -> None:
+    root = ET.fromstring(web.get("$metadata").content)  # noqa: S314 - our own emulator's output
+    edm = "{http://docs.oasis-open.org/odata/ns/edm}"
+    types = {e.get("Name"): e for e in root.iter(f"{edm}EntityType")}
+    assert types["principal"].get("Abstract") == "true"
+    assert types["team"].get("BaseType") == "mscrm.principal"
+    email_navigations = {
+        n.get("Name"): n.get("Type") for n in types["email"].iter(f"{edm}NavigationProperty")
+    }
+    assert email_navigations["ownerid"] == "mscrm.principal"
+    assert email_navigations["regardingobjectid_lead_email"] == "mscrm.lead"
+    assert email_navigations["email_activity_parties"] == "Collection(mscrm.activityparty)"
+    for entity in types.values():
+        names = [n.get("Name") for n in entity.iter(f"{edm}NavigationProperty")]
+        assert len(names) == len(set(names)), entity.get("Name")

@@ -36,16 +36,18 @@ def org(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 def test_the_same_seed_and_sizes_give_the_same_rows(org: Store, tmp_path: Path) -> None:
     again = seeded(tmp_path)
-    for table in ("systemuser", "account", "contact", "lead"):
-        assert rows(again, table) == rows(org, table)
+    for table in SCHEMA.tables:
+        assert rows(again, table.name) == rows(org, table.name)
     (tmp_path / "other").mkdir()
     assert rows(seeded(tmp_path / "other", number=7), "lead") != rows(org, "lead")
 
 
 def test_owners_accounts_and_people(org: Store) -> None:
     users = rows(org, "systemuser")
-    assert len(users) == 16
+    assert len(users) == 18
     assert sum(u["applicationid"] is not None for u in users) == 1
+    assert sum(u["isdisabled"] for u in users) == 2
+    assert [u["accessmode"] for u in users if u["applicationid"] is None].count(4) == 1
     contacts = rows(org, "contact")
     names = {c["fullname"] for c in contacts}
     assert {"Zoë Ångström", "Seán O'Brien"} <= names
@@ -78,7 +80,39 @@ def test_leads_look_like_a_sales_pipeline(org: Store) -> None:
     assert 0.75 < sum(lead["statecode"] == 0 for lead in leads) / len(leads) < 0.85
     assert {lead["leadsourcecode"] for lead in leads} == {*range(1, 11), None}
     assert 0.02 < sum(lead["donotphone"] for lead in leads) / len(leads) < 0.2
-    assert len({lead["_ownerid_value"] for lead in leads}) == 15
+    assert len({lead["_ownerid_value"] for lead in leads}) == 16  # 15 sales users and a team
+
+
+def test_an_owner_team_owns_about_two_percent_of_the_leads_that_have_a_contact(org: Store) -> None:
+    teams = {t["teamid"]: t for t in rows(org, "team")}
+    owned = [lead for lead in rows(org, "lead") if lead["owneridtype"] == "team"]
+    assert 0.01 < len(owned) / 3000 < 0.03
+    assert {teams[lead["_ownerid_value"]]["teamtype"] for lead in owned} == {0}
+    assert all(lead["_parentcontactid_value"] is not None for lead in owned)
+    assert all(lead["_owningteam_value"] == lead["_ownerid_value"] for lead in owned)
+    assert all(lead["_owninguser_value"] is None for lead in owned)
+    assert sorted(t["teamtype"] for t in teams.values()) == [0, 0, 1]
+
+
+def test_the_organisation_has_a_business_unit_a_queue_and_processes(org: Store) -> None:
+    (unit,) = rows(org, "businessunit")
+    assert (unit["name"], unit["_parentbusinessunitid_value"]) == ("Contoso", None)
+    (queue,) = rows(org, "queue")
+    assert (queue["emailrouteraccessapproval"], queue["emailaddress"]) == (
+        1,
+        "sales@contoso.example",
+    )
+    processes = {
+        (w["name"], w["category"], w["statecode"], w["ondemand"]) for w in rows(org, "workflow")
+    }
+    assert processes == {
+        ("Lead nurture follow-up", 0, 1, 1),
+        ("Contact welcome", 0, 1, 1),
+        ("Lead re-engagement (draft)", 0, 0, 1),
+        ("Route lead", 3, 1, 0),
+    }
+    assert rows(org, "email") == []
+    assert rows(org, "asyncoperation") == []
 
 
 def test_dates_fall_in_the_year_before_the_anchor(org: Store) -> None:
@@ -89,11 +123,7 @@ def test_dates_fall_in_the_year_before_the_anchor(org: Store) -> None:
 
 
 def test_versions_are_unique_and_ids_are_lower_case_guids(org: Store) -> None:
-    versions = [
-        r["versionnumber"]
-        for t in ("lead", "contact", "account", "systemuser")
-        for r in rows(org, t)
-    ]
+    versions = [r["versionnumber"] for t in SCHEMA.tables for r in rows(org, t.name)]
     assert len(versions) == len(set(versions))
     assert max(versions) == org.version
     assert all(lead["leadid"] == lead["leadid"].lower() for lead in rows(org, "lead"))
