@@ -28,7 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -178,10 +178,10 @@ class JourneyRun:
         with self.sink.write() as conn:
             current, definitions = versions(self.ctx, conn, self.journey)
             state = journey_state(conn, self.journey.name)
-        for version, definition in definitions.items():
-            self._leave(version, definition)
         assert state is not None
         self._admit(current, definitions[current], state)
+        for version, definition in definitions.items():  # entrants at the goal never start
+            self._leave(version, definition)
         for _ in range(MAX_WAVES):
             moved = 0
             for version, definition in definitions.items():
@@ -353,9 +353,10 @@ class JourneyRun:
                 if move.stays:
                     continue
                 if move.action is not None:
-                    done = self._act(conn, targets[member_id], move, history)
-                    if not done:
+                    summary = self._act(conn, targets[member_id], move, history)
+                    if summary is None:
                         continue
+                    move = replace(move, detail=summary)
                 self._apply(conn, journey, member_id, step, move, history)
                 moved += 1
             self._history(conn, history)
@@ -379,8 +380,11 @@ class JourneyRun:
         )
         history.append((member_id, step.id, event, move.to, move.detail or None))
 
-    def _act(self, conn: Connection, target: Target, move: Move, history: list[Any]) -> bool:
-        """Record the writes of the member's action; False when it waits (capped) or failed."""
+    def _act(
+        self, conn: Connection, target: Target, move: Move, history: list[Any]
+    ) -> dict[str, Any] | None:
+        """Record the writes of the member's action and return what they are; None when the
+        member waits (capped) or failed."""
         step = move.action
         assert step is not None
         member_id = target.member_id
@@ -396,13 +400,13 @@ class JourneyRun:
                                 {"owner": target.owner.id if target.owner else None,
                                  "until": stamp(next_day)}))  # fmt: skip
                 self.counts.capped += 1
-                return False
+                return None
             done = act(target, step, self.now, self.calendar, self._open_leads(conn, target))
         except (ActionProblem, TemplateProblem) as problem:
             self._fail(conn, member_id, step.id, {"status": 0, "code": "", "message": str(problem),
                                                   "request_id": ""})  # fmt: skip
             history.append((member_id, step.id, "failed", None, {"message": str(problem)}))
-            return False
+            return None
         record(conn, done.intents, now=self.at, run_id=self.ctx.run_id)
         if done.record_id is not None:
             owner = target.owner.id if target.owner else None
@@ -419,8 +423,7 @@ class JourneyRun:
         self.counts.acted += 1
         if self.sink.dry:  # the dry run lists every write; a run's record only counts them
             self.counts.writes.append(done.summary)
-        history.append((member_id, step.id, "acted", None, done.summary))
-        return True
+        return done.summary
 
     def _capped(self, conn: Connection, target: Target) -> bool:
         limit = target.journey.caps.per_owner_per_day

@@ -113,8 +113,8 @@ def decide(journey: Journey, member: Member, now: datetime, facts: tuple[bool, .
         return Move("end", finish="completed")
     after = journey.following(step)
     if after is None:
-        return Move("act", action=step, finish="completed")
-    return Move("act", action=step, to=after)
+        return Move("acted", action=step, finish="completed")
+    return Move("acted", action=step, to=after)
 
 
 def _onward(journey: Journey, step: Step, event: str) -> Move:

@@ -24,7 +24,11 @@ def test_check_online_proves_credentials_and_every_column(cli: Cli) -> None:
     result = cli.run("check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"mappings ok: lead, contact, 2 segments ({MAPPINGS})",
+        "mappings ok: lead, contact, email, phonecall, task, systemuser, queue, 2 segments, "
+        f"2 journeys ({MAPPINGS})",
+        "note: email: change tracking is off in Dataverse; syncs follow modifiedon and cannot "
+        "see deletions (turn on 'Track changes' for the table, then `dvconnect state reset "
+        "email`)",
         f"dataverse ok: every mapped column exists ({cli.emulator.base_url})",
     ]
 

@@ -62,8 +62,8 @@ CASES = [
     ("route", 0, 0, (True, True), "branch", "ab", None),  # the first true case wins
     ("route", 0, 0, (False, True), "branch", "call", None),
     ("route", 0, 0, (False, False), "branch", "later", None),  # default
-    ("call", 0, 0, (), "act", "later", None),  # an action, then the step below
-    ("task", 0, 0, (), "act", None, "completed"),  # the last step: done after acting
+    ("call", 0, 0, (), "acted", "later", None),  # an action, then the step below
+    ("task", 0, 0, (), "acted", None, "completed"),  # the last step: done after acting
 ]
 
 
@@ -81,7 +81,7 @@ def test_each_step_kind_moves_a_member_as_its_rules_say(
         facts,
     )
     assert (move.event, move.to, move.finish) == (event, to, finish)
-    assert (move.action is not None) == (event == "act")
+    assert (move.action is not None) == (event == "acted")
 
 
 def test_after_the_end_under_hard_stop_members_stop_and_under_finish_they_go_on(
