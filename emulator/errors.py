@@ -179,9 +179,15 @@ def read_only_record() -> ApiError:
     return ApiError(400, "0x80043b09", "The object cannot be updated because it is read-only.")
 
 
-def stream_not_readable() -> ApiError:
-    """A `$batch` body without CRLF line endings (§9.1)."""
-    return payload_error("Stream was not readable")
+def stream_not_readable(entity_set: str) -> ApiError:
+    """A `$batch` body whose last line has no line ending (§9.1; the [SUPPORT] text without
+    its stack trace)."""
+    return payload_error(
+        f"Error identified in Payload provided by the user for Entity :'{entity_set}', For more "
+        "information on this error please follow this help link "
+        "https://go.microsoft.com/fwlink/?linkid=2195293 ---->  InnerException : "
+        "System.ArgumentException: Stream was not readable."
+    )
 
 
 def content_id_missing(reference: str) -> ApiError:
