@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from emulator.clock import Clock, wire
+from emulator.functions import Environment
 from emulator.limits import Limits
 from emulator.query import QueryCompiler
 from emulator.schema import Schema
@@ -134,7 +135,9 @@ class Context:
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.caller_id = application_user_id(client_id)
-        self.compiler = QueryCompiler(schema)
+        self.compiler = QueryCompiler(
+            schema, lambda: Environment(clock.now(), self.caller_id, BUSINESS_UNIT_ID)
+        )
         self.initial_config = config
         self.config = config
 

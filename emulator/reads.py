@@ -17,6 +17,7 @@ from typing import Any
 
 from emulator import errors
 from emulator.context import Context
+from emulator.functions import with_aliases
 from emulator.paging import (
     Cursor,
     decode_skiptoken,
@@ -54,10 +55,13 @@ ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
 LATER = {"$apply": "$apply (aggregation)", "fetchXml": "FetchXML"}
 CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
+ALIASED = ("$filter", "$orderby", "$expand", "$apply")
 
 
 def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The request's query options by name; duplicates and unsupported options are a 400."""
+    """The request's query options by name; duplicates and unsupported options are a 400.
+
+    Parameter aliases (`@p1=…`) are written into the expressions that use them (§3.3)."""
     options: dict[str, str] = {}
     for name, value in request.options:
         if name in options:
@@ -71,10 +75,12 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
             continue
         if name in LATER:
             raise errors.not_implemented(LATER[name])
-        if name.startswith("@"):
-            raise errors.not_implemented("Parameter aliases")
         if name.startswith("$"):
             raise errors.bad_query(f"The query parameter '{name}' is not supported.")
+    aliases = {name: value for name, value in options.items() if name.startswith("@")}
+    for name in ALIASED:
+        if name in options:
+            options[name] = with_aliases(options[name], aliases)
     return options
 
 
