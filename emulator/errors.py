@@ -85,6 +85,22 @@ def invalid_alternate_key(type_name: str) -> ApiError:
     )
 
 
+def no_attribute(table: str, name: str) -> ApiError:
+    """QueryBuilderNoAttribute: a FetchXML attribute or a query function's PropertyName that is
+    not a column's logical name (captured text, without its trailing diagnostics)."""
+    return ApiError(
+        400,
+        "0x80041103",
+        f"'{table}' entity doesn't contain attribute with Name = '{name}' and NameMapping = "
+        "'Logical' (look up attribute by name is case-sensitive).",
+    )
+
+
+def invalid_xml() -> ApiError:
+    """A `fetchXml` that is not well-formed XML (captured text)."""
+    return ApiError(400, "0x80040201", "Invalid XML.")
+
+
 def does_not_exist(table: str, record_id: str) -> ApiError:
     return ApiError(404, "0x80040217", f"{table} With Id = {record_id} Does Not Exist")
 

@@ -318,21 +318,9 @@ class FunctionCall:
         return f"({target} IS NOT NULL AND {target} {word} ({marks}))", values
 
     def _convert(self, attribute: Attribute, text: str) -> Any:
-        """A string value as the store keeps values of `attribute` (strings folded)."""
         try:
-            if attribute.is_text:
-                return fold(text)
-            if attribute.type in INTEGER_TYPES or attribute.type in CHOICE_TYPES:
-                return int(text)
-            if attribute.type is AttributeType.BOOLEAN:
-                return {"true": 1, "false": 0, "1": 1, "0": 0}[text.strip().lower()]
-            if attribute.type in GUID_TYPES:
-                return str(UUID(text.strip("{} ")))
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if attribute.date_only:
-                return moment.date().isoformat()
-            return moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(UTC).strftime(_STAMP)
-        except (KeyError, ValueError):
+            return convert(attribute, text)
+        except ValueError:
             raise self.error(
                 f"the value '{text}' cannot be converted to '{attribute.edm_type}' for "
                 f"'{attribute.read_name}'."
@@ -381,6 +369,26 @@ class FunctionCall:
         if self.name == "NotUnder":
             return f"({sql} NOT IN ({walk}))", (record,)
         return f"({sql} IN ({walk}))", (record,)
+
+
+def convert(attribute: Attribute, text: str) -> Any:
+    """A value written as text, as the store keeps values of `attribute` (strings folded);
+    ValueError when it is not one."""
+    if attribute.is_text:
+        return fold(text)
+    if attribute.type in INTEGER_TYPES or attribute.type in CHOICE_TYPES:
+        return int(text)
+    if attribute.type is AttributeType.BOOLEAN:
+        flags = {"true": 1, "false": 0, "1": 1, "0": 0}
+        if text.strip().lower() not in flags:
+            raise ValueError(text)
+        return flags[text.strip().lower()]
+    if attribute.type in GUID_TYPES:
+        return str(UUID(text.strip("{} ")))
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if attribute.date_only:
+        return moment.date().isoformat()
+    return moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(UTC).strftime(_STAMP)
 
 
 def _bound(moment: datetime, date_only: bool, end: bool) -> str:

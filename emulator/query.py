@@ -786,11 +786,12 @@ class _FilterCompiler(NodeVisitor):
         return Compiled(f"(NOT {inner.sql})", inner.params)
 
     def _function_column(self, name: str) -> tuple[str, Attribute, Table]:
-        """The column a query function's PropertyName names (logical or `_x_value` name)."""
+        """The column a query function's PropertyName names: a logical name (`ownerid`, never
+        `_ownerid_value`), looked up by the query builder."""
         scope = self.scopes[-1]
-        attribute = scope.table.by_read_name.get(name) or scope.table.by_name.get(name)
+        attribute = scope.table.by_name.get(name)
         if attribute is None:
-            raise errors.unknown_property(scope.table.type_name, name)
+            raise errors.no_attribute(scope.table.name, name)
         return f'{scope.alias}."{attribute.read_name}"', attribute, scope.table
 
     def visit_Call(self, node: ast.Call) -> Compiled:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from emulator import errors
+from emulator import errors, fetchxml
 from emulator.context import Context
 from emulator.functions import with_aliases
 from emulator.paging import (
@@ -49,11 +49,12 @@ from emulator.wire import (
 )
 
 COLLECTION_OPTIONS = frozenset(
-    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand"}
-)
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand",
+     "fetchXml"}
+)  # fmt: skip
 ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
-LATER = {"$apply": "$apply (aggregation)", "fetchXml": "FetchXML"}
+LATER = {"$apply": "$apply (aggregation)"}
 CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
 ALIASED = ("$filter", "$orderby", "$expand", "$apply")
 
@@ -82,6 +83,13 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
         if name in options:
             options[name] = with_aliases(options[name], aliases)
     return options
+
+
+def _alone(name: str, options: dict[str, str]) -> None:
+    """A query given as FetchXML or a saved query takes no other query option (emulator wording)."""
+    others = sorted(o for o in options if not o.startswith("@") and o != name)
+    if others:
+        raise errors.bad_query(f"The query option '{others[0]}' cannot be used with '{name}'.")
 
 
 def preference_applied(prefer: Prefer, *, tracking: bool = False) -> list[str]:
@@ -155,6 +163,9 @@ def get_collection(
 ) -> Response:
     """A collection page; `scope` narrows it to the rows related to one record (no tracking)."""
     options = query_options(request, COLLECTION_OPTIONS)
+    if "fetchXml" in options:
+        _alone("fetchXml", options)
+        return fetchxml.execute(ctx, request, table, options["fetchXml"], scope)
     prefer = request.prefer
     select = ctx.compiler.select(table, options.get("$select"))
     annotations = Annotations.parse(prefer.annotations)

@@ -131,9 +131,7 @@ def test_equal_user_id_is_the_caller(web: Api) -> None:
     assert mine in owned
     found = ids(web, f"contacts?$filter={FN}EqualUserId(PropertyName='ownerid')", "contactid")
     assert found == owned
-    others = ids(
-        web, f"contacts?$filter={FN}NotEqualUserId(PropertyName='_ownerid_value')", "contactid"
-    )
+    others = ids(web, f"contacts?$filter={FN}NotEqualUserId(PropertyName='ownerid')", "contactid")
     assert others == set(web.rows("contact")) - owned
 
 
@@ -220,10 +218,11 @@ def test_malformed_function_calls_get_the_odata_error(web: Api) -> None:
         "Microsoft.Dynamics.CRM.LastXDays: the function takes the parameters 'PropertyName', "
         "'PropertyValue'; found 'PropertyName'.",
     )
-    assert bad(web, f"{FN}Today(PropertyName='nosuch')") == (
+    assert bad(web, f"{FN}Today(PropertyName='_ownerid_value')") == (
         400,
-        "0x80060888",
-        "Could not find a property named 'nosuch' on type 'Microsoft.Dynamics.CRM.lead'.",
+        "0x80041103",
+        "'lead' entity doesn't contain attribute with Name = '_ownerid_value' and NameMapping = "
+        "'Logical' (look up attribute by name is case-sensitive).",
     )
     assert bad(web, f"{FN}Today(PropertyName='lastname')") == (
         400,

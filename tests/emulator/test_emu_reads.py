@@ -324,4 +324,3 @@ def test_polymorphic_lookups_name_their_target(web: Api) -> None:
 
 def test_not_yet_served_features_answer_501(web: Api) -> None:
     assert error(web.get("leads?$apply=aggregate($count as n)"))[:2] == (501, "0x80040219")
-    assert error(web.get("leads?fetchXml=%3Cfetch%2F%3E"))[:2] == (501, "0x80040219")
