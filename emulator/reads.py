@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from emulator import errors, fetchxml
+from emulator import apply, errors, fetchxml
 from emulator.context import Context
 from emulator.functions import with_aliases
 from emulator.paging import (
@@ -50,11 +50,10 @@ from emulator.wire import (
 
 COLLECTION_OPTIONS = frozenset(
     {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand",
-     "fetchXml"}
+     "fetchXml", "$apply"}
 )  # fmt: skip
 ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
-LATER = {"$apply": "$apply (aggregation)"}
 CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
 ALIASED = ("$filter", "$orderby", "$expand", "$apply")
 
@@ -74,8 +73,6 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
     for name in options:
         if name in allowed:
             continue
-        if name in LATER:
-            raise errors.not_implemented(LATER[name])
         if name.startswith("$"):
             raise errors.bad_query(f"The query parameter '{name}' is not supported.")
     aliases = {name: value for name, value in options.items() if name.startswith("@")}
@@ -85,9 +82,10 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
     return options
 
 
-def _alone(name: str, options: dict[str, str]) -> None:
-    """A query given as FetchXML or a saved query takes no other query option (emulator wording)."""
-    others = sorted(o for o in options if not o.startswith("@") and o != name)
+def _alone(name: str, options: dict[str, str], *allowed: str) -> None:
+    """A query given as FetchXML, `$apply` or a saved query takes no other query option
+    (emulator wording)."""
+    others = sorted(o for o in options if not o.startswith("@") and o not in (name, *allowed))
     if others:
         raise errors.bad_query(f"The query option '{others[0]}' cannot be used with '{name}'.")
 
@@ -166,6 +164,9 @@ def get_collection(
     if "fetchXml" in options:
         _alone("fetchXml", options)
         return fetchxml.execute(ctx, request, table, options["fetchXml"], scope)
+    if "$apply" in options:
+        _alone("$apply", options, "$orderby")
+        return apply.execute(ctx, table, options["$apply"], options, scope)
     prefer = request.prefer
     select = ctx.compiler.select(table, options.get("$select"))
     annotations = Annotations.parse(prefer.annotations)

@@ -320,7 +320,3 @@ def test_polymorphic_lookups_name_their_target(web: Api) -> None:
     prefix = "_parentcustomerid_value@Microsoft.Dynamics.CRM."
     assert row[f"{prefix}lookuplogicalname"] == "account"
     assert row[f"{prefix}associatednavigationproperty"] == "parentcustomerid_account"
-
-
-def test_not_yet_served_features_answer_501(web: Api) -> None:
-    assert error(web.get("leads?$apply=aggregate($count as n)"))[:2] == (501, "0x80040219")
