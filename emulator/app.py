@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
-from emulator import actions, batch, errors, metadata, reads, writes
+from emulator import actions, batch, errors, metadata, reads, views, writes
 from emulator.admin import Admin
 from emulator.context import Context
 from emulator.faults import FaultPlan
@@ -222,6 +222,10 @@ class Emulator:
             if resource.startswith("WhoAmI"):
                 return metadata.who_am_i(ctx)
             return metadata.entity_definitions(ctx, request, resource)
+        if resource in ("PublishXml", "PublishAllXml"):
+            if method != "POST":
+                raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
+            return views.publish(ctx, request, resource)
         if resource == "$batch":
             if method != "POST":
                 raise method_not_allowed(method)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from emulator import apply, errors, fetchxml
+from emulator import apply, errors, fetchxml, views
 from emulator.context import Context
 from emulator.functions import with_aliases
 from emulator.paging import (
@@ -50,7 +50,7 @@ from emulator.wire import (
 
 COLLECTION_OPTIONS = frozenset(
     {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand",
-     "fetchXml", "$apply"}
+     "fetchXml", "$apply", "savedQuery", "userQuery"}
 )  # fmt: skip
 ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
@@ -164,6 +164,10 @@ def get_collection(
     if "fetchXml" in options:
         _alone("fetchXml", options)
         return fetchxml.execute(ctx, request, table, options["fetchXml"], scope)
+    for name in ("savedQuery", "userQuery"):
+        if name in options:
+            _alone(name, options)
+            return views.run(ctx, request, table, name, options[name], scope)
     if "$apply" in options:
         _alone("$apply", options, "$orderby")
         return apply.execute(ctx, table, options["$apply"], options, scope)

@@ -444,6 +444,8 @@ def update(
     fill_fullname(table, values, current)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
+    if table.solution_component and values.keys() & {"fetchxml", "layoutxml"}:
+        values["componentstate"] = 1  # unpublished until PublishXml (U53)
     values["modifiedon"] = tx.now
     values["_modifiedby_value"] = ctx.caller_id
     tx.update(table, record_id, values)
@@ -478,6 +480,8 @@ def upsert(
         raise errors.matching_key_exists()
     _check_if_match(if_match, current, table, record_id)
     if current is None:
+        if not table.upsert:  # no Upsert message (savedquery, journeys §22.3)
+            raise errors.does_not_exist(table.name, record_id)
         create(ctx, tx, table, body, record_id, detect_duplicates=detect_duplicates)
         return True
     update(ctx, tx, table, record_id, body, current, detect_duplicates=detect_duplicates)

@@ -13,7 +13,7 @@ def test_the_service_document_lists_the_entity_sets(web: Api) -> None:
     assert body["@odata.context"] == f"{web.emulator.api_url}/$metadata"
     assert {s["name"] for s in body["value"]} == {
         "leads", "contacts", "accounts", "systemusers", "phonecalls", "tasks", "appointments",
-        "activityparties", "opportunities",
+        "activityparties", "opportunities", "savedqueries", "userqueries",
     }  # fmt: skip
 
 

@@ -91,7 +91,7 @@ def test_dates_fall_in_the_year_before_the_anchor(org: Store) -> None:
 def test_versions_are_unique_and_ids_are_lower_case_guids(org: Store) -> None:
     versions = [
         r["versionnumber"]
-        for t in ("lead", "contact", "account", "systemuser")
+        for t in ("lead", "contact", "account", "systemuser", "savedquery")
         for r in rows(org, t)
     ]
     assert len(versions) == len(set(versions))
