@@ -48,6 +48,7 @@ SWITCHES = (
     "bulk_on_activities",  # U28: CreateMultiple & co. on phonecall, task, appointment
     "qualify_links_lead",  # U37: QualifyLead sets the lead's parent contact and account
     "duplicates_across_tables",  # §7.10: a lead's email also matches contacts, and vice versa
+    "contact_email_key",  # §7.5: the seeded alternate key contact_emailaddress1 is defined
 )
 
 
@@ -69,6 +70,7 @@ class Config:
     bulk_on_activities: bool = False
     qualify_links_lead: bool = False
     duplicates_across_tables: bool = False
+    contact_email_key: bool = False
     limits: Limits = field(default_factory=Limits)
     tables: tuple[str, ...] = field(default=(), compare=False)
 

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import errors
+from emulator import errors, keys
 from emulator.clock import parse_wire, wire
 from emulator.context import BUSINESS_UNIT_ID, Context
 from emulator.query import Annotations
@@ -121,7 +121,10 @@ def parse_url(ctx: Context, value: object, expected: str | None, what: str) -> t
         raise errors.payload_error(
             f"The entity set '{match.group(1)}' is not a valid target of '{what}'."
         )
-    return other, parse_key(other, match.group(2))
+    record_id, _ = keys.locate(ctx, other, match.group(2))  # U17: alternate keys when defined
+    if record_id is None:
+        raise keys.not_found(other)
+    return other, record_id
 
 
 def resolve(
@@ -393,6 +396,7 @@ def create(
     fill_fullname(table, values, None)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
+    keys.check_unique(ctx, tx, table, values, record_id)
     values[table.primary_id] = record_id
     tx.insert(table, values)
     _write_related(ctx, tx, table, record_id, related)
@@ -444,6 +448,7 @@ def update(
     fill_fullname(table, values, current)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
+    keys.check_unique(ctx, tx, table, {**current, **values}, record_id)
     if table.solution_component and values.keys() & {"fetchxml", "layoutxml"}:
         values["componentstate"] = 1  # unpublished until PublishXml (U53)
     values["modifiedon"] = tx.now
@@ -569,9 +574,19 @@ def post_collection(ctx: Context, request: Request, table: Table) -> Response:
     return Response(204, (("OData-EntityId", url), ("Location", url)))
 
 
-def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:
+def patch_entity(
+    ctx: Context,
+    request: Request,
+    table: Table,
+    record_id: str,
+    key_values: dict[str, Any] | None = None,
+) -> Response:
+    """PATCH: update or upsert; `key_values` are the alternate key's values from the URL, written
+    into a record the request creates (§7.5)."""
     _direct("Update", table)
     body = body_of(request)
+    if key_values and isinstance(body, dict):
+        body = {**_key_body(ctx, table, key_values), **body}
     with ctx.store.write(ctx.now()) as tx:
         created = upsert(
             ctx, tx, table, record_id, body,
@@ -585,6 +600,20 @@ def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -
         (("OData-EntityId", url), ("Location", url)) if created else (("OData-EntityId", url),)
     )
     return Response(204, headers)
+
+
+def _key_body(ctx: Context, table: Table, key_values: dict[str, Any]) -> dict[str, Any]:
+    """Alternate key values as a create body writes them (a lookup as a bind to its target)."""
+    body: dict[str, Any] = {}
+    for name, value in key_values.items():
+        attribute = table.by_name[name]
+        if attribute.is_lookup:
+            target = attribute.targets[0]
+            entity_set = ctx.schema.by_name[target.table].entity_set
+            body[f"{target.navigation}@odata.bind"] = f"/{entity_set}({value})"
+        else:
+            body[name] = bool(value) if attribute.type is AttributeType.BOOLEAN else value
+    return body
 
 
 def delete_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:
