@@ -71,7 +71,10 @@ class _Apply:
         return attribute
 
     def aggregate(self, text: str) -> None:
-        for item in split_top(text, ","):
+        items = split_top(text, ",")
+        if not items:
+            raise errors.bad_query("aggregate needs at least one aggregate expression.")
+        for item in items:
             match = _AGGREGATE.match(item.strip())
             if match is None:
                 raise errors.bad_query(f"The aggregate expression '{item}' is not valid.")

@@ -138,7 +138,9 @@ class Context:
         self.client_id = client_id
         self.caller_id = application_user_id(client_id)
         self.compiler = QueryCompiler(
-            schema, lambda: Environment(clock.now(), self.caller_id, BUSINESS_UNIT_ID)
+            schema,
+            lambda: Environment(clock.now(), self.caller_id, BUSINESS_UNIT_ID),
+            self.api_root,
         )
         self.initial_config = config
         self.config = config

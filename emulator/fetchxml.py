@@ -238,9 +238,11 @@ class _Compiler:
         direction = "DESC" if _flag(element, "descending") else "ASC"
         alias = element.get("alias")
         if alias is not None:
-            if all(c.key != alias for c in self.query.columns):
+            named = [c for c in self.query.columns if c.key == alias]
+            if not named:
                 raise bad_fetch(f"The order alias '{alias}' names no attribute.")
-            self.query.orders.append(f'"{alias}" {direction}')
+            target = f'"{alias}"' if self.aggregate else named[0].sql
+            self.query.orders.append(f"{target} {direction}")
             return
         sql, attribute = self.column(node, element.get("attribute"))
         if self.aggregate:

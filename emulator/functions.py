@@ -286,8 +286,8 @@ class FunctionCall:
         self, sql: str, attribute: Attribute, value: ast._Node | None
     ) -> tuple[str, tuple[Any, ...]]:
         items = list(value.val) if isinstance(value, ast.List) else None
-        if items and len(items) == 2 and isinstance(items[1], ast.Null):
-            items = items[:1]  # a one-item collection (see lists_in_parentheses)
+        if items and isinstance(items[-1], ast.String) and items[-1].val == ONE_ITEM:
+            items = items[:-1]  # a one-item collection (see lists_in_parentheses)
         if not items or not all(isinstance(item, ast.String) for item in items):
             raise self.error(
                 f'PropertyValues must be a collection of strings, such as ["1","2"], not '
@@ -405,6 +405,7 @@ _STRING = r"'(?:[^']|'')*'"
 _ALIAS = re.compile(rf"{_STRING}|@[A-Za-z_]\w*")
 _LISTS = re.compile(rf"{_STRING}|\[(?:{_STRING}|\"[^\"']*\"|[^\[\]'\"])*\]")
 _QUOTES = re.compile(rf"({_STRING})|\"([^\"']*)\"")
+ONE_ITEM = "\x00"  # marks a collection of one item once written with parentheses
 
 
 def with_aliases(text: str, aliases: dict[str, str]) -> str:
@@ -425,7 +426,7 @@ def lists_in_parentheses(text: str) -> str:
             return found
         inner = _QUOTES.sub(lambda m: m[1] or "'" + m[2] + "'", found[1:-1])
         if inner.strip() and "," not in re.sub(_STRING, "", inner):
-            inner += ",null"  # one item: `('1')` would read as a parenthesized string
+            inner += f",'{ONE_ITEM}'"  # one item: `('1')` would read as a parenthesized string
         return "(" + inner + ")"
 
     return _LISTS.sub(rewrite, text)

@@ -6,7 +6,10 @@ annotations left out for null values), so serving a page costs no per-column Pyt
 `$filter` text is parsed by the `odata-query` library and compiled here to SQL with bound
 parameters: strings compare case-insensitively, GUID and date literals are unquoted, `ne` leaves
 nulls out (Dataverse's not-equal), single-valued navigation paths and `any`/`all` over
-collection-valued ones become subqueries. Compiled statements are cached by their text.
+collection-valued ones become subqueries, `Microsoft.Dynamics.CRM.*` query functions compile
+through `functions.py` (collection literals in both quotings). Compiled statements are cached by
+their text, except those calling a query function (they depend on the clock). `$expand` of a
+lookup's `$ref` gives the related record's `@odata.id`.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class Expansion:
     order: tuple[OrderKey, ...] = ()
     top: int | None = None
     expand: tuple[Expansion, ...] = ()
+    reference: bool = False  # `<lookup>/$ref`: the related record's `@odata.id` only
 
 
 def volatile(text: str | None) -> bool:
@@ -140,7 +144,10 @@ def split_top(text: str, separator: str) -> list[str]:
 def select_context(select: tuple[Attribute, ...] | None, expand: tuple[Expansion, ...]) -> str:
     """The column list of an `@odata.context`: `fullname,parentcontactid(fullname)`."""
     items = [a.read_name for a in select] if select else []
-    items += [f"{e.navigation}({select_context(e.select, e.expand)})" for e in expand]
+    items += [
+        e.navigation if e.reference else f"{e.navigation}({select_context(e.select, e.expand)})"
+        for e in expand
+    ]
     return ",".join(items)
 
 
@@ -213,8 +220,11 @@ def _datetime_label(column: str, date_only: bool) -> str:
 class QueryCompiler:
     """Compiles query options for the tables of one schema; results are cached by their text."""
 
-    def __init__(self, schema: Schema, environment: Callable[[], Environment]) -> None:
+    def __init__(
+        self, schema: Schema, environment: Callable[[], Environment], api_root: str = ""
+    ) -> None:
         self.schema = schema
+        self.api_root = api_root  # for `@odata.id` values
         self.environment = environment  # what query functions are evaluated against, now
         self._rows = _Cache()
         self._selects = _Cache()
@@ -321,6 +331,11 @@ class QueryCompiler:
         if expansion.filter is not None:
             conditions.append(inline(self.filter(related, expansion.filter, inner)))
         where = " AND ".join(conditions)
+        if expansion.reference:
+            prefix = sql_text(f"{self.api_root}{related.entity_set}(")
+            url = f"{prefix} || {inner}.\"{related.primary_id}\" || ')'"
+            source = f'"{related.name}" {inner} WHERE {where}'
+            return f"(SELECT json_object('@odata.id', {url}) FROM {source})"
         if expansion.single:
             return f'(SELECT {row} FROM "{related.name}" {inner} WHERE {where})'
         order = ", ".join(
@@ -373,7 +388,12 @@ class QueryCompiler:
                     raise errors.bad_query(
                         "Expand with $ref is only supported on lookup type navigation property."
                     )
-                raise errors.not_implemented("$expand with $ref")
+                if inner:
+                    raise errors.bad_query(
+                        f"Query options cannot be given to the $ref expansion of '{name}'."
+                    )
+                items.append(Expansion(name, related, attribute, True, reference=True))
+                continue
             options: dict[str, str] = {}
             for option in split_top(inner or "", ";"):
                 option_name, _, value = option.partition("=")

@@ -5,7 +5,9 @@ the `$skiptoken`, `ORDER BY` the `$orderby` keys plus the primary key, and `LIMI
 learn whether a next page exists. With `Prefer: odata.track-changes` the first page pins the
 current version; the last page carries a `@odata.deltaLink` for it. A delta request returns rows
 whose version lies between the token's version and the version pinned by its first page (by
-version), then the tombstones in the same range, paged the same way.
+version), then the tombstones in the same range, paged the same way. A collection asked for with
+`fetchXml`, `savedQuery`/`userQuery` or `$apply` is answered by `fetchxml.py`, `views.py` or
+`apply.py` instead.
 """
 
 from __future__ import annotations
