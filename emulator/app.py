@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
@@ -24,9 +25,11 @@ from emulator import (
     batch,
     emails,
     errors,
+    keys,
     metadata,
     queues,
     reads,
+    views,
     workflows,
     writes,
 )
@@ -233,9 +236,11 @@ class Emulator:
 
     def _route(self, request: Request, resource: str) -> Response:
         ctx, method = self.ctx, request.method
-        if resource in ("", "$metadata", "WhoAmI", "WhoAmI()") or resource.startswith(
-            "EntityDefinitions"
-        ):
+        if resource.startswith("EntityDefinitions"):
+            return metadata.entity_definitions(ctx, request, resource)
+        if resource.startswith("RelationshipDefinitions"):
+            return metadata.relationship_definitions(ctx, request, resource)
+        if resource in ("", "$metadata", "WhoAmI", "WhoAmI()"):
             if method != "GET":
                 if resource.startswith("WhoAmI"):
                     raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
@@ -244,9 +249,11 @@ class Emulator:
                 return metadata.service_document(ctx)
             if resource == "$metadata":
                 return metadata.csdl(ctx, ("annotations", "true") in request.options)
-            if resource.startswith("WhoAmI"):
-                return metadata.who_am_i(ctx)
-            return metadata.entity_definitions(ctx, request, resource)
+            return metadata.who_am_i(ctx)
+        if resource in ("PublishXml", "PublishAllXml"):
+            if method != "POST":
+                raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
+            return views.publish(ctx, request, resource)
         if resource == "$batch":
             if method != "POST":
                 raise method_not_allowed(method)
@@ -279,14 +286,18 @@ class Emulator:
                     raise errors.no_http_resource(f"{ctx.origin}{request.raw_path}")
                 return actions.bulk(ctx, request, table, action)
             raise errors.resource_not_found(rest.split("/")[0])
-        record_id = writes.parse_key(table, key)
         if method == "GET" and not table.supports("Retrieve"):
             raise writes.unsupported("Retrieve", table)
+        found, key_values = keys.locate(ctx, table, key)
+        creates = rest is None and method == "PATCH" and request.header("if-match") is None
+        if found is None and not creates:
+            raise keys.not_found(table)  # an alternate key that matches no record
+        record_id = found or str(uuid.uuid4())
         if rest is None:
             if method == "GET":
                 return reads.get_entity(ctx, request, table, record_id)
             if method == "PATCH":
-                return writes.patch_entity(ctx, request, table, record_id)
+                return writes.patch_entity(ctx, request, table, record_id, key_values)
             if method == "DELETE":
                 return writes.delete_entity(ctx, request, table, record_id)
             raise method_not_allowed(method)
@@ -366,5 +377,7 @@ class Emulator:
                 raise errors.bad_query("The $id query option is required to remove a link.")
             child = writes.parse_url(ctx, target, collection.table.name, "$id")[1]
         else:
-            child = writes.parse_key(collection.table, key)
+            child, _ = keys.locate(ctx, collection.table, key)
+            if child is None:
+                raise keys.not_found(collection.table)
         return writes.disassociate(ctx, table, record_id, collection, child)

@@ -1,15 +1,15 @@
 """`$batch` (§9): multipart/mixed requests, atomic change sets, multipart responses.
 
-The whole body is parsed before anything runs, so a malformed batch (no boundary, LF-only line
-endings → `Stream was not readable`, a broken part, a GET in a change set, more than 1000
-operations) changes nothing. Then the parts run in order through the same routing as top-level
-requests. A change set runs in one store transaction (inner writes become savepoints): the first
-failure rolls the whole set back. Without `Prefer: odata.continue-on-error` the batch stops at the
-first failure and answers 400 with only that response (earlier parts outside change sets stay
-committed, U26); with it, every part is answered and the outer status is 200 (a failed change set
-is one error part, U27). `Content-ID` values become `$n` references in request URLs and in
-`@odata.bind` / `@odata.id` values. Every operation counts toward service protection.
-"""
+The whole body is parsed before anything runs, so a malformed batch (no boundary, a broken part, a
+GET in a change set, more than 1000 operations) changes nothing. Lines may end with CRLF or LF
+(§9.1); only a body whose last line has no line ending (CRLF, or two LFs) is unreadable: outer 400
+holding one inner 400 `Stream was not readable` part. Then the parts run in order through the same
+routing as top-level requests. A change set runs in one store transaction (inner writes become
+savepoints): the first failure rolls the whole set back. Without `Prefer: odata.continue-on-error`
+the batch stops at the first failure and answers 400 with only that response (earlier parts outside
+change sets stay committed, U26); with it, every part is answered and the outer status is 200 (a
+failed change set is one error part, U27). `Content-ID` values become `$n` references in request
+URLs and in `@odata.bind` / `@odata.id` values. Every operation counts toward service protection."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ INHERITED_HEADERS = ("mscrm.suppressduplicatedetection", "callerobjectid", "mscr
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 _API_URL = re.compile(r"^(?:https?://[^/]+)?/api/data/v9\.\d+/(.*)$")
 _REFERENCE = re.compile(r"^\$([A-Za-z0-9_.-]+)(/.*)?$")
+_REQUEST_LINE = re.compile(rb"(?m)^[A-Z]+ (\S+) HTTP/1\.\d[ \t]*$")
 
 Dispatch = Callable[[Request, str], Response]
 Charge = Callable[[int], Response | None]
@@ -72,7 +73,7 @@ def _boundary_of(content_type: str | None) -> str:
 
 
 def _delimiter_at(body: bytes, delimiter: bytes, start: int) -> int:
-    """The index of the next `CRLF--boundary` (or `--boundary` at `start`) that is a whole
+    """The index of the next `LF--boundary` (or `--boundary` at `start`) that is a whole
     delimiter; -1 when there is none."""
     position = start
     while True:
@@ -80,13 +81,13 @@ def _delimiter_at(body: bytes, delimiter: bytes, start: int) -> int:
         if found < 0:
             return -1
         after = body[found + len(delimiter) : found + len(delimiter) + 2]
-        if after in (b"--", b"\r\n") or after[:1] in (b" ", b"\t", b"\n"):
+        if after == b"--" or after[:1] in (b" ", b"\t", b"\n"):
             return found
         position = found + 1
 
 
 def _split(body: bytes, boundary: str) -> list[bytes]:
-    """The parts between `--boundary` delimiters; LF-only framing is unreadable (§9.1)."""
+    """The parts between `--boundary` delimiters of a body whose line endings are LF."""
     delimiter = b"--" + boundary.encode("latin-1")
     position = _delimiter_at(body, delimiter, 0)
     if position < 0:
@@ -96,22 +97,17 @@ def _split(body: bytes, boundary: str) -> list[bytes]:
         position += len(delimiter)
         if body.startswith(b"--", position):
             return parts
-        end_of_line = body.find(b"\n", position)
-        if end_of_line < 0 or body[end_of_line - 1 : end_of_line] != b"\r":
-            raise errors.stream_not_readable()
-        start = end_of_line + 1
-        following = _delimiter_at(body, b"\r\n" + delimiter, start)
+        start = body.find(b"\n", position) + 1
+        following = _delimiter_at(body, b"\n" + delimiter, start) if start else -1
         if following < 0:
-            if _delimiter_at(body, b"\n" + delimiter, start) >= 0:
-                raise errors.stream_not_readable()
             raise errors.payload_error(f"The batch body does not end with '--{boundary}--'.")
         parts.append(body[start:following])
-        position = following + 2
+        position = following + 1
 
 
 def _headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for line in block.decode("latin-1").split("\r\n"):
+    for line in block.decode("latin-1").split("\n"):
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
@@ -122,14 +118,10 @@ def _headers(block: bytes) -> dict[str, str]:
 
 
 def _head_and_body(part: bytes) -> tuple[bytes, bytes]:
-    if part.startswith(b"\r\n"):
-        return b"", part[2:]
-    head, separator, rest = part.partition(b"\r\n\r\n")
-    if not separator:
-        if b"\n\n" in part:
-            raise errors.stream_not_readable()
-        return part, b""
-    return head, rest
+    if part.startswith(b"\n"):
+        return b"", part[1:]
+    head, separator, rest = part.partition(b"\n\n")
+    return (head, rest) if separator else (part, b"")
 
 
 def _operation(part: bytes, mime: dict[str, str]) -> Operation:
@@ -138,22 +130,38 @@ def _operation(part: bytes, mime: dict[str, str]) -> Operation:
             "Each batch part must have 'Content-Type: application/http' or be a change set."
         )
     _, inner = _head_and_body(part)
-    inner = inner.lstrip(b"\r\n")
-    line, _, rest = inner.partition(b"\r\n")
+    inner = inner.lstrip(b"\n")
+    line, _, rest = inner.partition(b"\n")
     words = line.decode("latin-1").split()
     if len(words) != 3 or not words[2].startswith("HTTP/1."):
         raise errors.payload_error(
             f"The request line '{line.decode('latin-1')}' of a batch part is not valid."
         )
-    head, body = (b"", rest[2:]) if rest.startswith(b"\r\n") else _head_and_body(rest)
+    head, body = _head_and_body(rest)
     headers = _headers(head)
     content_id = mime.get("content-id") or headers.get("content-id")
-    return Operation(words[0].upper(), words[1], headers, body.strip(b"\r\n"), content_id)
+    return Operation(words[0].upper(), words[1], headers, body.strip(b"\n"), content_id)
+
+
+def readable(body: bytes) -> bool:
+    """§9.1: the body's last line must end with CRLF, or the body with two LFs."""
+    return body.endswith((b"\r\n", b"\n\n"))
+
+
+def unreadable_entity(body: bytes) -> str:
+    """The entity set the last request line of an unreadable body names (for the error text)."""
+    lines = _REQUEST_LINE.findall(body.replace(b"\r\n", b"\n"))
+    if not lines:
+        return ""
+    match = _API_URL.match(lines[-1].decode("latin-1"))
+    path = match.group(1) if match else lines[-1].decode("latin-1").lstrip("/")
+    return re.split(r"[(/?]", path, maxsplit=1)[0]
 
 
 def parse(body: bytes, content_type: str | None) -> tuple[Operation | ChangeSet, ...]:
     """The batch's parts, or the 400 a malformed batch gets (nothing has run yet)."""
     items: list[Operation | ChangeSet] = []
+    body = body.replace(b"\r\n", b"\n")  # CRLF and LF line endings are both read (§9.1)
     for part in _split(body, _boundary_of(content_type)):
         head, rest = _head_and_body(part)
         mime = _headers(head)
@@ -303,6 +311,11 @@ class Runner:
 
 def handle(ctx: Context, request: Request, dispatch: Dispatch, charge: Charge) -> Response:
     """`POST $batch`: parse, count every operation, run, answer multipart/mixed."""
+    _boundary_of(request.header("content-type"))
+    if not readable(request.body):
+        refusal = errors.stream_not_readable(unreadable_entity(request.body))
+        response = error_response(refusal, zero_property_codes=ctx.config.zero_property_codes)
+        return _multipart(400, [Answer(response)], ())
     items = parse(request.body, request.header("content-type"))
     refused = charge(operation_count(items) - 1)  # the batch itself was counted as one
     if refused is not None:

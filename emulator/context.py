@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from emulator.clock import Clock, wire
+from emulator.functions import Environment
 from emulator.limits import Limits
 from emulator.query import QueryCompiler
 from emulator.schema import Schema
@@ -53,6 +54,7 @@ SWITCHES = (
     "duplicates_across_tables",  # §7.10: a lead's email also matches contacts, and vice versa
     "send_email_requires_approval",  # U41: SendEmail fails for a sender not approved (≠ 1)
     "appointment_scheduled_on_create",  # U47: an appointment with start and end is created Busy
+    "contact_email_key",  # §7.5: the seeded alternate key contact_emailaddress1 is defined
 )
 
 
@@ -76,6 +78,7 @@ class Config:
     duplicates_across_tables: bool = False
     send_email_requires_approval: bool = False
     appointment_scheduled_on_create: bool = True
+    contact_email_key: bool = False
     limits: Limits = field(default_factory=Limits)
     tables: tuple[str, ...] = field(default=(), compare=False)
 
@@ -165,7 +168,11 @@ class Context:
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.caller_id = application_user_id(client_id)
-        self.compiler = QueryCompiler(schema)
+        self.compiler = QueryCompiler(
+            schema,
+            lambda: Environment(clock.now(), self.caller_id, BUSINESS_UNIT_ID),
+            self.api_root,
+        )
         self.initial_config = config
         self.config = config
         self.invocations = Invocations()

@@ -85,6 +85,22 @@ def invalid_alternate_key(type_name: str) -> ApiError:
     )
 
 
+def no_attribute(table: str, name: str) -> ApiError:
+    """QueryBuilderNoAttribute: a FetchXML attribute or a query function's PropertyName that is
+    not a column's logical name (captured text, without its trailing diagnostics)."""
+    return ApiError(
+        400,
+        "0x80041103",
+        f"'{table}' entity doesn't contain attribute with Name = '{name}' and NameMapping = "
+        "'Logical' (look up attribute by name is case-sensitive).",
+    )
+
+
+def invalid_xml() -> ApiError:
+    """A `fetchXml` that is not well-formed XML (captured text)."""
+    return ApiError(400, "0x80040201", "Invalid XML.")
+
+
 def does_not_exist(table: str, record_id: str) -> ApiError:
     return ApiError(404, "0x80040217", f"{table} With Id = {record_id} Does Not Exist")
 
@@ -179,9 +195,15 @@ def read_only_record() -> ApiError:
     return ApiError(400, "0x80043b09", "The object cannot be updated because it is read-only.")
 
 
-def stream_not_readable() -> ApiError:
-    """A `$batch` body without CRLF line endings (§9.1)."""
-    return payload_error("Stream was not readable")
+def stream_not_readable(entity_set: str) -> ApiError:
+    """A `$batch` body whose last line has no line ending (§9.1; the [SUPPORT] text without
+    its stack trace)."""
+    return payload_error(
+        f"Error identified in Payload provided by the user for Entity :'{entity_set}', For more "
+        "information on this error please follow this help link "
+        "https://go.microsoft.com/fwlink/?linkid=2195293 ---->  InnerException : "
+        "System.ArgumentException: Stream was not readable."
+    )
 
 
 def content_id_missing(reference: str) -> ApiError:

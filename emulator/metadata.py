@@ -1,12 +1,16 @@
-"""Service-level endpoints generated from the schema: service document, `$metadata`, WhoAmI and
-EntityDefinitions (§2.4, §15).
+"""Service-level endpoints generated from the schema: service document, `$metadata`, WhoAmI,
+EntityDefinitions and RelationshipDefinitions (§2.4, §7.5, §15).
 
-EntityDefinitions serves the collection, one table by `LogicalName` or MetadataId, and its
-`Attributes` (optionally cast to a derived type such as `Microsoft.Dynamics.CRM.
-PicklistAttributeMetadata`, with `$expand=OptionSet`), `ManyToOneRelationships` and
-`OneToManyRelationships`. Metadata queries take `$select`, `$expand` and a `$filter` limited to
-`eq`/`ne` with `and`/`or`/`not` over properties, `X/Value` managed properties and enum literals
-(U38); they are not paged. Items are plain dicts built in a fixed key order.
+EntityDefinitions serves the collection, one table by `LogicalName` or MetadataId with the
+documented EntityMetadata properties, and its `Attributes` (optionally cast to a derived type
+such as `Microsoft.Dynamics.CRM.PicklistAttributeMetadata`, with `$expand=OptionSet`), `Keys`
+(EntityKeyMetadata; POST defines an alternate key, DELETE removes one), `ManyToOneRelationships`,
+`OneToManyRelationships` and `ManyToManyRelationships` (none among the served tables), each also
+through `$expand`. RelationshipDefinitions lists every relationship, finds one by `SchemaName`,
+and casts to `OneToManyRelationshipMetadata` / `ManyToManyRelationshipMetadata`. Metadata queries
+take `$select`, `$expand` and a `$filter` limited to `eq`/`ne` with `and`/`or`/`not` over
+properties, `X/Value` managed properties and enum literals (U38); they are not paged. Items are
+plain dicts built in a fixed key order.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any
 
 from odata_query import ast
 
-from emulator import errors
+from emulator import errors, keys
 from emulator.context import BUSINESS_UNIT_ID, EMULATOR_NAMESPACE, ORGANIZATION_ID, Context
+from emulator.keys import Key
 from emulator.query import split_top
 from emulator.reads import query_options
 from emulator.schema import Attribute, AttributeType, Table
@@ -32,7 +37,8 @@ RELATIONSHIP_TYPE = "Microsoft.Dynamics.CRM.RelationshipMetadataBase"
 _ENUM_LITERAL = re.compile(r"Microsoft\.Dynamics\.CRM\.\w+'([^']*)'")
 _PATH = re.compile(
     r"^EntityDefinitions(?:\((?P<key>[^)]*)\))?"
-    r"(?:/(?P<nav>Attributes|ManyToOneRelationships|OneToManyRelationships)"
+    r"(?:/(?P<nav>Attributes|Keys|ManyToOneRelationships|OneToManyRelationships"
+    r"|ManyToManyRelationships)"
     r"(?:\((?P<attribute>[^)]*)\))?(?:/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+))?)?$"
 )
 _METADATA_KINDS = {
@@ -61,14 +67,54 @@ ATTRIBUTE_PROPERTIES = (
 ENTITY_PROPERTIES = (
     "MetadataId", "LogicalName", "SchemaName", "EntitySetName", "LogicalCollectionName",
     "CollectionSchemaName", "ObjectTypeCode", "PrimaryIdAttribute", "PrimaryNameAttribute",
-    "OwnershipType", "IsActivity", "IsCustomEntity", "ChangeTrackingEnabled",
-    "CanChangeTrackingBeEnabled", "IsOptimisticConcurrencyEnabled", "DisplayName",
-    "DisplayCollectionName",
+    "PrimaryImageAttribute", "OwnershipType", "IsActivity", "IsActivityParty", "IsCustomEntity",
+    "ChangeTrackingEnabled", "CanChangeTrackingBeEnabled", "IsOptimisticConcurrencyEnabled",
+    "DisplayName", "DisplayCollectionName", "Description", "HasActivities", "HasNotes",
+    "HasEmailAddresses", "HasFeedback", "HasChanged", "ActivityTypeMask", "AutoCreateAccessTeams",
+    "AutoRouteToOwnerQueue", "CanBeInCustomEntityAssociation", "CanBeInManyToMany",
+    "CanBePrimaryEntityInRelationship", "CanBeRelatedEntityInRelationship",
+    "CanChangeHierarchicalRelationship", "CanCreateAttributes", "CanCreateCharts",
+    "CanCreateForms", "CanCreateViews", "CanEnableSyncToExternalSearchIndex",
+    "CanModifyAdditionalSettings", "CanTriggerWorkflow", "CreatedOn", "ModifiedOn",
+    "DataProviderId", "DataSourceId", "DaysSinceRecordLastModified", "EnforceStateTransitions",
+    "EntityColor", "EntityHelpUrl", "EntityHelpUrlEnabled", "ExternalCollectionName",
+    "ExternalName", "IconLargeName", "IconMediumName", "IconSmallName", "IconVectorName",
+    "IntroducedVersion", "IsAIRUpdated", "IsAuditEnabled", "IsAvailableOffline",
+    "IsBPFEntity", "IsBusinessProcessEnabled", "IsChildEntity", "IsConnectionsEnabled",
+    "IsCustomizable", "IsDocumentManagementEnabled", "IsDocumentRecommendationsEnabled",
+    "IsDuplicateDetectionEnabled", "IsEnabledForCharts", "IsEnabledForExternalChannels",
+    "IsEnabledForTrace", "IsImportable", "IsInteractionCentricEnabled", "IsIntersect",
+    "IsKnowledgeManagementEnabled", "IsLogicalEntity", "IsMailMergeEnabled", "IsManaged",
+    "IsMappable", "IsMSTeamsIntegrationEnabled", "IsOfflineInMobileClient",
+    "IsOneNoteIntegrationEnabled", "IsPrivate", "IsQuickCreateEnabled", "IsReadingPaneEnabled",
+    "IsReadOnlyInMobileClient", "IsRenameable", "IsRetentionEnabled", "IsRetrieveAuditEnabled",
+    "IsRetrieveMultipleAuditEnabled", "IsSLAEnabled", "IsSolutionAware", "IsStateModelAware",
+    "IsValidForAdvancedFind", "IsValidForQueue", "IsVisibleInMobile", "IsVisibleInMobileClient",
+    "MobileOfflineFilters", "OwnerId", "OwnerIdType", "OwningBusinessUnit",
+    "RecurrenceBaseEntityLogicalName", "ReportViewName", "SettingOf", "SyncToExternalSearchIndex",
+    "TableType", "UsesBusinessDataLabelTable",
 )  # fmt: skip
 RELATIONSHIP_PROPERTIES = (
     "MetadataId", "SchemaName", "RelationshipType", "ReferencedEntity", "ReferencedAttribute",
     "ReferencingEntity", "ReferencingAttribute", "ReferencedEntityNavigationPropertyName",
     "ReferencingEntityNavigationPropertyName", "CascadeConfiguration", "IsCustomRelationship",
+    "IsHierarchical", "IsValidForAdvancedFind", "IsManaged", "IsCustomizable", "SecurityTypes",
+    "IntroducedVersion", "HasChanged", "RelationshipBehavior", "AssociatedMenuConfiguration",
+    "Entity1LogicalName", "Entity2LogicalName", "IntersectEntityName",
+    "Entity1IntersectAttribute", "Entity2IntersectAttribute",
+    "Entity1NavigationPropertyName", "Entity2NavigationPropertyName",
+)  # fmt: skip
+KEY_PROPERTIES = (
+    "MetadataId", "LogicalName", "SchemaName", "DisplayName", "EntityLogicalName",
+    "KeyAttributes", "EntityKeyIndexStatus", "IsManaged", "IsCustomizable", "IntroducedVersion",
+    "IsExportKey", "IsSecondaryKey", "IsSynchronous", "HasChanged",
+)  # fmt: skip
+KEY_TYPE = "Microsoft.Dynamics.CRM.EntityKeyMetadata"
+ONE_TO_MANY = "OneToManyRelationshipMetadata"
+MANY_TO_MANY = "ManyToManyRelationshipMetadata"
+NAVIGATIONS = (
+    "Attributes", "Keys", "ManyToOneRelationships", "OneToManyRelationships",
+    "ManyToManyRelationships",
 )  # fmt: skip
 
 
@@ -113,6 +159,105 @@ def entity_item(ctx: Context, table: Table) -> dict[str, Any]:
         "IsOptimisticConcurrencyEnabled": True,
         "DisplayName": _label(table.display, f"{table.name}.display"),
         "DisplayCollectionName": _label(table.display_plural, f"{table.name}.plural"),
+        **_documented(table),
+    }
+
+
+IMAGED = ("lead", "contact", "account", "systemuser")  # tables with an entityimage column
+
+
+def _managed(value: bool, name: str) -> dict[str, Any]:
+    return {"Value": value, "CanBeChanged": False, "ManagedPropertyLogicalName": name}
+
+
+def _documented(table: Table) -> dict[str, Any]:
+    """The other documented EntityMetadata properties, with the values of a standard table."""
+    standard = table.name in ("lead", "contact", "account", "opportunity")
+    with_activities = standard or table.name == "systemuser"
+    managed = {
+        name: _managed(True, name.lower())
+        for name in (
+            "CanBeInCustomEntityAssociation", "CanBeInManyToMany",
+            "CanBePrimaryEntityInRelationship", "CanBeRelatedEntityInRelationship",
+            "CanChangeHierarchicalRelationship",
+            "CanCreateAttributes", "CanCreateCharts", "CanCreateForms", "CanCreateViews",
+            "CanModifyAdditionalSettings", "IsAuditEnabled", "IsConnectionsEnabled",
+            "IsCustomizable", "IsDuplicateDetectionEnabled", "IsMailMergeEnabled",
+            "IsMappable", "IsOfflineInMobileClient", "IsReadOnlyInMobileClient",
+            "IsRenameable", "IsValidForQueue", "IsVisibleInMobile", "IsVisibleInMobileClient",
+        )
+    }  # fmt: skip
+    return {
+        "Description": _label(f"A {table.display.lower()} record.", f"{table.name}.description"),
+        "PrimaryImageAttribute": "entityimage"
+        if table.name in ("lead", "contact", "account", "systemuser")
+        else None,
+        "IsActivityParty": table.name in ("lead", "contact", "account", "systemuser"),
+        "HasActivities": with_activities,
+        "HasNotes": with_activities or table.is_activity,
+        "HasEmailAddresses": any(a.format == "Email" for a in table.attributes),
+        "HasFeedback": False,
+        "HasChanged": None,
+        "ActivityTypeMask": 1 if table.is_activity else 0,
+        "AutoCreateAccessTeams": False,
+        "AutoRouteToOwnerQueue": False,
+        **managed,
+        "CanEnableSyncToExternalSearchIndex": _managed(True, "canenablesynctoexternalsearchindex"),
+        "CanTriggerWorkflow": True,
+        "CreatedOn": "1900-01-01T00:00:00Z",
+        "ModifiedOn": "1900-01-01T00:00:00Z",
+        "DataProviderId": None,
+        "DataSourceId": None,
+        "DaysSinceRecordLastModified": 0,
+        "EnforceStateTransitions": False,
+        "EntityColor": None,
+        "EntityHelpUrl": None,
+        "EntityHelpUrlEnabled": False,
+        "ExternalCollectionName": None,
+        "ExternalName": None,
+        "IconLargeName": None,
+        "IconMediumName": None,
+        "IconSmallName": None,
+        "IconVectorName": None,
+        "IntroducedVersion": "5.0.0.0",
+        "IsAIRUpdated": False,
+        "IsAvailableOffline": standard or table.is_activity,
+        "IsBPFEntity": False,
+        "IsBusinessProcessEnabled": standard,
+        "IsChildEntity": table.is_party,
+        "IsDocumentManagementEnabled": False,
+        "IsDocumentRecommendationsEnabled": False,
+        "IsEnabledForCharts": True,
+        "IsEnabledForExternalChannels": False,
+        "IsEnabledForTrace": False,
+        "IsImportable": True,
+        "IsInteractionCentricEnabled": False,
+        "IsIntersect": False,
+        "IsKnowledgeManagementEnabled": False,
+        "IsLogicalEntity": False,
+        "IsManaged": True,
+        "IsMSTeamsIntegrationEnabled": False,
+        "IsOneNoteIntegrationEnabled": False,
+        "IsPrivate": False,
+        "IsQuickCreateEnabled": standard or table.is_activity,
+        "IsReadingPaneEnabled": True,
+        "IsRetentionEnabled": False,
+        "IsRetrieveAuditEnabled": False,
+        "IsRetrieveMultipleAuditEnabled": False,
+        "IsSLAEnabled": False,
+        "IsSolutionAware": False,
+        "IsStateModelAware": any(a.name == "statecode" for a in table.attributes),
+        "IsValidForAdvancedFind": not table.is_party,
+        "MobileOfflineFilters": None,
+        "OwnerId": None,
+        "OwnerIdType": 8,
+        "OwningBusinessUnit": None,
+        "RecurrenceBaseEntityLogicalName": None,
+        "ReportViewName": f"Filtered{table.schema_name}",
+        "SettingOf": None,
+        "SyncToExternalSearchIndex": standard,
+        "TableType": "Standard",
+        "UsesBusinessDataLabelTable": False,
     }
 
 
@@ -220,6 +365,14 @@ def _relationship(
             "Delete": target.on_delete.value,
         },
         "IsCustomRelationship": False,
+        "IsHierarchical": target.table == table.name and table.name == "account",
+        "IsValidForAdvancedFind": True,
+        "IsManaged": True,
+        "IsCustomizable": _managed(True, "iscustomizable"),
+        "SecurityTypes": "Append",
+        "IntroducedVersion": "5.0.0.0",
+        "HasChanged": None,
+        "RelationshipBehavior": 0,
     }
 
 
@@ -358,19 +511,53 @@ def _attributes(
     return items
 
 
+def key_item(key: Key) -> dict[str, Any]:
+    """EntityKeyMetadata of an alternate key (§7.5)."""
+    return {
+        "MetadataId": key.metadata_id,
+        "LogicalName": key.logical_name,
+        "SchemaName": key.schema_name,
+        "DisplayName": _label(key.display, f"key.{key.table}.{key.logical_name}"),
+        "EntityLogicalName": key.table,
+        "KeyAttributes": list(key.attributes),
+        "EntityKeyIndexStatus": key.status,
+        "IsManaged": False,
+        "IsCustomizable": _managed(True, "iscustomizable"),
+        "IntroducedVersion": "1.0",
+        "IsExportKey": False,
+        "IsSecondaryKey": False,
+        "IsSynchronous": False,
+        "HasChanged": None,
+    }
+
+
+def _navigation(
+    ctx: Context, table: Table, name: str, options: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The items of one collection-valued navigation of an EntityMetadata, shaped by `options`."""
+    if name == "Attributes":
+        return _attributes(ctx, table, options, list(table.attributes))
+    if name == "Keys":
+        items = [key_item(k) for k in keys.defined(ctx, table)]
+        return _shape(ctx, items, options, KEY_PROPERTIES, KEY_TYPE)
+    if name == "ManyToManyRelationships":
+        relationships: list[dict[str, Any]] = []  # no served table has an N:N relationship
+    elif name == "ManyToOneRelationships":
+        relationships = many_to_one(ctx, table)
+    else:
+        relationships = one_to_many(ctx, table)
+    return _shape(ctx, relationships, options, RELATIONSHIP_PROPERTIES, RELATIONSHIP_TYPE)
+
+
 def _entities(ctx: Context, tables: list[Table], options: dict[str, str]) -> list[dict[str, Any]]:
-    expand = _expansions(options.get("$expand"), ("Attributes",))
+    expand = _expansions(options.get("$expand"), NAVIGATIONS)
     items = _shape(
         ctx, [entity_item(ctx, t) for t in tables], options, ENTITY_PROPERTIES, ENTITY_TYPE
     )
-    if "Attributes" in expand:
-        by_name = {t.name: t for t in tables}
-        names = {entity_item(ctx, t)["MetadataId"]: t.name for t in tables}
-        for item in items:
-            table = by_name[names[item["MetadataId"]]]
-            item["Attributes"] = _attributes(
-                ctx, table, expand["Attributes"], list(table.attributes)
-            )
+    by_id = {_id("entity", t.name): t for t in tables}
+    for item in items:
+        for name, inner in expand.items():
+            item[name] = _navigation(ctx, by_id[item["MetadataId"]], name, inner)
     return items
 
 
@@ -388,40 +575,49 @@ def _find_table(ctx: Context, key: str) -> Table:
 
 
 def entity_definitions(ctx: Context, request: Request, path: str) -> Response:
+    """GET EntityDefinitions…; POST …/Keys and DELETE …/Keys(…) define and remove alternate keys."""
     match = _PATH.match(path)
     if match is None:
         raise errors.resource_not_found(path.split("/")[-1])
+    nav, sub, method = match.group("nav"), match.group("attribute"), request.method
+    if method != "GET" and not (
+        nav == "Keys"
+        and not match.group("cast")
+        and (method, sub is None) in (("POST", True), ("DELETE", False))
+    ):
+        raise errors.ApiError(
+            405,
+            errors.ODATA_ERROR,
+            f"The requested resource does not support http method '{method}'.",
+        )
     options = query_options(request, frozenset({"$select", "$filter", "$expand"}))
     root = f"{ctx.api_root}$metadata#"
     if match.group("key") is None:
-        if match.group("nav"):
-            raise errors.resource_not_found(match.group("nav"))
+        if nav:
+            raise errors.resource_not_found(nav)
         items = _entities(ctx, list(ctx.schema.tables), options)
         return json_response(200, {"@odata.context": f"{root}EntityDefinitions", "value": items})
     table = _find_table(ctx, match.group("key"))
     owner = f"EntityDefinitions(LogicalName='{table.name}')"
-    nav = match.group("nav")
     if nav is None:
         item = _entities(ctx, [table], options)[0]
         return json_response(200, {"@odata.context": f"{root}EntityDefinitions/$entity", **item})
+    if nav == "Keys":
+        return _keys(ctx, request, table, sub, options)
     if nav != "Attributes":
-        if match.group("attribute") or match.group("cast"):
+        if sub or match.group("cast"):
             raise errors.resource_not_found(path.split("/")[-1])
-        relationships = (
-            many_to_one(ctx, table) if nav == "ManyToOneRelationships" else one_to_many(ctx, table)
-        )
-        items = _shape(ctx, relationships, options, RELATIONSHIP_PROPERTIES, RELATIONSHIP_TYPE)
+        items = _navigation(ctx, table, nav, options)
         return json_response(200, {"@odata.context": f"{root}{owner}/{nav}", "value": items})
     cast = match.group("cast")
     if cast is not None and cast not in {f"{k}AttributeMetadata" for k in _METADATA_KINDS.values()}:
         raise errors.resource_not_found(f"Microsoft.Dynamics.CRM.{cast}")
     chosen = _cast(table, cast)
-    key = match.group("attribute")
-    if key is None:
+    if sub is None:
         items = _attributes(ctx, table, options, chosen)
         return json_response(200, {"@odata.context": f"{root}{owner}/Attributes", "value": items})
-    name_match = re.match(r"^\s*LogicalName\s*=\s*'([^']*)'\s*$", key)
-    wanted = name_match.group(1) if name_match else key.strip().lower()
+    name_match = _LOGICAL_NAME.match(sub)
+    wanted = name_match.group(1) if name_match else sub.strip().lower()
     found = [a for a in chosen if wanted in (a.name, _id("attribute", table.name, a.name))]
     if not found:
         raise errors.ApiError(
@@ -432,6 +628,93 @@ def entity_definitions(ctx: Context, request: Request, path: str) -> Response:
     items = _attributes(ctx, table, options, found)
     context = f"{root}{owner}/Attributes/$entity"
     return json_response(200, {"@odata.context": context, **(items[0] if items else {})})
+
+
+def _keys(
+    ctx: Context, request: Request, table: Table, sub: str | None, options: dict[str, str]
+) -> Response:
+    """`…/Keys`: list (GET), define (POST); `…/Keys(LogicalName='x')`: read (GET), remove
+    (DELETE)."""
+    root = f"{ctx.api_root}$metadata#EntityDefinitions(LogicalName='{table.name}')/Keys"
+    if request.method == "POST":
+        try:
+            body = request.json()
+        except (UnicodeDecodeError, ValueError):
+            raise errors.payload_error(
+                "Invalid JSON. The request body is not a valid JSON document."
+            ) from None
+        key = keys.create(ctx, table, body)
+        url = (
+            f"{ctx.api_root}EntityDefinitions({_id('entity', table.name)})/Keys({key.metadata_id})"
+        )
+        return Response(204, (("OData-EntityId", url),))
+    if sub is None:
+        items = _navigation(ctx, table, "Keys", options)
+        return json_response(200, {"@odata.context": root, "value": items})
+    name_match = _LOGICAL_NAME.match(sub)
+    wanted = name_match.group(1) if name_match else sub.strip().lower()
+    found = [k for k in keys.defined(ctx, table) if wanted in (k.logical_name, k.metadata_id)]
+    if not found:
+        raise errors.ApiError(
+            404, errors.ODATA_ERROR, f"Could not find key '{wanted}' on entity '{table.name}'."
+        )
+    if request.method == "DELETE":
+        keys.delete(ctx, table, found[0].logical_name)
+        return Response(204)
+    item = _shape(ctx, [key_item(found[0])], options, KEY_PROPERTIES, KEY_TYPE)[0]
+    return json_response(200, {"@odata.context": f"{root}/$entity", **item})
+
+
+_RELATIONSHIP_PATH = re.compile(
+    r"^RelationshipDefinitions(?:\((?P<key>[^)]*)\))?"
+    r"(?:/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+))?$"
+)
+_SCHEMA_NAME = re.compile(r"^\s*SchemaName\s*=\s*'([^']*)'\s*$")
+_LOGICAL_NAME = re.compile(r"^\s*LogicalName\s*=\s*'([^']*)'\s*$")
+
+
+def relationship_definitions(ctx: Context, request: Request, path: str) -> Response:
+    """`RelationshipDefinitions`, one by `SchemaName` or MetadataId, cast to the one-to-many or
+    many-to-many type (§15); items of the base collection carry their `@odata.type`."""
+    match = _RELATIONSHIP_PATH.match(path)
+    if match is None:
+        raise errors.resource_not_found(path.split("/")[-1])
+    if request.method != "GET":
+        raise errors.ApiError(
+            405, errors.ODATA_ERROR,
+            f"The requested resource does not support http method '{request.method}'.",
+        )  # fmt: skip
+    cast = match.group("cast")
+    if cast not in (None, ONE_TO_MANY, MANY_TO_MANY):
+        raise errors.resource_not_found(f"Microsoft.Dynamics.CRM.{cast}")
+    options = query_options(request, frozenset({"$select", "$filter"}))
+    items = [] if cast == MANY_TO_MANY else _all_relationships(ctx)
+    if cast is None:
+        items = [{"@odata.type": f"#Microsoft.Dynamics.CRM.{ONE_TO_MANY}", **i} for i in items]
+    root = f"{ctx.api_root}$metadata#RelationshipDefinitions"
+    suffix = f"/Microsoft.Dynamics.CRM.{cast}" if cast else ""
+    key = match.group("key")
+    if key is None:
+        shaped = _shape(ctx, items, options, RELATIONSHIP_PROPERTIES, RELATIONSHIP_TYPE)
+        return json_response(200, {"@odata.context": root + suffix, "value": shaped})
+    by_name = _SCHEMA_NAME.match(key)
+    wanted = by_name.group(1) if by_name else key.strip().lower()
+    found = [i for i in items if wanted in (i["SchemaName"], i["MetadataId"])]
+    if not found:
+        raise errors.ApiError(
+            404, errors.ODATA_ERROR, f"Could not find relationship with name '{wanted}'."
+        )
+    item = _shape(ctx, found, options, RELATIONSHIP_PROPERTIES, RELATIONSHIP_TYPE)[0]
+    return json_response(200, {"@odata.context": f"{root}{suffix}/$entity", **item})
+
+
+def _all_relationships(ctx: Context) -> list[dict[str, Any]]:
+    """Every one-to-many relationship of the served tables, once each."""
+    seen: dict[str, dict[str, Any]] = {}
+    for table in ctx.schema.tables:
+        for item in many_to_one(ctx, table):
+            seen.setdefault(item["SchemaName"], item)
+    return list(seen.values())
 
 
 # -- service document, $metadata, WhoAmI -------------------------------------------------------

@@ -6,14 +6,17 @@ annotations left out for null values), so serving a page costs no per-column Pyt
 `$filter` text is parsed by the `odata-query` library and compiled here to SQL with bound
 parameters: strings compare case-insensitively, GUID and date literals are unquoted, `ne` leaves
 nulls out (Dataverse's not-equal), single-valued navigation paths and `any`/`all` over
-collection-valued ones become subqueries. Compiled statements are cached by their text.
+collection-valued ones become subqueries, `Microsoft.Dynamics.CRM.*` query functions compile
+through `functions.py` (collection literals in both quotings). Compiled statements are cached by
+their text, except those calling a query function (they depend on the clock). `$expand` of a
+lookup's `$ref` gives the related record's `@odata.id`.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,6 +29,13 @@ from odata_query.visitor import NodeVisitor
 
 from emulator import errors
 from emulator.clock import parse_wire, wire
+from emulator.functions import (
+    NAMESPACE,
+    Environment,
+    FunctionCall,
+    lists_in_parentheses,
+    unknown_function,
+)
 from emulator.schema import (
     CHOICE_TYPES,
     GUID_TYPES,
@@ -101,6 +111,12 @@ class Expansion:
     order: tuple[OrderKey, ...] = ()
     top: int | None = None
     expand: tuple[Expansion, ...] = ()
+    reference: bool = False  # `<lookup>/$ref`: the related record's `@odata.id` only
+
+
+def volatile(text: str | None) -> bool:
+    """Whether a filter calls a query function (its SQL depends on the clock)."""
+    return text is not None and "Microsoft.Dynamics.CRM." in text
 
 
 def split_top(text: str, separator: str) -> list[str]:
@@ -128,8 +144,15 @@ def split_top(text: str, separator: str) -> list[str]:
 def select_context(select: tuple[Attribute, ...] | None, expand: tuple[Expansion, ...]) -> str:
     """The column list of an `@odata.context`: `fullname,parentcontactid(fullname)`."""
     items = [a.read_name for a in select] if select else []
-    items += [f"{e.navigation}({select_context(e.select, e.expand)})" for e in expand]
+    items += [
+        e.navigation if e.reference else f"{e.navigation}({select_context(e.select, e.expand)})"
+        for e in expand
+    ]
     return ",".join(items)
+
+
+def _volatile_expansions(expand: tuple[Expansion, ...]) -> bool:
+    return any(volatile(e.filter) or _volatile_expansions(e.expand) for e in expand)
 
 
 def _literal(value: Any) -> str:
@@ -197,8 +220,12 @@ def _datetime_label(column: str, date_only: bool) -> str:
 class QueryCompiler:
     """Compiles query options for the tables of one schema; results are cached by their text."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(
+        self, schema: Schema, environment: Callable[[], Environment], api_root: str = ""
+    ) -> None:
         self.schema = schema
+        self.api_root = api_root  # for `@odata.id` values
+        self.environment = environment  # what query functions are evaluated against, now
         self._rows = _Cache()
         self._selects = _Cache()
         self._filters = _Cache()
@@ -262,7 +289,8 @@ class QueryCompiler:
                 column = f'{alias}."{attribute.read_name}"'
                 pairs.append(f"'{attribute.read_name}', {self._value(attribute, column)}")
             pairs += [f"'{navigation}', json({sql})" for navigation, sql in expanded]
-            return self._rows.put(key, f"json_object({', '.join(pairs)})")
+            rendered = f"json_object({', '.join(pairs)})"
+            return rendered if _volatile_expansions(expand) else self._rows.put(key, rendered)
         template = ['{"@odata.etag":%s']
         arguments = [f"json_quote({etag})"]
         for attribute in columns:
@@ -282,7 +310,7 @@ class QueryCompiler:
             arguments.append(f"coalesce({sql}, 'null')")
         template.append("}")
         rendered_row = f"printf({sql_text(''.join(template))}, {', '.join(arguments)})"
-        return self._rows.put(key, rendered_row)
+        return rendered_row if _volatile_expansions(expand) else self._rows.put(key, rendered_row)
 
     def _expansion(
         self, owner: Table, expansion: Expansion, alias: str, annotations: Annotations
@@ -303,6 +331,11 @@ class QueryCompiler:
         if expansion.filter is not None:
             conditions.append(inline(self.filter(related, expansion.filter, inner)))
         where = " AND ".join(conditions)
+        if expansion.reference:
+            prefix = sql_text(f"{self.api_root}{related.entity_set}(")
+            url = f"{prefix} || {inner}.\"{related.primary_id}\" || ')'"
+            source = f'"{related.name}" {inner} WHERE {where}'
+            return f"(SELECT json_object('@odata.id', {url}) FROM {source})"
         if expansion.single:
             return f'(SELECT {row} FROM "{related.name}" {inner} WHERE {where})'
         order = ", ".join(
@@ -355,7 +388,12 @@ class QueryCompiler:
                     raise errors.bad_query(
                         "Expand with $ref is only supported on lookup type navigation property."
                     )
-                raise errors.not_implemented("$expand with $ref")
+                if inner:
+                    raise errors.bad_query(
+                        f"Query options cannot be given to the $ref expansion of '{name}'."
+                    )
+                items.append(Expansion(name, related, attribute, True, reference=True))
+                continue
             options: dict[str, str] = {}
             for option in split_top(inner or "", ";"):
                 option_name, _, value = option.partition("=")
@@ -519,16 +557,21 @@ class QueryCompiler:
     # -- $filter ---------------------------------------------------------------------------------
 
     def filter(self, table: Table, text: str, alias: str = "t") -> Compiled:
+        """A `$filter` as SQL; one calling a query function depends on the clock and the caller,
+        so it is compiled anew each time."""
         key = (table.name, text, alias)
         cached: Compiled | None = self._filters.get(key)
         if cached is not None:
             return cached
         tree = self.parse(text)
         compiled = _FilterCompiler(self, table, alias).predicate(tree)
-        return self._filters.put(key, compiled)
+        return compiled if volatile(text) else self._filters.put(key, compiled)
 
     def parse(self, text: str) -> ast._Node:
-        """Parse `$filter` text with odata-query; syntax errors become 400 0x80060888."""
+        """Parse `$filter` text with odata-query; syntax errors become 400 0x80060888.
+
+        Collection literals in function parameters (`["1","2"]`, `['1','2']`) are read too."""
+        text = lists_in_parentheses(text)
         try:
             with self._parsing:
                 return self._parser.parse(self._lexer.tokenize(text))  # type: ignore[no-any-return]
@@ -762,9 +805,23 @@ class _FilterCompiler(NodeVisitor):
         inner = self.predicate(node.operand)
         return Compiled(f"(NOT {inner.sql})", inner.params)
 
+    def _function_column(self, name: str) -> tuple[str, Attribute, Table]:
+        """The column a query function's PropertyName names: a logical name (`ownerid`, never
+        `_ownerid_value`), looked up by the query builder."""
+        scope = self.scopes[-1]
+        attribute = scope.table.by_name.get(name)
+        if attribute is None:
+            raise errors.no_attribute(scope.table.name, name)
+        return f'{scope.alias}."{attribute.read_name}"', attribute, scope.table
+
     def visit_Call(self, node: ast.Call) -> Compiled:
         name = node.func.full_name()
-        if node.func.namespace or node.func.name not in _STRING_FUNCTIONS:
+        if tuple(node.func.namespace) == NAMESPACE:
+            call = FunctionCall(node, self._function_column, self.compiler.environment())
+            return Compiled(*call.compile())
+        if node.func.namespace:
+            raise unknown_function(name)
+        if node.func.name not in _STRING_FUNCTIONS:
             raise errors.bad_query(f"The function '{name}' is not supported.")
         if len(node.args) != 2:
             raise errors.bad_query(f"The function '{name}' takes two arguments.")

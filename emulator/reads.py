@@ -5,7 +5,9 @@ the `$skiptoken`, `ORDER BY` the `$orderby` keys plus the primary key, and `LIMI
 learn whether a next page exists. With `Prefer: odata.track-changes` the first page pins the
 current version; the last page carries a `@odata.deltaLink` for it. A delta request returns rows
 whose version lies between the token's version and the version pinned by its first page (by
-version), then the tombstones in the same range, paged the same way.
+version), then the tombstones in the same range, paged the same way. A collection asked for with
+`fetchXml`, `savedQuery`/`userQuery` or `$apply` is answered by `fetchxml.py`, `views.py` or
+`apply.py` instead.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from emulator import aliases, errors
+from emulator import apply, errors, fetchxml, views
 from emulator.context import Context
+from emulator.functions import with_aliases
 from emulator.paging import (
     Cursor,
     decode_skiptoken,
@@ -48,17 +51,19 @@ from emulator.wire import (
 )
 
 COLLECTION_OPTIONS = frozenset(
-    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand"}
-)
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand",
+     "fetchXml", "$apply", "savedQuery", "userQuery"}
+)  # fmt: skip
 ENTITY_OPTIONS = frozenset({"$select", "$expand"})
 COUNT_OPTIONS = frozenset({"$filter", "$deltatoken"})
-LATER = {"$apply": "$apply (aggregation)", "fetchXml": "FetchXML"}
 CHANGE_TRACKING_EXCLUDES = ("$filter", "$orderby", "$expand", "$top")
+ALIASED = ("$filter", "$orderby", "$expand", "$apply")
 
 
 def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The request's query options by name, parameter aliases written into `$filter`;
-    duplicates and unsupported options are a 400."""
+    """The request's query options by name; duplicates and unsupported options are a 400.
+
+    Parameter aliases (`@p1=…`) are written into the expressions that use them (§3.3)."""
     options: dict[str, str] = {}
     for name, value in request.options:
         if name in options:
@@ -67,15 +72,24 @@ def query_options(request: Request, allowed: frozenset[str]) -> dict[str, str]:
                 "at most once."
             )
         options[name] = value
-    options = aliases.resolve(options)
     for name in options:
         if name in allowed:
             continue
-        if name in LATER:
-            raise errors.not_implemented(LATER[name])
         if name.startswith("$"):
             raise errors.bad_query(f"The query parameter '{name}' is not supported.")
+    aliases = {name: value for name, value in options.items() if name.startswith("@")}
+    for name in ALIASED:
+        if name in options:
+            options[name] = with_aliases(options[name], aliases)
     return options
+
+
+def _alone(name: str, options: dict[str, str], *allowed: str) -> None:
+    """A query given as FetchXML, `$apply` or a saved query takes no other query option
+    (emulator wording)."""
+    others = sorted(o for o in options if not o.startswith("@") and o not in (name, *allowed))
+    if others:
+        raise errors.bad_query(f"The query option '{others[0]}' cannot be used with '{name}'.")
 
 
 def preference_applied(prefer: Prefer, *, tracking: bool = False) -> list[str]:
@@ -149,6 +163,16 @@ def get_collection(
 ) -> Response:
     """A collection page; `scope` narrows it to the rows related to one record (no tracking)."""
     options = query_options(request, COLLECTION_OPTIONS)
+    if "fetchXml" in options:
+        _alone("fetchXml", options)
+        return fetchxml.execute(ctx, request, table, options["fetchXml"], scope)
+    for name in ("savedQuery", "userQuery"):
+        if name in options:
+            _alone(name, options)
+            return views.run(ctx, request, table, name, options[name], scope)
+    if "$apply" in options:
+        _alone("$apply", options, "$orderby")
+        return apply.execute(ctx, table, options["$apply"], options, scope)
     prefer = request.prefer
     select = ctx.compiler.select(table, options.get("$select"))
     annotations = Annotations.parse(prefer.annotations)

@@ -174,6 +174,8 @@ class Table:
     party_roles: Mapping[int, PartyRole] = field(default_factory=dict)
     bulk: bool = False
     parent: str | None = None
+    upsert: bool = True  # False: the table has no Upsert message; PATCH never creates
+    solution_component: bool = False  # True: updates wait for PublishXml (componentstate, U53)
 
     @property
     def is_party(self) -> bool:
@@ -1377,10 +1379,89 @@ SDKMESSAGEFILTER = Table(
     ),
 )  # fmt: skip
 
+
+def _view_columns() -> tuple[Attribute, ...]:
+    """What savedquery and userquery share (journeys §22.1)."""
+    return (
+        _text("name", "Name", 200, required=RequiredLevel.SYSTEM_REQUIRED),
+        Attribute(
+            "returnedtypecode", AttributeType.ENTITYNAME, "Returned Type",
+            max_length=64, required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _memo("description", "Description", 2000),
+        _memo("layoutxml", "Grid Layout", 1_073_741_823),
+        Attribute(
+            "querytype", AttributeType.INTEGER, "Query Type", min_value=0,
+            max_value=2_147_483_647, required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+    )  # fmt: skip
+
+
+SAVEDQUERY = Table(
+    name="savedquery",
+    schema_name="SavedQuery",
+    entity_set="savedqueries",
+    primary_id="savedqueryid",
+    primary_name="name",
+    display="View",
+    display_plural="Views",
+    object_type_code=1039,
+    ownership="OrganizationOwned",
+    upsert=False,
+    solution_component=True,
+    attributes=(
+        _key("savedqueryid", "View"),
+        *_view_columns(),
+        _memo("fetchxml", "View Query", 1_073_741_823),
+        _memo("layoutjson", "Grid Layout (JSON)", 1_073_741_823),
+        _memo("columnsetxml", "Column Set XML", 1_073_741_823),
+        _boolean("isdefault", "Default View", "Yes", "No"),
+        _boolean("isquickfindquery", "Quick Find Query", "Yes", "No"),
+        Attribute(
+            "componentstate", AttributeType.PICKLIST, "Component State", create=False,
+            update=False, default=0,
+            options=tuple(Option(v, label) for v, label in
+                          {0: "Published", 1: "Unpublished", 2: "Deleted",
+                           3: "Deleted Unpublished"}.items()),
+        ),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        *_system("savedquery"),
+    ),
+)  # fmt: skip
+
+USERQUERY = Table(
+    name="userquery",
+    schema_name="UserQuery",
+    entity_set="userqueries",
+    primary_id="userqueryid",
+    primary_name="name",
+    display="Saved View",
+    display_plural="Saved Views",
+    object_type_code=4230,
+    ownership="UserOwned",
+    attributes=(
+        _key("userqueryid", "Saved View"),
+        *_view_columns(),
+        Attribute(
+            "fetchxml", AttributeType.MEMO, "Query", max_length=1_073_741_823,
+            format="TextArea", required=RequiredLevel.SYSTEM_REQUIRED,
+        ),
+        _lookup(
+            "parentqueryid", "Parent Query",
+            LookupTarget("userquery", "parentqueryid", "userquery_parent_userquery"),
+        ),
+        _state(ACTIVE_STATES),
+        _status(ACTIVE_STATUSES),
+        *_owner("userquery", "owner_userqueries"),
+        *_system("userquery"),
+    ),
+)  # fmt: skip
+
 SCHEMA = Schema(
     (
         LEAD, CONTACT, ACCOUNT, SYSTEMUSER, PHONECALL, TASK, APPOINTMENT, ACTIVITYPARTY,
         OPPORTUNITY, EMAIL, BUSINESSUNIT, TEAM, QUEUE, QUEUEITEM, WORKFLOW, ASYNCOPERATION,
-        INTERACTIONFOREMAIL, SDKMESSAGE, SDKMESSAGEFILTER,
+        INTERACTIONFOREMAIL, SDKMESSAGE, SDKMESSAGEFILTER, SAVEDQUERY, USERQUERY,
     )
 )  # fmt: skip

@@ -37,6 +37,7 @@ from emulator.schema import (
     CONTACT,
     LEAD,
     QUEUE,
+    SAVEDQUERY,
     SYSTEMUSER,
     TEAM,
     WORKFLOW,
@@ -463,7 +464,12 @@ def seed(
     tx.bulk_insert(LEAD, LeadFactory.columns, _lead_rows(gen, leads, owners, refs, team))
     counts = _organization(tx, seed, anchor, client_id)
     counts["systemuser"] += len(users)
-    return {**counts, "account": len(accounts), "contact": contacts, "lead": leads}
+    views = system_views(application_user_id(client_id), gen.stamp(gen.anchor))
+    tx.bulk_insert(SAVEDQUERY, _columns(SAVEDQUERY), [_row(SAVEDQUERY, v) for v in views])
+    return {
+        **counts, "account": len(accounts), "contact": contacts, "lead": leads,
+        "savedquery": len(views),
+    }  # fmt: skip
 
 
 def _organization(tx: WriteTx, seed: int, anchor: datetime, client_id: str) -> dict[str, int]:
@@ -526,6 +532,52 @@ def _organization(tx: WriteTx, seed: int, anchor: datetime, client_id: str) -> d
         "queue": len(queues),
         "workflow": len(workflows),
     }
+
+
+# (table, name, columns, state filter, only the caller's records, default view)
+SYSTEM_VIEWS = (
+    ("contact", "Active Contacts", ("fullname", "emailaddress1", "parentcustomerid"), 0, False,
+     True),
+    ("contact", "My Active Contacts", ("fullname", "emailaddress1", "telephone1"), 0, True, False),
+    ("contact", "Inactive Contacts", ("fullname", "emailaddress1"), 1, False, False),
+    ("lead", "Open Leads", ("fullname", "subject", "emailaddress1", "createdon"), 0, False, True),
+    ("lead", "My Open Leads", ("fullname", "subject", "createdon"), 0, True, False),
+    ("account", "Active Accounts", ("name", "telephone1", "primarycontactid"), 0, False, True),
+    ("account", "My Active Accounts", ("name", "telephone1"), 0, True, False),
+)  # fmt: skip
+
+
+def system_views(owner: str, stamp: str) -> list[dict[str, Any]]:
+    """A few public views per table (querytype 0, published), in primary-key order."""
+    codes = {"contact": 2, "lead": 4, "account": 1}
+    rows = []
+    for table, name, columns, state, mine, default in SYSTEM_VIEWS:
+        primary = f"{table}id"
+        attributes = "".join(f'<attribute name="{c}" />' for c in (*columns, primary))
+        conditions = f'<condition attribute="statecode" operator="eq" value="{state}" />'
+        if mine:
+            conditions += '<condition attribute="ownerid" operator="eq-userid" />'
+        fetch = (
+            '<fetch version="1.0" output-format="xml-platform" mapping="logical" distinct="false">'
+            f'<entity name="{table}">{attributes}<order attribute="{columns[0]}" '
+            f'descending="false" /><filter type="and">{conditions}</filter></entity></fetch>'
+        )
+        cells = "".join(f'<cell name="{c}" width="150" />' for c in columns)
+        layout = (
+            f'<grid name="resultset" object="{codes[table]}" jump="{columns[0]}" select="1" '
+            f'icon="1" preview="1"><row name="result" id="{primary}">{cells}</row></grid>'
+        )
+        rows.append(
+            {
+                "savedqueryid": str(uuid.uuid5(EMULATOR_NAMESPACE, f"savedquery:{table}:{name}")),
+                "name": name, "returnedtypecode": table, "querytype": 0, "fetchxml": fetch,
+                "layoutxml": layout, "isdefault": int(default), "isquickfindquery": 0,
+                "componentstate": 0, "statecode": 0, "statuscode": 1,
+                "_createdby_value": owner, "_modifiedby_value": owner,
+                "createdon": stamp, "modifiedon": stamp,
+            }
+        )  # fmt: skip
+    return sorted(rows, key=lambda row: row["savedqueryid"])
 
 
 def _mutation(gen: Generator, table: Table, current: dict[str, Any]) -> dict[str, Any]:

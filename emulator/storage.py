@@ -389,10 +389,11 @@ class WriteTx:
         return self.version - start
 
     def clear(self) -> None:
-        """Remove every row and tombstone (the version counter keeps growing)."""
+        """Remove every row, tombstone and alternate key (the version counter keeps growing)."""
         for table in self.schema.tables:
             self._connection.execute(f'DELETE FROM "{table.name}"')
         self._connection.execute(f"DELETE FROM {TOMBSTONES}")
+        self._connection.execute(f"DELETE FROM {META} WHERE key = 'entitykeys'")
 
     def set_meta(self, key: str, value: str) -> None:
         self._connection.execute(f"INSERT OR REPLACE INTO {META} VALUES (?, ?)", (key, value))

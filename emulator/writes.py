@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import errors, owners
+from emulator import errors, keys, owners
 from emulator.clock import parse_wire, wire
 from emulator.context import BUSINESS_UNIT_ID, Context
 from emulator.query import Annotations
@@ -128,7 +128,10 @@ def parse_url(
         raise errors.payload_error(
             f"The entity set '{match.group(1)}' is not a valid target of '{what}'."
         )
-    return other, parse_key(other, match.group(2))
+    record_id, _ = keys.locate(ctx, other, match.group(2))  # U17: alternate keys when defined
+    if record_id is None:
+        raise keys.not_found(other)
+    return other, record_id
 
 
 def resolve(
@@ -454,6 +457,7 @@ def create(
     fill_fullname(table, values, None)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
+    keys.check_unique(ctx, tx, table, values, record_id)
     values[table.primary_id] = record_id
     tx.insert(table, values)
     _write_related(ctx, tx, table, record_id, related)
@@ -522,6 +526,9 @@ def update(
     owners.fill_owner(table, values)
     if detect_duplicates and duplicates_exist(ctx, tx, table, values, record_id):
         raise errors.duplicates_found()
+    keys.check_unique(ctx, tx, table, {**current, **values}, record_id)
+    if table.solution_component and values.keys() & {"fetchxml", "layoutxml"}:
+        values["componentstate"] = 1  # unpublished until PublishXml (U53)
     values["modifiedon"] = tx.now
     values["_modifiedby_value"] = ctx.caller_id
     tx.update(table, record_id, values)
@@ -558,6 +565,8 @@ def upsert(
         raise errors.matching_key_exists()
     _check_if_match(if_match, current, table, record_id)
     if current is None:
+        if not table.upsert:  # no Upsert message (savedquery, journeys §22.3)
+            raise errors.does_not_exist(table.name, record_id)
         create(ctx, tx, table, body, record_id, detect_duplicates=detect_duplicates)
         return True
     update(ctx, tx, table, record_id, body, current, detect_duplicates=detect_duplicates)
@@ -673,9 +682,19 @@ def post_collection(ctx: Context, request: Request, table: Table) -> Response:
     return Response(204, (("OData-EntityId", url), ("Location", url)))
 
 
-def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:
+def patch_entity(
+    ctx: Context,
+    request: Request,
+    table: Table,
+    record_id: str,
+    key_values: dict[str, Any] | None = None,
+) -> Response:
+    """PATCH: update or upsert; `key_values` are the alternate key's values from the URL, written
+    into a record the request creates (§7.5)."""
     _direct("Update", table)
     body = body_of(request)
+    if key_values and isinstance(body, dict):
+        body = {**_key_body(ctx, table, key_values), **body}
     with ctx.store.write(ctx.now()) as tx:
         created = upsert(
             ctx, tx, table, record_id, body,
@@ -689,6 +708,20 @@ def patch_entity(ctx: Context, request: Request, table: Table, record_id: str) -
         (("OData-EntityId", url), ("Location", url)) if created else (("OData-EntityId", url),)
     )
     return Response(204, headers)
+
+
+def _key_body(ctx: Context, table: Table, key_values: dict[str, Any]) -> dict[str, Any]:
+    """Alternate key values as a create body writes them (a lookup as a bind to its target)."""
+    body: dict[str, Any] = {}
+    for name, value in key_values.items():
+        attribute = table.by_name[name]
+        if attribute.is_lookup:
+            target = attribute.targets[0]
+            entity_set = ctx.schema.by_name[target.table].entity_set
+            body[f"{target.navigation}@odata.bind"] = f"/{entity_set}({value})"
+        else:
+            body[name] = bool(value) if attribute.type is AttributeType.BOOLEAN else value
+    return body
 
 
 def delete_entity(ctx: Context, request: Request, table: Table, record_id: str) -> Response:

@@ -139,7 +139,8 @@ def test_the_product_launch_runs_through_both_branches_and_writes_each_record_on
             assert org.parties(call["activityid"]) == [*expected_from, (TO, contact)]
             due = datetime.fromisoformat(call["scheduledend"].replace("Z", "+00:00"))
             local = due.astimezone(ZURICH)
-            assert local.weekday() < 5 and 9 <= local.hour < 17  # inside business hours
+            assert local.weekday() < 5  # inside business hours
+            assert 9 <= local.hour < 17
             assert (
                 local.date() == datetime(2027, 1, 8).date()
             )  # Tue + 2 business days; the 6th is off

@@ -179,3 +179,16 @@ def test_expand_restrictions_are_the_reference_errors(web: Api) -> None:
     assert error(tracked)[2] == (
         'The "$expand" query parameter isn\'t supported when Change Tracking is enabled.'
     )
+
+
+def test_expand_ref_on_a_lookup_gives_the_related_records_id_url(web: Api) -> None:
+    leads = web.rows("lead")
+    body = web.get("leads?$select=subject&$expand=parentcontactid/$ref").json()
+    for row in body["value"]:
+        contact = leads[row["leadid"]]["_parentcontactid_value"]
+        expected = {"@odata.id": f"{web.emulator.api_url}/contacts({contact})"} if contact else None
+        assert row["parentcontactid"] == expected
+    assert error(web.get("leads?$expand=parentcontactid/$ref($select=fullname)"))[:2] == (
+        400,
+        "0x80060888",
+    )

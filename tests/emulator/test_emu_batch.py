@@ -221,12 +221,41 @@ def test_with_continue_on_error_every_part_is_answered(web: Api) -> None:
     assert [(p.status, p.mime["Content-ID"]) for p in wrapped.changeset] == [(400, "2")]
 
 
-def test_lf_only_bodies_are_not_readable(web: Api) -> None:
+def test_lf_only_bodies_ending_with_two_line_ends_run_like_crlf_ones(web: Api) -> None:
+    crlf = bw.body(
+        BATCH,
+        bw.changeset(
+            CHANGESET,
+            bw.op("POST", f"{API}/leads", {"lastname": "LF one"}, content_id="1"),
+            bw.op("PATCH", "$1", {"firstname": "Linus"}, content_id="2"),
+        ),
+        bw.op("GET", f"{API}/leads?$select=fullname&$filter=lastname%20eq%20'LF%20one'"),
+    )
+    response = send(web, crlf.replace(b"\r\n", b"\n") + b"\n")
+    assert response.status_code == 200, response.text
+    changeset, read = bw.parse(response)
+    assert [p.status for p in changeset.changeset] == [204, 204]
+    assert [row["fullname"] for row in read.json()["value"]] == ["Linus LF one"]
+
+
+def test_a_body_whose_last_line_has_no_line_end_is_refused_in_a_batch_response(web: Api) -> None:
     before = version(web)
-    payload = bw.body(BATCH, bw.op("POST", f"{API}/leads", {"lastname": "LF"}))
-    response = send(web, payload.replace(b"\r\n", b"\n"))
-    assert error(response) == (400, "0x80048d19", "Stream was not readable")
-    assert response.headers["Content-Type"].startswith("application/json")
+    payload = bw.body(BATCH, bw.op("POST", f"{API}/accounts", {"name": "Never"}))
+    for unreadable in (payload.rstrip(b"\r\n"), payload.replace(b"\r\n", b"\n")):
+        response = send(web, unreadable)
+        assert response.status_code == 400
+        (part,) = bw.parse(response)
+        assert part.status == 400
+        assert part.headers["Content-Type"] == "application/json; odata.metadata=minimal"
+        assert part.json() == {
+            "error": {
+                "code": "0x80048d19",
+                "message": "Error identified in Payload provided by the user for Entity "
+                ":'accounts', For more information on this error please follow this help link "
+                "https://go.microsoft.com/fwlink/?linkid=2195293 ---->  InnerException : "
+                "System.ArgumentException: Stream was not readable.",
+            }
+        }
     assert version(web) == before
 
 

@@ -15,7 +15,7 @@ def test_the_service_document_lists_the_entity_sets(web: Api) -> None:
         "leads", "contacts", "accounts", "systemusers", "phonecalls", "tasks", "appointments",
         "activityparties", "opportunities", "emails", "businessunits", "teams", "queues",
         "queueitems", "workflows", "asyncoperations", "interactionforemails", "sdkmessages",
-        "sdkmessagefilters",
+        "sdkmessagefilters", "savedqueries", "userqueries",
     }  # fmt: skip
 
 
@@ -219,3 +219,59 @@ def test_metadata_declares_ownerid_as_a_principal(web: Api) -> None:
     for entity in types.values():
         names = [n.get("Name") for n in entity.iter(f"{edm}NavigationProperty")]
         assert len(names) == len(set(names)), entity.get("Name")
+
+
+def test_every_documented_entity_property_can_be_selected(web: Api) -> None:
+    names = (
+        "LogicalName,Description,HasActivities,HasNotes,PrimaryImageAttribute,"
+        "ChangeTrackingEnabled,IsValidForAdvancedFind,IsCustomizable,OwnershipType,TableType"
+    )
+    body = web.get(f"EntityDefinitions(LogicalName='contact')?$select={names}").json()
+    assert set(body) == {"@odata.context", "MetadataId", *names.split(",")}
+    assert body["Description"]["UserLocalizedLabel"]["Label"]
+    assert (body["HasActivities"], body["HasNotes"], body["PrimaryImageAttribute"]) == (
+        True,
+        True,
+        "entityimage",
+    )
+    assert body["IsCustomizable"]["Value"] is True
+    assert error(web.get("EntityDefinitions(LogicalName='contact')?$select=NoSuch"))[:2] == (
+        400,
+        "0x80060888",
+    )
+
+
+def test_relationship_definitions_by_schema_name_and_type(web: Api) -> None:
+    one = web.get(
+        "RelationshipDefinitions/Microsoft.Dynamics.CRM.OneToManyRelationshipMetadata"
+        "?$filter=SchemaName eq 'lead_parent_contact'"
+        "&$select=SchemaName,ReferencingAttribute,ReferencingEntityNavigationPropertyName"
+    ).json()
+    assert one["value"] == [
+        {
+            "MetadataId": one["value"][0]["MetadataId"],
+            "SchemaName": "lead_parent_contact",
+            "ReferencingAttribute": "parentcontactid",
+            "ReferencingEntityNavigationPropertyName": "parentcontactid",
+        }
+    ]
+    single = web.get("RelationshipDefinitions(SchemaName='account_parent_account')").json()
+    assert (single["ReferencedEntity"], single["IsHierarchical"]) == ("account", True)
+    everything = web.get("RelationshipDefinitions?$select=SchemaName").json()["value"]
+    assert {item["@odata.type"] for item in everything} == {
+        "#Microsoft.Dynamics.CRM.OneToManyRelationshipMetadata"
+    }
+    assert len({item["SchemaName"] for item in everything}) == len(everything)
+    many = web.get("RelationshipDefinitions/Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata")
+    assert many.json()["value"] == []
+    assert error(web.get("RelationshipDefinitions(SchemaName='nosuch')"))[:2] == (404, "0x80060888")
+    expanded = web.get(
+        "EntityDefinitions(LogicalName='lead')?$select=LogicalName&$expand="
+        "ManyToOneRelationships($select=SchemaName),ManyToManyRelationships,Keys"
+    ).json()
+    assert "lead_parent_contact" in {r["SchemaName"] for r in expanded["ManyToOneRelationships"]}
+    assert (expanded["ManyToManyRelationships"], expanded["Keys"]) == ([], [])
+    assert (
+        web.get("EntityDefinitions(LogicalName='lead')/ManyToManyRelationships").json()["value"]
+        == []
+    )
