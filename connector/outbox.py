@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, and_, exists, func, or_, select, true, update
+from sqlalchemy import Connection, Select, and_, case, exists, func, or_, select, true, update
 from sqlalchemy.orm import aliased
 
 from connector import tables as dvc
@@ -227,10 +227,12 @@ class Outbox:
         if skip:
             ready = and_(ready, o.intent_id.not_in(sorted(skip)))
         with self.store.engine.connect() as conn:
+            # creates first, then updates, then actions: what waits on a create goes in one wave
+            order = case({"create": 0, "update": 1}, value=o.kind, else_=2)
             first = conn.execute(
                 select(o.kind, o.table_name, o.action, o.headers)
                 .where(ready)
-                .order_by(o.intent_id)
+                .order_by(order, o.intent_id)
                 .limit(1)
             ).first()
             if first is None:

@@ -24,6 +24,7 @@ until a sync reads them back, leads and contacts in flight are known from the ou
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -37,9 +38,11 @@ from sqlalchemy import Select, and_, case, func, select
 from connector import tables as dvc
 from connector.batch import chunked
 from connector.clock import parse_stamp, stamp
-from connector.errors import ConfigError, NotRunError
+from connector.errors import DUPLICATE_RECORDS_FOUND, ConfigError, NotRunError
+from connector.keys import match_key
 from connector.mapping import MATCH_COLUMNS
 from connector.mapping.orphans import LinkOrphans
+from connector.odata import literal
 from connector.outbox import Intent, Outbox, Outcome, in_flight, pending_by_job, record
 from connector.store import key_column
 from jobs.context import Context
@@ -434,12 +437,37 @@ def _tally(ctx: Context, counts: LinkCounts, failures: list[Outcome]) -> None:
             )
         elif cause is not None:
             message = f"its new contact {cause.record_id} was refused: {message}"
+            if cause.code == DUPLICATE_RECORDS_FOUND:
+                message += _conflicts(ctx, cause.key)
         counts.failed += 1
         counts.failures.append(
             {"record": failure.record_id, "status": shown.status, "code": shown.code,
              "request_id": shown.request_id, "message": message}
         )  # fmt: skip
         log.warning("lead %s not linked: %s %s", failure.record_id, shown.code, message)
+
+
+def _conflicts(ctx: Context, contact_key: str) -> str:
+    """Which existing contacts share a refused new contact's email (what duplicate detection
+    saw), found with a `contains` read narrowed in Python to the same match key."""
+    o = dvc.outbox.c
+    with ctx.store.engine.connect() as conn:
+        body = conn.execute(select(o.body).where(o.key == contact_key)).scalar()
+    email = json.loads(body or "{}").get("emailaddress1")
+    if not email:
+        return ""
+    contact = ctx.mapping.tables["contact"]
+    found = ctx.online().first_rows(
+        contact.entity_set,
+        [contact.primary_key, "emailaddress1"],
+        f"contains(emailaddress1,{literal(email)})",
+        top=20,
+    )
+    accents = ctx.mapping.accents
+    key = match_key(email, accents)
+    ids = [str(row[contact.primary_key]) for row in found
+           if match_key(row.get("emailaddress1"), accents) == key]  # fmt: skip
+    return f"; conflicting contact(s) with the same email: {', '.join(ids)}" if ids else ""
 
 
 def plan_link_orphans(ctx: Context) -> list[dict[str, Any]]:

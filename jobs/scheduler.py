@@ -2,7 +2,8 @@
 
 APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one. `--now` also
 runs every scheduled job once at start, one after the other in the order of `run all` (a job
-that works from the store must not start before the sync has filled it). SIGTERM or SIGINT asks
+that works from the store must not start before the sync has filled it; the sync reads back
+what the write jobs wrote before segments are evaluated). SIGTERM or SIGINT asks
 running jobs to stop after their current page (state saved) and then exits.
 """
 
@@ -20,7 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.errors import ConfigError
 from jobs.context import Context
-from jobs.runner import JOBS, run_job
+from jobs.runner import ALL, run_job
 
 log = logging.getLogger("dvconnect.scheduler")
 
@@ -56,7 +57,7 @@ def serve(ctx: Context, run_now: bool = False) -> None:
         scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
         log.info("scheduled %s: %s (%s)", job, cron, schedule.timezone)
     if run_now:
-        in_order = [job for job in JOBS if job in schedule.jobs]
+        in_order = [job for job in ALL if job in schedule.jobs]
         scheduler.add_job(
             _run_in_order,
             args=(ctx, in_order),

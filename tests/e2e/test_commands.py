@@ -120,9 +120,8 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert "SIGTERM received" in stderr
     runs = list(reversed(cli.store().recent_runs()))
     assert runs[0].job == "sync"
-    assert [r.job for r in runs] == ["sync", "link-orphans", "promote-contacts", "segments"][
-        : len(runs)
-    ]
+    in_order = ["sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys"]
+    assert [r.job for r in runs] == in_order[: len(runs)]
     assert {r.outcome for r in runs} == {"succeeded"}
 
 

@@ -50,7 +50,9 @@ def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) 
         contact.columns
     )
     assert lead.lookup_types == {"owneridtype": "_ownerid_value"}
-    assert set(mapping.schedule.jobs) == {"sync", "link-orphans", "promote-contacts", "segments"}
+    assert set(mapping.schedule.jobs) == {
+        "sync", "link-orphans", "promote-contacts", "segments", "journeys"
+    }  # fmt: skip
     assert mapping.orphans.link_orphans.match == "email"
     assert mapping.orphans.link_orphans.accents == "ignore"
     assert mapping.orphans.link_orphans.contact_columns["emailaddress1"] == "emailaddress1"
@@ -109,7 +111,7 @@ def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
     assert (
         _error(mappings)
-        == f"{mappings / 'schedule.yaml'}: jobs.synk (line 5): a job name, one of sync, link-orphans, promote-contacts, segments"
+        == f"{mappings / 'schedule.yaml'}: jobs.synk (line 5): a job name, one of sync, link-orphans, promote-contacts, segments, journeys"
     )
 
 
