@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,6 +103,9 @@ def _stop_on_signals(ctx: Context) -> Iterator[None]:
         log.warning("%s: finishing the current page, then stopping", signal.Signals(signum).name)
         ctx.stop.set()
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach main only
+        yield
+        return
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -1,12 +1,21 @@
-"""End-to-end fixtures: the real `dvconnect` CLI as a subprocess, pointed at the emulator."""
+"""End-to-end fixtures: the real `dvconnect` CLI pointed at the emulator.
+
+`Cli.run` calls the console script's own entry point (`jobs.cli.main`) in this process, with
+the command's environment, folder and captured output — the same code without a Python start-up
+per command, which is what keeps the suite fast. `Cli.popen` starts it as a subprocess, for what
+needs a process of its own: signals, kill -9, two runs at once.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +26,7 @@ from sqlalchemy import inspect, select
 from connector.mapping import load_mapping
 from connector.store import Store
 from emulator.process import EmulatorProcess
+from jobs.cli import main
 from tests.paths import MAPPINGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,18 +56,28 @@ class Cli:
             **overrides,
         }
 
-    def run(
-        self, *args: str, timeout: float = 120, **overrides: str
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [DVCONNECT, *args],
-            cwd=self.workdir,
-            env=self.environment(**overrides),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+    def run(self, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+        """`dvconnect ARGS` to its end: exit code, stdout and stderr."""
+        out, err = io.StringIO(), io.StringIO()
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        root = logging.getLogger()
+        saved_handlers, saved_level = root.handlers[:], root.level
+        try:
+            os.environ.clear()
+            os.environ.update(self.environment(**overrides))
+            os.chdir(self.workdir)
+            with redirect_stdout(out), redirect_stderr(err):
+                try:
+                    code = main(list(args))
+                except SystemExit as exit_:  # argparse: --help or bad usage
+                    code = int(exit_.code or 0)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            os.chdir(saved_cwd)
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+        return subprocess.CompletedProcess([DVCONNECT, *args], code, out.getvalue(), err.getvalue())
 
     def popen(self, *args: str, **overrides: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -10,6 +10,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import requests
+
 from tests.e2e.conftest import DVCONNECT, Cli
 from tests.paths import MAPPINGS
 
@@ -208,3 +210,64 @@ def test_the_demo_uses_its_own_store_and_never_prints_a_password(tmp_path: Path)
     assert "contoso.crm4" not in shown
     assert "store:    var/demo/dvconnect.sqlite3" in result.stdout
     assert (workdir / "var" / "demo" / "dvconnect.sqlite3").exists()
+
+
+def test_views_install_twice_leaves_exactly_the_two_views(cli: Cli) -> None:
+    assert cli.run("run", "all").returncode == 0  # marketing-only contacts for the orphans
+    before = {v["savedqueryid"] for v in cli.emulator.rows("savedquery")}
+    first = cli.run("views", "install")
+    assert first.returncode == 0, first.stderr
+    assert [line.split(":")[1].split("(")[0].strip() for line in first.stdout.splitlines()] == [
+        "created", "created"
+    ]  # fmt: skip
+    second = cli.run("views", "install")
+    assert second.returncode == 0, second.stderr
+    assert "already installed" in second.stdout
+    views = {v["savedqueryid"]: v for v in cli.emulator.rows("savedquery")}
+    added = {i: v for i, v in views.items() if i not in before}
+    assert sorted(v["name"] for v in added.values()) == ["Marketing Contacts", "Sales Contacts"]
+    sales = next(v for v in added.values() if v["name"] == "Sales Contacts")
+    assert (sales["returnedtypecode"], sales["querytype"]) == ("contact", 0)
+    # the sales view hides marketing-only contacts; the marketing view shows them
+    contacts = cli.emulator.rows("contact")
+    marketing_only = {
+        c["contactid"] for c in contacts if c["marketingonly"] and c["statecode"] == 0
+    }
+    assert marketing_only
+    token = cli.emulator.token()
+
+    def view(savedquery: str) -> set[str]:
+        ids: set[str] = set()
+        url = f"{cli.emulator.api_url}/contacts?savedQuery={savedquery}"
+        while url:
+            page = requests.get(
+                url, headers={"Authorization": f"Bearer {token}",
+                              "Prefer": "odata.maxpagesize=5000"},
+                verify=cli.emulator.ca_bundle, timeout=30,
+            ).json()  # fmt: skip
+            ids |= {row["contactid"] for row in page["value"]}
+            url = page.get("@odata.nextLink")
+        return ids
+
+    shown = view(sales["savedqueryid"])
+    everyone = view(next(i for i, v in added.items() if v["name"] == "Marketing Contacts"))
+    assert shown
+    assert not shown & marketing_only
+    assert marketing_only <= everyone
+    assert everyone - shown == marketing_only
+
+
+def test_the_emulator_says_when_its_port_is_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [DVCONNECT, "emulator", "--port", str(port), "--leads", "10", "--contacts", "5"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"emulator: --port {port}: Address already in use"
+    )
+    assert "Traceback" not in result.stderr

@@ -430,3 +430,30 @@ def test_leads_without_email_or_name_are_created_or_skipped_as_configured(
                 "reason": "no valid email and no name (leads_without_email_or_name: skip)",
             }
         ]
+
+
+def test_a_contact_made_for_a_team_owned_lead_is_owned_by_that_team(cli: Cli) -> None:
+    teams = {t["teamid"] for t in cli.emulator.rows("team") if t["teamtype"] == 0}
+    known = {normal(c["emailaddress1"]) for c in cli.emulator.rows("contact")}
+    lead = next(o for o in open_orphans(cli) if normal(o["emailaddress1"]) not in known
+                and normal(o["emailaddress1"]))  # fmt: skip
+    team = sorted(teams)[0]
+    cli.emulator.admin("PATCH", f"/tables/lead/{lead['leadid']}", {"_ownerid_value": team})
+    before = {c["contactid"] for c in cli.emulator.rows("contact")}
+
+    code, _ = run(cli, "all")
+
+    assert code == 0
+    linked = next(r for r in cli.emulator.rows("lead") if r["leadid"] == lead["leadid"])
+    contact = next(
+        c
+        for c in cli.emulator.rows("contact")
+        if c["contactid"] == linked["_parentcontactid_value"]
+    )
+    assert contact["contactid"] not in before
+    assert (contact["_ownerid_value"], contact["_owningteam_value"]) == (team, team)
+    with cli.store().engine.connect() as conn:  # the sync keeps whom the owner is
+        kind = conn.exec_driver_sql(
+            "SELECT owneridtype FROM lead WHERE leadid = ?", (lead["leadid"],)
+        ).scalar_one()
+    assert kind == "team"

@@ -82,7 +82,7 @@ def qualify_some(cli: Cli) -> None:
 
 def run_jobs(cli: Cli) -> None:
     for job in ("link-orphans", "sync", "promote-contacts", "sync"):
-        result = cli.run("run", job, timeout=600)
+        result = cli.run("run", job)
         assert result.returncode == 0, result.stderr[-3000:]
         if job == "link-orphans":
             qualify_some(cli)
@@ -166,7 +166,7 @@ def test_a_sync_while_link_orphans_writes_leaves_the_store_equal_to_the_org(
     cli.emulator.admin("PUT", "/faults", {"spec": f"commit-hold:method=POST:at={write}"})
     process = cli.popen("run", "link-orphans")
     cli.wait_until_held(process)
-    concurrent = cli.run("run", "sync", timeout=300)  # reads the org while a write is held
+    concurrent = cli.run("run", "sync")  # reads the org while a write is held
     assert concurrent.returncode == 0, concurrent.stderr[-2000:]
     cli.emulator.admin("POST", "/faults/release")
     assert process.wait(timeout=300) == 0  # the lost answer is retried, the run completes

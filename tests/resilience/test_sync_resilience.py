@@ -31,7 +31,7 @@ FAULTS = {
 
 
 def sync(cli: Cli) -> dict[str, object]:
-    result = cli.run("run", "sync", "--json", timeout=600)
+    result = cli.run("run", "sync", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     run: dict[str, object] = json.loads(result.stdout)["runs"][0]
     return run
