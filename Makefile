@@ -16,7 +16,7 @@ demo: $(STAMP)
 	DVCONNECT_LOG_LEVEL=$${DVCONNECT_LOG_LEVEL:-WARNING} $(BIN)/dvconnect demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # one emulator and one PostgreSQL per worker
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -13,8 +13,10 @@ member's step). `Outbox.drain` then sends what is pending, in waves, a bounded c
   re-created);
 * **action** (`SendEmail`, `ExecuteWorkflow`, …, bound to the record): first the intent's guard,
   a read that shows whether an earlier attempt already did it (only a draft e-mail is sent), then
-  one `$batch` operation per record. Actions are not repeated blindly: when the answer is lost,
-  the intent stays pending and its guard decides at the next drain.
+  one `$batch` operation per record. Actions are not repeated blindly: when the answer is lost
+  (a dropped connection, a gateway error), the intent stays pending and its guard decides at the
+  next try — up to `ACTION_TRIES` in one drain, then at the next run; an action without a guard
+  is tried once per run (at least once, possibly twice when an answer is lost).
 
 An intent waits for the intent named in its `after` to be done, and fails when that one fails.
 A bulk request refused because of a record is redone record by record, so every intent gets its
@@ -39,7 +41,7 @@ from sqlalchemy.orm import aliased
 from connector import tables as dvc
 from connector.batch import MAX_OPERATIONS, Operation, PartOutcome
 from connector.dataverse import Dataverse
-from connector.errors import DataverseError, ThrottledError, UnreachableError
+from connector.errors import DataverseError, ThrottledError, UnavailableError, UnreachableError
 from connector.odata import entity_path, query_string
 from connector.store import Store
 
@@ -47,6 +49,7 @@ log = logging.getLogger("dvconnect.outbox")
 
 Kind = Literal["create", "update", "action"]
 DUPLICATE_KEY = "0x80040237"  # the record's id exists already: an earlier create went through
+ACTION_TRIES = 5  # sends of a guarded action whose answer is lost, in one drain, guard first
 _BOUND = "Microsoft.Dynamics.CRM."
 
 
@@ -171,14 +174,20 @@ class Outbox:
         """Send every pending intent of `job` that can be sent now; see the module docstring."""
         result = DrainResult()
         sent_before = self.dataverse.requests_sent
-        unconfirmed: set[int] = set()  # actions whose answer was lost: their guard decides later
+        tries: Counter[int] = Counter()  # actions whose answer was lost, by intent
+        held: set[int] = set()  # left for the next drain: no guard, or tried enough
         while not stop():
             self._fail_dependents(job, result)
-            wave = self._next_chunk(job, unconfirmed)
+            wave = self._next_chunk(job, held)
             if not wave:
                 break
             outcomes = self._send(wave)
-            unconfirmed |= {row["intent_id"] for row in wave if row["intent_id"] not in outcomes}
+            for row in wave:
+                if row["intent_id"] in outcomes:
+                    continue
+                tries[row["intent_id"]] += 1  # its guard decides at the next try
+                if not row["guard"] or tries[row["intent_id"]] >= ACTION_TRIES:
+                    held.add(row["intent_id"])
             self._record(wave, outcomes, result)
         self._fail_dependents(job, result)
         result.pending = self.pending(job)
@@ -313,7 +322,7 @@ class Outbox:
         ]
         try:
             results.update(self._one_by_one(to_send, operations, safe=False))
-        except UnreachableError as exc:  # the answer was lost: the guard decides next time
+        except (UnreachableError, UnavailableError) as exc:  # lost, or maybe done: never resent
             log.warning("%d %s actions unconfirmed (%s)", len(to_send), wave[0]["action"], exc)
         return results
 
