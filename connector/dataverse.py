@@ -198,6 +198,15 @@ class Dataverse:
         rows: list[dict[str, Any]] = self.transport.send("GET", url).json().get("value", [])
         return rows
 
+    def rows(self, entity_set: str, select: list[str], filter: str) -> Iterator[dict[str, Any]]:
+        """Every row matching `filter` (all its pages), for a lookup: not for reading a table."""
+        url: str | None = collection_url(entity_set, select, filter=filter)
+        prefer = {"Prefer": f"odata.maxpagesize={self.page_size}"}
+        while url is not None:
+            body: dict[str, Any] = self.transport.send("GET", url, headers=prefer).json()
+            yield from body.get("value", [])
+            url = body.get("@odata.nextLink")
+
     def record(self, entity_set: str, key: str, select: Sequence[str]) -> dict[str, Any] | None:
         """One record by primary key, or None when it does not exist."""
         url = f"{entity_path(entity_set, key)}?{query_string({'$select': ','.join(select)})}"

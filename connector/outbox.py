@@ -42,24 +42,34 @@ from connector import tables as dvc
 from connector.batch import MAX_OPERATIONS, Operation, PartOutcome
 from connector.dataverse import Dataverse
 from connector.errors import DataverseError, ThrottledError, UnavailableError, UnreachableError
-from connector.odata import entity_path, query_string
+from connector.odata import entity_path
 from connector.store import Store
 
 log = logging.getLogger("dvconnect.outbox")
 
 Kind = Literal["create", "update", "action"]
 DUPLICATE_KEY = "0x80040237"  # the record's id exists already: an earlier create went through
+GUARD_READ = 250  # values per guard read: its URL stays far below Dataverse's 32 KB
 ACTION_TRIES = 5  # sends of a guarded action whose answer is lost, in one drain, guard first
 _BOUND = "Microsoft.Dynamics.CRM."
 
 
 @dataclass(frozen=True)
 class Guard:
-    """A read done before an action: when it finds a row, the action was already done."""
+    """A read done before an action: the action was already done when `entity_set` has a row
+    whose `column` is `value` and that meets `condition` (an OData filter).
+
+    Guards that differ only by value are read together, `GUARD_READ` values per request, with
+    `Microsoft.Dynamics.CRM.In`: one request (and one service-protection operation) for
+    hundreds of actions. `read_as` is how the column comes back in rows (`_x_value` for a
+    lookup).
+    """
 
     entity_set: str
-    key: str  # the primary key of that entity set's table: the one column read
-    filter: str
+    column: str
+    read_as: str
+    value: str
+    condition: str
 
 
 @dataclass(frozen=True)
@@ -300,14 +310,11 @@ class Outbox:
         self, wave: list[dict[str, Any]], headers: dict[str, str]
     ) -> dict[int, DataverseError | None]:
         results: dict[int, DataverseError | None] = {}
-        guarded = [row for row in wave if row["guard"]]
-        if guarded:
-            reads = [self._guard_read(row) for row in guarded]
-            for row, outcome in zip(guarded, self._batch(reads, safe=True), strict=True):
-                if outcome.error is not None:
-                    results[row["intent_id"]] = outcome.error
-                elif outcome.responses and outcome.responses[0].json().get("value"):
-                    results[row["intent_id"]] = None  # done by an earlier attempt
+        guarded = [(row, Guard(**json.loads(row["guard"]))) for row in wave if row["guard"]]
+        done = self._already_done([guard for _, guard in guarded])
+        for row, guard in guarded:
+            if (guard.entity_set, guard.column, guard.condition, guard.value) in done:
+                results[row["intent_id"]] = None  # done by an earlier attempt
         to_send = [row for row in wave if row["intent_id"] not in results]
         if not to_send:
             return results
@@ -326,10 +333,24 @@ class Outbox:
             log.warning("%d %s actions unconfirmed (%s)", len(to_send), wave[0]["action"], exc)
         return results
 
-    def _guard_read(self, row: dict[str, Any]) -> Operation:
-        guard = Guard(**json.loads(row["guard"]))
-        options = {"$select": guard.key, "$filter": guard.filter, "$top": "1"}
-        return Operation("GET", f"{guard.entity_set}?{query_string(options)}")
+    def _already_done(self, guards: list[Guard]) -> set[tuple[str, str, str, str]]:
+        """The guards that find their row: one read per kind of guard and `GUARD_READ` values."""
+        done: set[tuple[str, str, str, str]] = set()
+        kinds: dict[tuple[str, str, str, str], list[str]] = {}
+        for guard in guards:
+            kind = (guard.entity_set, guard.column, guard.read_as, guard.condition)
+            kinds.setdefault(kind, []).append(guard.value)
+        for (entity_set, column, read_as, condition), values in kinds.items():
+            for start in range(0, len(values), GUARD_READ):
+                chunk = sorted(set(values[start : start + GUARD_READ]))
+                quoted = ",".join(f"'{value}'" for value in chunk)
+                wanted = (
+                    f"Microsoft.Dynamics.CRM.In(PropertyName='{column}',"
+                    f"PropertyValues=[{quoted}]) and ({condition})"
+                )
+                for row in self.dataverse.rows(entity_set, [read_as], wanted):
+                    done.add((entity_set, column, condition, str(row.get(read_as))))
+        return done
 
     def _one_by_one(
         self, wave: list[dict[str, Any]], operations: list[Operation], *, safe: bool

@@ -208,7 +208,7 @@ def _email(target: Target, step: Step, action: EmailAction) -> Act:
             target.intent_key(step, "send"), JOB, "action", "email", "emails", "activityid",
             email_id, {"IssueSend": action.delivery == "dynamics"}, action="SendEmail",
             after=created.intents[0].key,
-            guard=Guard("emails", "activityid", f"activityid eq {email_id} and statuscode ne 1"),
+            guard=Guard("emails", "activityid", "activityid", email_id, "statuscode ne 1"),
         )
     )  # fmt: skip
     return created
@@ -339,7 +339,7 @@ def _qualify(target: Target, step: Step, action: QualifyLeadAction) -> Act:
         raise ActionProblem("the member has no lead to qualify")
     body = {"CreateAccount": action.create_account, "CreateContact": action.create_contact,
             "CreateOpportunity": action.create_opportunity, "Status": action.status}  # fmt: skip
-    guard = Guard("leads", "leadid", f"leadid eq {target.leadid} and statecode ne 0")
+    guard = Guard("leads", "leadid", "leadid", target.leadid, "statecode ne 0")
     intent = Intent(target.intent_key(step, "qualify"), JOB, "action", "lead", "leads", "leadid",
                     target.leadid, body, action="QualifyLead", guard=guard)  # fmt: skip
     return Act([intent], "lead", None, summary={"table": "lead", "id": target.leadid,
@@ -353,9 +353,9 @@ def _workflow(target: Target, step: Step, action: RunWorkflowAction, now: dateti
     key = target.intent_key(step, "run")
     if action.workflow is not None:
         since = stamp(now - GUARD_MARGIN)
-        guard = Guard("asyncoperations", "asyncoperationid",
-                      f"_workflowactivationid_value eq {action.workflow} and "
-                      f"_regardingobjectid_value eq {record} and createdon ge {since}")  # fmt: skip
+        condition = f"_workflowactivationid_value eq {action.workflow} and createdon ge {since}"
+        guard = Guard("asyncoperations", "regardingobjectid", "_regardingobjectid_value", record,
+                      condition)  # fmt: skip
         intent = Intent(key, JOB, "action", "workflow", "workflows", "workflowid", action.workflow,
                         {"EntityId": record}, action="ExecuteWorkflow", guard=guard)  # fmt: skip
         name = "ExecuteWorkflow"
