@@ -489,6 +489,13 @@ LEAD = Table(
             LookupTarget("account", "parentaccountid", "lead_parent_account"),
         ),
         _lookup(
+            "customerid",
+            "Customer",
+            LookupTarget("account", "customerid_account", "lead_customer_accounts"),
+            LookupTarget("contact", "customerid_contact", "lead_customer_contacts"),
+            kind=AttributeType.CUSTOMER,
+        ),
+        _lookup(
             "qualifyingopportunityid",
             "Qualifying Opportunity",
             LookupTarget("opportunity", "qualifyingopportunityid", "lead_qualifying_opportunity"),
@@ -520,6 +527,7 @@ CONTACT = Table(
         _text("telephone1", "Business Phone", 50, format="Phone"),
         _text("mobilephone", "Mobile Phone", 50, format="Phone"),
         _text("jobtitle", "Job Title", 100),
+        _memo("description", "Description", 2000),
         _choice("accountrolecode", "Role", {1: "Decision Maker", 2: "Employee", 3: "Influencer"}),
         _boolean("marketingonly", "Marketing Only", "Yes", "No"),
         _boolean("donotemail", "Do not allow Emails"),

@@ -78,6 +78,7 @@ class Target:
     lead: dict[str, Any]
     owner: Owner | None
     owner_row: dict[str, Any]
+    last_intent: str | None = None  # the member's latest write: its next one waits for it
 
     @property
     def key(self) -> str:
@@ -294,7 +295,9 @@ def _create_lead(target: Target, step: Step, action: CreateLeadAction,
     values = target.values()
     topic = render(action.subject, values)
     for lead in open_leads:
-        if match_key(lead.get("subject"), "keep") == match_key(topic, "keep"):
+        if lead.get("statecode") == 0 and match_key(lead.get("subject"), "keep") == match_key(
+            topic, "keep"
+        ):
             return Act([], "lead", lead["leadid"], reused=True, summary={
                 "table": "lead", "id": lead["leadid"], "subject": topic,
                 "regarding": f"contact {target.contactid}", "reused": True})  # fmt: skip
@@ -324,14 +327,18 @@ def _update(target: Target, step: Step, action: UpdateAction) -> Act:
     record = target.leadid if action.table == "lead" else target.contactid
     if record is None:
         raise ActionProblem("the member has no lead to update")
-    values = target.values()
-    body = {column: render(value, values) if isinstance(value, str) else value
-            for column, value in action.values.items()}  # fmt: skip
+    body = _rendered(action.values, target.values())
     set_name = "leads" if action.table == "lead" else "contacts"
     intent = Intent(target.intent_key(step, "update"), JOB, "update", action.table, set_name,
                     f"{action.table}id", record, body)  # fmt: skip
     return Act([intent], action.table, None, summary={
         "table": action.table, "id": record, "update": sorted(body)})  # fmt: skip
+
+
+def _rendered(values: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Column or parameter values, the strings among them rendered as templates."""
+    return {key: render(value, context) if isinstance(value, str) else value
+            for key, value in values.items()}  # fmt: skip
 
 
 def _qualify(target: Target, step: Step, action: QualifyLeadAction) -> Act:
@@ -362,7 +369,8 @@ def _workflow(target: Target, step: Step, action: RunWorkflowAction, now: dateti
     else:
         set_name = "leads" if action.target == "lead" else "contacts"
         intent = Intent(key, JOB, "action", action.target, set_name, f"{action.target}id", record,
-                        dict(action.parameters), action=action.action)  # fmt: skip
+                        _rendered(action.parameters, target.values()),
+                        action=action.action)  # fmt: skip
         name = str(action.action)
     return Act([intent], action.target, None, summary={
         "table": action.target, "id": record, "action": name})  # fmt: skip

@@ -319,7 +319,7 @@ class JourneyRun:
             ready = or_(ready, condition_sql(self.ctx.store, m, conditions[0], self.now))
         query = select(
             m.c.member_id, m.c.contactid, m.c.entry, m.c.leadid, m.c.arrived_at, m.c.due_at,
-            *facts,
+            m.c.last_intent, *facts,
         ).where(
             m.c.journey == journey.name, m.c.version == version, m.c.status == ACTIVE,
             m.c.step == step.id, ready,
@@ -348,7 +348,7 @@ class JourneyRun:
                 member_id, contact, entry = row[0], row[1], row[2]
                 member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
                                 parse_stamp(row[5]))  # fmt: skip
-                facts = tuple(bool(value) for value in row[6:])
+                facts = tuple(bool(value) for value in row[7:])
                 move = decide(journey, member, self.now, facts)
                 if move.stays:
                     continue
@@ -407,7 +407,15 @@ class JourneyRun:
                                                   "request_id": ""})  # fmt: skip
             history.append((member_id, step.id, "failed", None, {"message": str(problem)}))
             return None
-        record(conn, done.intents, now=self.at, run_id=self.ctx.run_id)
+        intents = done.intents
+        if intents:  # a member's writes go in its steps' order, and none after one refused
+            intents = [replace(intents[0], after=intents[0].after or target.last_intent),
+                       *intents[1:]]  # fmt: skip
+            conn.execute(
+                update(dvc.journey_members).where(dvc.journey_members.c.member_id == member_id)
+                .values(last_intent=intents[-1].key)
+            )  # fmt: skip
+        record(conn, intents, now=self.at, run_id=self.ctx.run_id)
         if done.record_id is not None:
             owner = target.owner.id if target.owner else None
             conn.execute(
@@ -484,7 +492,7 @@ class JourneyRun:
             targets[row[0]] = Target(
                 journey, version, row[0], row[1], row[2], row[3],
                 contacts.get(row[1], {}), leads.get(row[3], {}) if row[3] else {},
-                owner, users.get(owner.id, blank) if owner else blank,
+                owner, users.get(owner.id, blank) if owner else blank, row[6],
             )  # fmt: skip
         return targets
 
@@ -573,13 +581,16 @@ def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> N
             member_id, step = int(parts[1]), parts[2]
             error = {"step": step, "status": failure.status, "code": failure.code,
                      "message": failure.message, "request_id": failure.request_id}  # fmt: skip
-            journey = conn.execute(
+            before = conn.execute(  # the first refusal fails the member; what waited on it not
+                select(m.c.journey, m.c.status).where(m.c.member_id == member_id)
+            ).first()
+            if before is None or before.status == "failed":
+                continue
+            journey = before.journey
+            conn.execute(
                 update(m).where(m.c.member_id == member_id)
                 .values(status="failed", left_at=ctx.clock.stamp(), error=json.dumps(error))
-                .returning(m.c.journey)
-            ).scalar()  # fmt: skip
-            if journey is None:
-                continue
+            )  # fmt: skip
             conn.execute(
                 dvc.journey_history.insert().values(
                     member_id=member_id, journey=journey, at=ctx.clock.stamp(), step=step,
@@ -588,6 +599,8 @@ def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> N
             )  # fmt: skip
             entry = results.setdefault(journey, {})
             if isinstance(entry, dict):
+                if entry.get(before.status):  # it ended its path in this run: it failed instead
+                    entry[before.status] -= 1
                 entry["failed"] = entry.get("failed", 0) + 1
                 entry.setdefault("failures", []).append({"member": member_id, **error})
             log.warning("journey %s member %d failed at %s: %s %s", journey, member_id, step,

@@ -30,6 +30,7 @@ from connector.mapping.journeys import (
     FixedUser,
     Journey,
     RoundRobin,
+    RunWorkflowAction,
     Sender,
     Step,
     UpdateAction,
@@ -233,10 +234,14 @@ def _templates(ctx: Context, journey: Journey) -> list[MappingError]:
                     texts.append(((kind, name), text, False))
             if isinstance(action, EmailAction):
                 texts.append((("email", "body"), action.body, True))
+            values: dict[tuple[str, str], object] = {}
             if isinstance(action, CreateLeadAction | UpdateAction):
-                for column, value in action.values.items():
-                    if isinstance(value, str):
-                        texts.append(((kind, "values", column), value, False))
+                values = {("values", column): value for column, value in action.values.items()}
+            if isinstance(action, RunWorkflowAction):
+                values = {("parameters", name): value for name, value in action.parameters.items()}
+            for (field, name), value in values.items():
+                if isinstance(value, str):
+                    texts.append(((kind, field, name), value, False))
         for key, text, html in texts:
             problem = check(text, columns, html=html)
             if problem is not None:

@@ -5,10 +5,11 @@ newsletter and calls (day 1), the others' brochure (day 6) — with opens record
 members each time, plus the conference follow-up's calls. A clean run gives the reference: every
 e-mail, phone call and task with its id, subject, status, regarding record, owner and parties.
 
-Each kill case runs the scenario (both journeys live) with one kill per phase: the emulator holds one of the journeys
-run's writes (before executing it, or after committing it), the test kills the CLI with SIGKILL
-there — so the kill lands at that point of the work, which the test checks — releases it, and
-runs the journeys again. Twenty such points are drawn from a seed. Each fault case runs the
+Each kill case runs the scenario (both journeys live) with one kill per phase: the emulator holds
+one of the journeys run's writes (before executing it, or after committing it), the test kills
+the CLI with SIGKILL there — so the kill lands at that point of the work, which the test checks —
+releases it, and runs the journeys again. Twenty such points are drawn from a seed, as places
+among the POSTs the clean run made in that phase. Each fault case runs the
 scenario with the fault aimed at the writes, and checks that it fired. Either way: no record
 twice, none missing, no e-mail sent twice (Dataverse refuses to send a mail that is not a draft,
 and no member may have failed).
@@ -17,18 +18,15 @@ and no member may have failed).
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Cli
-from tests.e2e.test_journeys import Org
+from tests.e2e.journey_org import START, Org
 
-START = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
 PHASES = (("launch", 0), ("openers", 1), ("timeouts", 5))  # name, days after the previous
-# POSTs a journeys run makes: creates (one $batch per table), then SendEmail's guards and sends
-WRITES_PER_PHASE = {"launch": 4, "openers": 4, "timeouts": 3}
 KINDS = ("hold", "commit-hold")
 _reference: dict[str, Any] = {}
 
@@ -44,16 +42,27 @@ FAULTS_ON_WRITES = {
 }
 
 
-def kill_plans(seed: int, count: int) -> list[list[tuple[str, str]]]:
-    """Scenarios of one kill point per phase (`hold:method=POST:at=N` and the like), `count`
-    points in all, drawn from `seed`."""
+@dataclass(frozen=True)
+class KillPoint:
+    """Where a phase's journeys run is killed: at its `kind` of the write `place` of the way
+    through the POSTs the clean run made in that phase (counted by the reference run)."""
+
+    kind: str
+    place: float
+
+    def spec(self, writes: int) -> str:
+        return f"{self.kind}:method=POST:at={1 + int(self.place * writes)}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.place:.2f}"
+
+
+def kill_plans(seed: int, count: int) -> list[list[tuple[str, KillPoint]]]:
+    """Scenarios of one kill point per phase, `count` points in all, drawn from `seed`."""
     rng = random.Random(seed)
     plans = []
     while sum(len(p) for p in plans) < count:
-        plan = []
-        for phase, _ in PHASES:
-            at = rng.randint(1, WRITES_PER_PHASE[phase])
-            plan.append((phase, f"{rng.choice(KINDS)}:method=POST:at={at}"))
+        plan = [(phase, KillPoint(rng.choice(KINDS), rng.random())) for phase, _ in PHASES]
         plans.append(plan[: count - sum(len(p) for p in plans)])
     return plans
 
@@ -98,21 +107,26 @@ def open_half(org: Org) -> None:
         org.cli.emulator.admin("POST", f"/emails/{email['activityid']}/engagement", {"opens": 1})
 
 
-def scenario(org: Org, kills: dict[str, str] | None = None, fault: str | None = None) -> None:
+def scenario(
+    org: Org, kills: dict[str, KillPoint] | None = None, fault: str | None = None
+) -> dict[str, int]:
     """The three phases; a kill point per phase in `kills`, or `fault` over the journeys runs
-    (every rule of which must fire in the scenario)."""
+    (every rule of which must fire in the scenario). Returns the POSTs of each phase's run."""
     if fault is not None:
         org.cli.emulator.admin("PUT", "/faults", {"spec": fault, "seed": 3})
+    writes = {}
     for phase, days in PHASES:
         org.advance(days=days)
         if phase == "openers":
             open_half(org)
         if phase != "launch":
             org.run("run", "sync")
-        spec = (kills or {}).get(phase)
-        if spec is not None:
-            kill_at(org, spec)
+        point = (kills or {}).get(phase)
+        if point is not None:
+            kill_at(org, point.spec(_reference["writes"][phase]))
+        seq = org.last_seq()
         org.run("run", "journeys")
+        writes[phase] = sum(1 for r in org.writes_since(seq) if r["method"] == "POST")
     if fault is not None:
         fired = {
             r["rule"]: r["injected"] for r in org.cli.emulator.admin("GET", "/faults")["rules"]
@@ -121,6 +135,7 @@ def scenario(org: Org, kills: dict[str, str] | None = None, fault: str | None = 
         assert all(fired.values()), f"a fault never fired on a write: {fired}"
     failed = org.run("journeys", "show", "product-launch", "--json")["members"].get("failed", 0)
     assert failed == 0
+    return writes
 
 
 def kill_at(org: Org, spec: str) -> None:
@@ -141,7 +156,7 @@ def kill_at(org: Org, spec: str) -> None:
 def reference(org: Org) -> dict[str, Any]:
     if "state" not in _reference:
         prepare(org)
-        scenario(org)
+        _reference["writes"] = scenario(org)
         _reference["state"] = org_state(org)
         org.cli.database.unlink()
     return _reference["state"]
@@ -152,9 +167,9 @@ def org(cli: Cli) -> Org:
     return Org(cli)
 
 
-@pytest.mark.parametrize("plan", KILLS, ids=[" + ".join(s for _, s in p) for p in KILLS])
+@pytest.mark.parametrize("plan", KILLS, ids=[" + ".join(str(k) for _, k in p) for p in KILLS])
 def test_kill_9_at_seeded_points_of_journey_runs_then_rerun_ends_as_a_clean_run(
-    org: Org, plan: list[tuple[str, str]]
+    org: Org, plan: list[tuple[str, KillPoint]]
 ) -> None:
     clean = reference(org)
     assert clean
