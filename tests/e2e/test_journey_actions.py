@@ -23,6 +23,7 @@ from tests.paths import MAPPINGS
 
 NURTURE = "3100674c-d9ad-5246-a3be-416fe8218c00"  # Lead nurture follow-up (on demand, lead)
 TOPIC = "Contoso toolkit"
+REQUIRED, ORGANIZER = 5, 7  # activity party participation types
 JOURNEY = f"""
 name: every-action
 audience:
@@ -100,6 +101,8 @@ def test_every_action_writes_its_record_once_and_a_refused_member_fails_alone(or
     members = member_leads(org)
     assert len(members) >= 4
     contacts = {c["contactid"]: c for c in org.rows("contact")}
+    lead_rows = {lead["leadid"]: lead for lead in org.rows("lead")}
+    users = {u["systemuserid"] for u in org.rows("systemuser")}
     # one member already has an open lead on the topic: it serves instead of a new one
     reuser, broken = sorted(members)[:2]
     existing = "0d7a8a58-4f1c-4c3e-9e55-000000000001"
@@ -133,6 +136,10 @@ def test_every_action_writes_its_record_once_and_a_refused_member_fails_alone(or
         end = datetime.fromisoformat(appointment["scheduledend"].replace("Z", "+00:00"))
         assert end - start == timedelta(minutes=45)
         assert start.astimezone(ZURICH).date() == datetime(2027, 1, 6).date()
+        owner = lead_rows[lead]["_ownerid_value"]
+        assert appointment["_ownerid_value"] == owner
+        organizer = [(ORGANIZER, owner)] if owner in users else []
+        assert org.parties(appointment["activityid"]) == [(REQUIRED, contact), *organizer]
 
     # new leads: one per member on the topic, the reuser's own serves instead
     new_leads = [lead for lead in org.rows("lead") if lead["leadid"] not in leads_before]
