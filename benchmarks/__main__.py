@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, orphans, segments, sync, throttled
+from benchmarks import emulator, journeys, orphans, segments, sync, throttled
 
 BENCHMARKS = {
     "sync": sync.run,
     "throttled": throttled.run,
     "orphans": orphans.run,
     "segments": segments.run,
+    "journeys": journeys.run,
     "emulator": emulator.run,
 }
 

@@ -51,6 +51,7 @@ Kind = Literal["create", "update", "action"]
 DUPLICATE_KEY = "0x80040237"  # the record's id exists already: an earlier create went through
 GUARD_READ = 250  # values per guard read: its URL stays far below Dataverse's 32 KB
 ACTION_TRIES = 5  # sends of a guarded action whose answer is lost, in one drain, guard first
+RECORD_READ = 500  # keys per lookup of intents already recorded (below SQLite's 999 variables)
 _BOUND = "Microsoft.Dynamics.CRM."
 
 
@@ -131,29 +132,38 @@ def record(
     in a store that already holds its effect, so the effect was undone since).
     """
     o = dvc.outbox.c
-    keys: list[str] = []
+    fresh: dict[str, dict[str, Any]] = {}
     for intent in intents:
-        values = {
-            "job": intent.job, "kind": intent.kind, "table_name": intent.table,
-            "entity_set": intent.entity_set, "primary_key": intent.primary_key,
-            "record_id": intent.record_id, "action": intent.action,
-            "body": json.dumps(intent.body, sort_keys=True),
+        fresh.setdefault(intent.key, {
+            "key": intent.key, "job": intent.job, "kind": intent.kind,
+            "table_name": intent.table, "entity_set": intent.entity_set,
+            "primary_key": intent.primary_key, "record_id": intent.record_id,
+            "action": intent.action, "body": json.dumps(intent.body, sort_keys=True),
             "headers": json.dumps(intent.headers, sort_keys=True), "after": intent.after,
             "guard": json.dumps(asdict(intent.guard)) if intent.guard else None,
             "status": "pending", "attempts": 0, "error": None, "created_at": now,
             "done_at": None, "done_tick": None, "run_id": run_id,
-        }  # fmt: skip
-        existing = conn.execute(select(o.status, o.done_tick).where(o.key == intent.key)).first()
-        if existing is None:
-            conn.execute(dvc.outbox.insert().values(key=intent.key, **values))
-            keys.append(intent.key)
-        elif renew_seen is not None and intent.table in renew_seen:
-            seen = renew_seen[intent.table]
-            settled = existing.status == "done" and seen is not None and existing.done_tick <= seen
-            if existing.status == "failed" or settled:
-                conn.execute(dvc.outbox.update().where(o.key == intent.key).values(**values))
-                keys.append(intent.key)
-    return keys
+        })  # fmt: skip
+    existing = {}
+    keys = list(fresh)
+    for start in range(0, len(keys), RECORD_READ):
+        chunk = keys[start : start + RECORD_READ]
+        query = select(o.key, o.status, o.done_tick, o.table_name).where(o.key.in_(chunk))
+        existing.update({row.key: row for row in conn.execute(query)})
+    new = [values for key, values in fresh.items() if key not in existing]
+    if new:
+        conn.execute(dvc.outbox.insert(), new)
+    renewed = []
+    for key, row in existing.items():
+        if renew_seen is None or row.table_name not in renew_seen:
+            continue
+        seen = renew_seen[row.table_name]
+        settled = row.status == "done" and seen is not None and row.done_tick <= seen
+        if row.status == "failed" or settled:
+            values = {k: v for k, v in fresh[key].items() if k != "key"}
+            conn.execute(dvc.outbox.update().where(o.key == key).values(**values))
+            renewed.append(key)
+    return [key for key in keys if key not in existing or key in renewed]
 
 
 def in_flight(job: str, table: str, seen_tick: int | None) -> Select[Any]:

@@ -248,6 +248,7 @@ class Step(Strict):
     update: UpdateAction | None = None
     qualify_lead: QualifyLeadAction | None = None
     run_workflow: RunWorkflowAction | None = None
+    _kind: str = PrivateAttr("")
 
     @field_validator("id")
     @classmethod
@@ -262,7 +263,7 @@ class Step(Strict):
         if len(kinds) != 1:
             found = f" (found {', '.join(kinds)})" if kinds else ""
             raise ValueError(f"a step has exactly one of {', '.join(STEP_KINDS)}{found}")
-        kind = kinds[0]
+        kind = self._kind = kinds[0]
         if kind == "if" and (self.then is None or self.else_ is None):
             raise ValueError("if: needs then: <step id> and else: <step id>")
         if kind == "branch" and self.default is None:
@@ -279,7 +280,7 @@ class Step(Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in STEP_KINDS if getattr(self, _field(k)) is not None)
+        return self._kind
 
     @property
     def is_action(self) -> bool:

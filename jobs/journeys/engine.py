@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +33,25 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector import tables as dvc
 from connector.clock import parse_stamp, stamp
 from connector.errors import ConfigError, DvconnectError, MappingError
 from connector.mapping.journeys import Journey, Step, load_journey
-from connector.outbox import Outbox, Outcome, record
+from connector.outbox import Intent, Outbox, Outcome, record
 from jobs.context import Context
 from jobs.journeys.actions import (
     JOB,
@@ -76,6 +88,7 @@ class JourneyCounts:
     completed: int = 0
     stopped: int = 0
     failed: int = 0
+    seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)  # the dry run's listing
 
@@ -160,6 +173,57 @@ def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dic
     return current, definitions
 
 
+Event = tuple[int, str | None, str, str | None, dict[str, Any] | None]  # member, step, event, to
+
+
+def write_history(conn: Connection, journey: str, at: str, events: list[Event]) -> None:
+    """Members' events at `at`, with the values that decided them (`detail`)."""
+    if not events:
+        return
+    conn.execute(
+        dvc.journey_history.insert(),
+        [
+            {"member_id": member_id, "journey": journey, "at": at, "step": step, "event": event,
+             "to_step": to,
+             "detail": json.dumps(detail, sort_keys=True, default=str) if detail else None}
+            for member_id, step, event, to, detail in events
+        ],
+    )  # fmt: skip
+
+
+@dataclass
+class ChunkWrites:
+    """What one chunk of members changes, written together when the chunk is decided."""
+
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)  # member id: new values
+    intents: list[Intent] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # dvc_journey_records rows
+    history: list[Event] = field(default_factory=list)
+
+    def member(self, member_id: int, **values: Any) -> None:
+        self.members.setdefault(member_id, {}).update(values)
+
+    def flush(self, conn: Connection, journey: str, at: str, run_id: int | None) -> None:
+        m = dvc.journey_members
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for member_id, values in self.members.items():
+            columns = tuple(sorted(values))
+            by_columns.setdefault(columns, []).append(
+                {"member": member_id, **{f"new_{c}": v for c, v in values.items()}}
+            )
+        for columns, params in by_columns.items():
+            statement = (
+                update(m)
+                .where(m.c.member_id == bindparam("member"))
+                .values({c: bindparam(f"new_{c}") for c in columns})
+            )
+            conn.execute(statement, params)
+        record(conn, self.intents, now=at, run_id=run_id)
+        if self.records:
+            conn.execute(dvc.journey_records.insert(), self.records)
+        write_history(conn, journey, at, self.history)
+
+
 class JourneyRun:
     """One run of one journey at `now`."""
 
@@ -182,13 +246,13 @@ class JourneyRun:
         self._admit(current, definitions[current], state)
         for version, definition in definitions.items():  # entrants at the goal never start
             self._leave(version, definition)
-        for _ in range(MAX_WAVES):
+        for wave in range(MAX_WAVES):
             moved = 0
             for version, definition in definitions.items():
                 for step in definition.steps:
                     if self.ctx.stop.is_set():
                         return self.counts
-                    moved += self._step(version, definition, step)
+                    moved += self._step(version, definition, step, arrived_now=wave > 0)
             if not moved:
                 break
         return self.counts
@@ -205,16 +269,21 @@ class JourneyRun:
             query = select(m.c.member_id, m.c.step).where(
                 mine, condition_sql(self.ctx.store, m, condition, self.now)
             )
-            with self.sink.write() as conn:
-                leaving = conn.execute(query).all()
-                for chunk in _chunks(leaving, CHUNK):
-                    ids = [row[0] for row in chunk]
+            after = 0
+            while True:
+                with self.sink.write() as conn:
+                    chunk = conn.execute(
+                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+                    ).all()
+                    if not chunk:
+                        break
+                    after = chunk[-1][0]
                     conn.execute(
-                        update(m).where(m.c.member_id.in_(ids))
+                        update(m).where(m.c.member_id.in_([row[0] for row in chunk]))
                         .values(status=status, left_at=self.at)
                     )  # fmt: skip
                     self._history(conn, [(row[0], row[1], status, None, None) for row in chunk])
-            setattr(self.counts, status, getattr(self.counts, status) + len(leaving))
+                setattr(self.counts, status, getattr(self.counts, status) + len(chunk))
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -231,7 +300,7 @@ class JourneyRun:
                 return
         first = journey.steps[0].id
         first_due = stamp(due(journey, self.calendar, first, self.now))
-        for chunk in _chunks(self._candidates(journey), CHUNK):
+        for chunk in self._candidates(journey):
             leads = self._leads(chunk)
             rows = [
                 {"journey": journey.name, "version": version, "contactid": contact,
@@ -257,8 +326,9 @@ class JourneyRun:
                 .values({stamp_column: self.at})
             )
 
-    def _candidates(self, journey: Journey) -> Iterator[tuple[str, int, str | None]]:
-        """(contact, entry number, lead ids) of every segment member entering now."""
+    def _candidates(self, journey: Journey) -> Iterator[list[tuple[str, int, str | None]]]:
+        """(contact, entry number, lead ids) of every segment member entering now, in chunks
+        (each read after the one before was admitted)."""
         s, m = dvc.segment_members, dvc.journey_members
         mine = and_(m.c.journey == journey.name, m.c.contactid == s.c.contactid)
         last_entry = select(func.max(m.c.entry)).where(mine).scalar_subquery()
@@ -281,10 +351,16 @@ class JourneyRun:
                 cutoff = stamp(self.now - wait.longest()) if wait.calendar is None else stamp(
                     self.now - wait.calendar)  # fmt: skip
                 query = query.where(or_(last_entry.is_(None), left <= cutoff))
-        with self.sink.read() as conn:
-            rows = conn.execute(query.order_by(s.c.contactid)).all()
-        for contact, last, lead_ids in rows:
-            yield contact, (last or 0) + 1, lead_ids
+        after = ""
+        while True:
+            with self.sink.read() as conn:
+                rows = conn.execute(
+                    query.where(s.c.contactid > after).order_by(s.c.contactid).limit(CHUNK)
+                ).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [(contact, (last or 0) + 1, lead_ids) for contact, last, lead_ids in rows]
 
     def _leads(self, chunk: list[tuple[str, int, str | None]]) -> dict[str, str]:
         """Each entering contact's lead: its most recent open lead of the segment's leads."""
@@ -306,8 +382,12 @@ class JourneyRun:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _step(self, version: int, journey: Journey, step: Step) -> int:
-        """Move every member due at `step` (and, at an `if`, those whose condition holds)."""
+    def _step(self, version: int, journey: Journey, step: Step, arrived_now: bool) -> int:
+        """Move every member due at `step` (and, at an `if`, those whose condition holds).
+
+        With `arrived_now`, only those that came to the step in this run: the others were
+        decided in the run's first wave, on the same clock and data, and stay where they are.
+        """
         m = dvc.journey_members
         conditions = step.conditions()
         facts = [
@@ -322,7 +402,7 @@ class JourneyRun:
             m.c.last_intent, *facts,
         ).where(
             m.c.journey == journey.name, m.c.version == version, m.c.status == ACTIVE,
-            m.c.step == step.id, ready,
+            m.c.step == step.id, m.c.arrived_at == self.at if arrived_now else true(), ready,
         )  # fmt: skip
         moved = 0
         after = 0
@@ -339,11 +419,12 @@ class JourneyRun:
             moved += self._chunk(version, journey, step, rows)
 
     def _chunk(self, version: int, journey: Journey, step: Step, rows: list[Any]) -> int:
-        """Decide and apply the moves of one chunk of members at `step`, in one transaction."""
+        """Decide the moves of one chunk of members at `step`, then write them in one
+        transaction: a statement per kind of change, not per member."""
         targets = self._targets(version, journey, rows) if step.is_action else {}
         moved = 0
         with self.sink.write() as conn:
-            history: list[tuple[int, str | None, str, str | None, dict[str, Any] | None]] = []
+            writes = ChunkWrites()
             for row in rows:
                 member_id, contact, entry = row[0], row[1], row[2]
                 member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
@@ -353,37 +434,34 @@ class JourneyRun:
                 if move.stays:
                     continue
                 if move.action is not None:
-                    summary = self._act(conn, targets[member_id], move, history)
+                    summary = self._act(conn, targets[member_id], move, writes)
                     if summary is None:
                         continue
                     move = replace(move, detail=summary)
-                self._apply(conn, journey, member_id, step, move, history)
+                self._apply(journey, member_id, step, move, writes)
                 moved += 1
-            self._history(conn, history)
+            writes.flush(conn, journey.name, self.at, self.ctx.run_id)
         return moved
 
-    def _apply(self, conn: Connection, journey: Journey, member_id: int, step: Step, move: Move,
-               history: list[Any]) -> None:  # fmt: skip
-        m = dvc.journey_members
-        values: dict[str, Any]
+    def _apply(self, journey: Journey, member_id: int, step: Step, move: Move,
+               writes: ChunkWrites) -> None:  # fmt: skip
         if move.finish is not None:
-            values = {"status": move.finish, "left_at": self.at}
+            writes.member(member_id, status=move.finish, left_at=self.at)
             setattr(self.counts, move.finish, getattr(self.counts, move.finish) + 1)
         else:
             assert move.to is not None
             next_due = due(journey, self.calendar, move.to, self.now)
-            values = {"step": move.to, "arrived_at": self.at, "due_at": stamp(next_due)}
+            writes.member(member_id, step=move.to, arrived_at=self.at, due_at=stamp(next_due))
             self.counts.moved += 1
-        conn.execute(update(m).where(m.c.member_id == member_id).values(values))
         event = (
             move.finish if move.finish and move.event in ("end", "journey ended") else move.event
         )
-        history.append((member_id, step.id, event, move.to, move.detail or None))
+        writes.history.append((member_id, step.id, event, move.to, move.detail or None))
 
     def _act(
-        self, conn: Connection, target: Target, move: Move, history: list[Any]
+        self, conn: Connection, target: Target, move: Move, writes: ChunkWrites
     ) -> dict[str, Any] | None:
-        """Record the writes of the member's action and return what they are; None when the
+        """Collect the writes of the member's action and return what they are; None when the
         member waits (capped) or failed."""
         step = move.action
         assert step is not None
@@ -391,43 +469,37 @@ class JourneyRun:
         try:
             if step.kind in CAPPED and self._capped(conn, target):
                 next_day = self.calendar.next_day_opening(self.now)
-                conn.execute(
-                    update(dvc.journey_members)
-                    .where(dvc.journey_members.c.member_id == member_id)
-                    .values(due_at=stamp(next_day))
-                )
-                history.append((member_id, step.id, "capped", None,
-                                {"owner": target.owner.id if target.owner else None,
-                                 "until": stamp(next_day)}))  # fmt: skip
+                writes.member(member_id, due_at=stamp(next_day))
+                writes.history.append((member_id, step.id, "capped", None,
+                                       {"owner": target.owner.id if target.owner else None,
+                                        "until": stamp(next_day)}))  # fmt: skip
                 self.counts.capped += 1
                 return None
             done = act(target, step, self.now, self.calendar, self._open_leads(conn, target))
         except (ActionProblem, TemplateProblem) as problem:
-            self._fail(conn, member_id, step.id, {"status": 0, "code": "", "message": str(problem),
-                                                  "request_id": ""})  # fmt: skip
-            history.append((member_id, step.id, "failed", None, {"message": str(problem)}))
+            error = {"status": 0, "code": "", "message": str(problem), "request_id": ""}
+            writes.member(member_id, status="failed", left_at=self.at,
+                          error=json.dumps({"step": step.id, **error}))  # fmt: skip
+            self.counts.failed += 1
+            self.counts.failures.append({"member": member_id, "step": step.id, **error})
+            writes.history.append((member_id, step.id, "failed", None, {"message": str(problem)}))
             return None
         intents = done.intents
         if intents:  # a member's writes go in its steps' order, and none after one refused
             intents = [replace(intents[0], after=intents[0].after or target.last_intent),
                        *intents[1:]]  # fmt: skip
-            conn.execute(
-                update(dvc.journey_members).where(dvc.journey_members.c.member_id == member_id)
-                .values(last_intent=intents[-1].key)
-            )  # fmt: skip
-        record(conn, intents, now=self.at, run_id=self.ctx.run_id)
+            writes.member(member_id, last_intent=intents[-1].key)
+            writes.intents.extend(intents)
         if done.record_id is not None:
             owner = target.owner.id if target.owner else None
-            conn.execute(
-                dvc.journey_records.insert().values(
-                    member_id=member_id, step=step.id, table_name=done.table,
-                    record_id=done.record_id, journey=target.journey.name, owner_id=owner,
-                    day=self.calendar.day(self.now).isoformat(),
-                    intent=done.intents[0].key if done.intents else None,
-                )
-            )  # fmt: skip
+            day = self.calendar.day(self.now).isoformat()
+            writes.records.append({
+                "member_id": member_id, "step": step.id, "table_name": done.table,
+                "record_id": done.record_id, "journey": target.journey.name, "owner_id": owner,
+                "day": day, "intent": intents[0].key if intents else None,
+            })  # fmt: skip
             if step.kind in CAPPED and target.owner is not None:
-                self._caps[(target.owner.id, self.calendar.day(self.now).isoformat())] += 1
+                self._caps[(target.owner.id, day)] += 1
         self.counts.acted += 1
         if self.sink.dry:  # the dry run lists every write; a run's record only counts them
             self.counts.writes.append(done.summary)
@@ -463,15 +535,6 @@ class JourneyRun:
         ).mappings()
         return [dict(row) for row in rows]
 
-    def _fail(self, conn: Connection, member_id: int, step: str, error: dict[str, Any]) -> None:
-        m = dvc.journey_members
-        conn.execute(
-            update(m).where(m.c.member_id == member_id)
-            .values(status="failed", left_at=self.at, error=json.dumps({"step": step, **error}))
-        )  # fmt: skip
-        self.counts.failed += 1
-        self.counts.failures.append({"member": member_id, "step": step, **error})
-
     def _targets(self, version: int, journey: Journey, rows: list[Any]) -> dict[int, Target]:
         """The members of a chunk as actions see them: their contact, lead and owner rows."""
         store = self.ctx.store
@@ -505,29 +568,8 @@ class JourneyRun:
             rows = conn.execute(select(*columns).where(stored.c[key].in_(sorted(ids)))).mappings()
             return {row[key]: dict(row) for row in rows}
 
-    def _history(self, conn: Connection, events: list[Any]) -> None:
-        if not events:
-            return
-        conn.execute(
-            dvc.journey_history.insert(),
-            [
-                {"member_id": member_id, "journey": self.journey.name, "at": self.at,
-                 "step": step, "event": event, "to_step": to,
-                 "detail": json.dumps(detail, sort_keys=True, default=str) if detail else None}
-                for member_id, step, event, to, detail in events
-            ],
-        )  # fmt: skip
-
-
-def _chunks(items: Any, size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def _history(self, conn: Connection, events: list[Event]) -> None:
+        write_history(conn, self.journey.name, self.at, events)
 
 
 # -- the job ------------------------------------------------------------------------------------
@@ -548,8 +590,10 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                 if state is None or state["state"] != "live":
                     results[name] = {"state": state["state"] if state else "draft", "failed": 0}
                     continue
+                started = time.perf_counter()
                 try:
                     counts = JourneyRun(ctx, journey, sink, ctx.clock.now()).run()
+                    counts.seconds = round(time.perf_counter() - started, 3)
                 except (DvconnectError, SQLAlchemyError) as exc:
                     reason = str(exc).splitlines()[0]
                     log.error("journey %s not run: %s", name, reason)
@@ -591,12 +635,8 @@ def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> N
                 update(m).where(m.c.member_id == member_id)
                 .values(status="failed", left_at=ctx.clock.stamp(), error=json.dumps(error))
             )  # fmt: skip
-            conn.execute(
-                dvc.journey_history.insert().values(
-                    member_id=member_id, journey=journey, at=ctx.clock.stamp(), step=step,
-                    event="failed", detail=json.dumps(error, sort_keys=True),
-                )
-            )  # fmt: skip
+            write_history(conn, journey, ctx.clock.stamp(),
+                          [(member_id, step, "failed", None, error)])  # fmt: skip
             entry = results.setdefault(journey, {})
             if isinstance(entry, dict):
                 if entry.get(before.status):  # it ended its path in this run: it failed instead

@@ -12,10 +12,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 NAMESPACES = ("contact", "lead", "owner")
@@ -33,10 +33,16 @@ def _environment(html: bool) -> SandboxedEnvironment:
     )
 
 
+@lru_cache(maxsize=256)
+def _template(text: str, html: bool) -> Template:
+    """`text` compiled once per run, however many members it renders for."""
+    return _environment(html).from_string(text)
+
+
 def render(text: str, values: Mapping[str, Any], *, html: bool = False) -> str:
     """`text` rendered with `values` (`contact`, `lead`, `owner`, `journey`)."""
     try:
-        return _environment(html).from_string(text).render(values)
+        return _template(text, html).render(values)
     except UndefinedError as exc:
         raise TemplateProblem(_missing(str(exc), values)) from None
     except TemplateError as exc:
