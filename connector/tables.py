@@ -214,7 +214,7 @@ journey_members = Table(
     Column("error", Text()),  # a failed member: step, status, code, message, request id
     Column("last_intent", String(200)),  # its latest write: the next one waits for it
     Index("dvc_journey_members_entry", "journey", "contactid", "entry", unique=True),
-    Index("dvc_journey_members_due", "journey", "status", "step", "due_at"),
+    Index("dvc_journey_members_due", "journey", "step", "status", "due_at"),
 )
 
 journey_history = Table(

@@ -5,6 +5,11 @@ The demo has its own store (`var/demo/dvconnect.sqlite3`) and its own emulator (
 configured. Both persist, so a second demo sees the same org: before syncing again, the emulator
 plays some activity (leads and contacts created, updated and deleted, as sales reps would), and
 the sync transfers only that.
+
+The sample journeys run on a simulated week: the emulator's clock and dvconnect's (what
+`DVCONNECT_NOW` sets) move together from the journeys' start, Monday 4 January 2027 in Zurich.
+Day 0 runs every job (both journeys started first); then some recipients open the launch e-mail,
+and the journeys run on day 1 and day 6 after a sync. The next demo continues a week later.
 """
 
 from __future__ import annotations
@@ -12,15 +17,21 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from connector.clock import stamp
 from connector.settings import Settings
 from emulator.process import EmulatorError, EmulatorProcess
-from jobs.context import build_context
-from jobs.runner import JOBS, run_named
+from jobs.context import Context, build_context
+from jobs.journeys.engine import journey_state, set_state
+from jobs.journeys.inspect import journey_show
+from jobs.runner import JOBS, JobResult, run_named
 
 DEMO_DIR = Path("var/demo")
 DATA_DIR = DEMO_DIR / "emulator"
@@ -29,6 +40,10 @@ SEED = 42
 ACTIVITY = {"creates": 40, "updates": 120, "deletes": 15}
 SUMMARY_LINES = 8  # per job; the rest is in `dvconnect status --json`
 OPEN_ORPHANS = "statecode eq 0 and _parentcontactid_value eq null"
+CLOCK = DEMO_DIR / "clock"  # the simulated instant the next demo starts at
+JOURNEYS_START = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # Monday 09:00 in Zurich
+LATER_RUNS = (1, 6)  # days after the first: the journeys run again, after a sync
+OPENED = 2  # every second launch e-mail gets opened
 
 
 def _start_emulator(leads: int, contacts: int, secret: str) -> EmulatorProcess:
@@ -80,38 +95,26 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
             "database_url": f"sqlite:///{STORE}",
         }
     )
-    ctx = build_context(demo_settings, online=True, prepare=True)
+    day0 = datetime.fromisoformat(CLOCK.read_text().strip()) if CLOCK.exists() else JOURNEYS_START
+    ctx = _at(demo_settings, emulator, day0)
     print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
     print(f"store:    {STORE}")
+    print(f"clock:    {stamp(day0)} (simulated; the emulator's and dvconnect's together)")
     if all(ctx.store.load_state(table).mode for table in ctx.mapping.tables):
-        for table in ctx.mapping.tables:
+        for table in ("lead", "contact"):
             emulator.admin("POST", "/activity", {"table": table, **ACTIVITY})
         done = ", ".join(f"{n} {kind}" for kind, n in ACTIVITY.items())
-        print(f"activity in the org since the last demo, per table: {done}")
+        print(f"activity in the org since the last demo, leads and contacts: {done}")
+    for name in ctx.mapping.journeys:
+        with ctx.store.engine.connect() as conn:
+            state = journey_state(conn, name)
+        if state is None or state["state"] == "draft":
+            set_state(ctx, name, "live")
     started = time.monotonic()
     results = run_named(ctx, "all")
     seconds = time.monotonic() - started
 
-    header = ("table", "read", "upserted", "deleted", "in store", "in org")
-    print("\n{:<10} {:>8} {:>9} {:>8} {:>9} {:>8}  kind".format(*header))
-    syncs = [result for result in results if result.job == "sync"]
-    matches = True
-    for number, result in enumerate(syncs):
-        last = number == len(syncs) - 1
-        for table, counts in result.counts.items():
-            kind = "full" if counts["full"] else "incremental"
-            stored = in_org = ""
-            if last:  # after the read-back: the store holds what the jobs wrote
-                stored_rows = ctx.store.row_count(table)
-                org_rows = int(emulator.admin("GET", f"/tables/{table}/count")["count"])
-                matches = matches and stored_rows == org_rows
-                stored, in_org = str(stored_rows), str(org_rows)
-            else:
-                kind += ", then read back after the writes"
-            print(
-                f"{table:<10} {counts['read']:>8} {counts['upserted']:>9} "
-                f"{counts['deleted']:>8} {stored:>9} {in_org:>8}  {kind}"
-            )
+    _print_syncs(results)
     for result in results:
         if result.job != "sync":
             print(f"\n{result.job} ({result.requests} requests):")
@@ -121,5 +124,108 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
     print(f"\nopen leads without a contact left in the org: {len(orphans)}")
     requests = sum(r.requests for r in results)
     print(f"\n{requests} requests in {seconds:.1f}s over HTTPS with MSAL tokens")
-    print("row counts match the org" if matches else "MISMATCH: the store and the org differ")
-    return 0 if matches and not orphans else 1
+
+    failed = _journeys_week(demo_settings, emulator, day0)
+    CLOCK.write_text(stamp(day0 + timedelta(days=7)))
+    matches = _matches_org(_at(demo_settings, emulator, day0 + timedelta(days=6)), emulator)
+    return 0 if matches and not orphans and not failed else 1
+
+
+def _at(settings: Settings, emulator: EmulatorProcess, moment: datetime) -> Context:
+    """A context whose clock, and the emulator's, read `moment`."""
+    emulator.admin("POST", "/clock", {"now": stamp(moment)})
+    return build_context(settings.model_copy(update={"now": moment}), online=True, prepare=True)
+
+
+def _print_syncs(results: list[JobResult]) -> None:
+    """What each sync of `run all` read and wrote, table by table."""
+    print("\n{:<10} {:>8} {:>9} {:>8}  kind".format("table", "read", "upserted", "deleted"))
+    syncs = [result for result in results if result.job == "sync"]
+    for number, result in enumerate(syncs):
+        for table, counts in result.counts.items():
+            kind = "full" if counts["full"] else "incremental"
+            if number < len(syncs) - 1:
+                kind += ", then read back after the writes"
+            print(f"{table:<10} {counts['read']:>8} {counts['upserted']:>9} "
+                  f"{counts['deleted']:>8}  {kind}")  # fmt: skip
+
+
+def _matches_org(ctx: Context, emulator: EmulatorProcess) -> bool:
+    """A last sync, then whether the store holds as many rows as the org, table by table."""
+    run_named(ctx, "sync")
+    mismatched = []
+    for table in ctx.mapping.tables:
+        stored = ctx.store.row_count(table)
+        in_org = int(emulator.admin("GET", f"/tables/{table}/count")["count"])
+        if stored != in_org:
+            mismatched.append(f"{table} {stored} in the store, {in_org} in the org")
+    if mismatched:
+        print("\nMISMATCH after a last sync: " + "; ".join(mismatched))
+        return False
+    print("\nafter a last sync the store holds every row of the org, table by table")
+    return True
+
+
+def _journeys_week(settings: Settings, emulator: EmulatorProcess, day0: datetime) -> int:
+    """Opens on some launch e-mails, then the journeys on the later days; prints what they
+    made. Returns how many members failed."""
+    ctx = _at(settings, emulator, day0)
+    opened = _open_launch_emails(ctx, emulator)
+    print(f"\njourneys over the week (recipients opened {opened} launch e-mails on day 0):")
+    for days in LATER_RUNS:
+        ctx = _at(settings, emulator, day0 + timedelta(days=days))
+        run_named(ctx, "sync")
+        (result,) = run_named(ctx, "journeys")
+        for line in JOBS["journeys"].summary(result.counts)[:SUMMARY_LINES]:
+            print(f"  day {days}: {line}")
+    failed = 0
+    for name in ctx.mapping.journeys:
+        shown = journey_show(ctx, name)
+        members = ", ".join(f"{n} {status}" for status, n in sorted(shown["members"].items()))
+        print(f"  {name}: {members or 'no members'}")
+        failed += shown["members"].get("failed", 0)
+    made = _made_by_journeys(ctx, emulator)
+    print("records the journeys made in the org:")
+    for (table, state), count in sorted(made.items()):
+        print(f"  {table:<10} {count:>5}  {state}")
+    return failed
+
+
+def _open_launch_emails(ctx: Context, emulator: EmulatorProcess) -> int:
+    """Record an open on every second launch e-mail not opened yet (recipients reading it)."""
+    with ctx.store.engine.connect() as conn:
+        ids = list(conn.exec_driver_sql(
+            "SELECT record_id FROM dvc_journey_records WHERE journey = 'product-launch' "
+            "AND step = 'launch-email' ORDER BY member_id"
+        ).scalars())  # fmt: skip
+    opened = 0
+    for email in ids[::OPENED]:
+        row = emulator.admin("GET", f"/tables/email/{email}")["row"]
+        if not row.get("opencount"):
+            emulator.admin("POST", f"/emails/{email}/engagement", {"opens": 1})
+            opened += 1
+    return opened
+
+
+def _made_by_journeys(ctx: Context, emulator: EmulatorProcess) -> Counter[tuple[str, str]]:
+    """The org's records the journeys made, by table and status."""
+    with ctx.store.engine.connect() as conn:
+        made = conn.exec_driver_sql(
+            "SELECT table_name, record_id FROM dvc_journey_records WHERE intent IS NOT NULL"
+        ).all()
+    states = {0: "open", 1: "completed", 2: "canceled", 3: "scheduled"}
+    email_statuses = {1: "draft", 3: "sent", 6: "pending send", 8: "failed"}
+    counts: Counter[tuple[str, str]] = Counter()
+    by_table: dict[str, set[str]] = {}
+    for table, record_id in made:
+        by_table.setdefault(table, set()).add(record_id)
+    for table, ids in by_table.items():
+        rows: list[dict[str, Any]] = emulator.admin("GET", f"/tables/{table}")["rows"]
+        for row in rows:
+            if row["activityid"] in ids:
+                if table == "email":
+                    label = email_statuses.get(row["statuscode"], str(row["statuscode"]))
+                else:
+                    label = states.get(row["statecode"], str(row["statecode"]))
+                counts[(table, label)] += 1
+    return counts

@@ -210,6 +210,8 @@ def test_the_demo_uses_its_own_store_and_never_prints_a_password(tmp_path: Path)
     assert "contoso.crm4" not in shown
     assert "store:    var/demo/dvconnect.sqlite3" in result.stdout
     assert (workdir / "var" / "demo" / "dvconnect.sqlite3").exists()
+    assert "journeys over the week" in result.stdout
+    assert "after a last sync the store holds every row of the org" in result.stdout
 
 
 def test_views_install_twice_leaves_exactly_the_two_views(cli: Cli) -> None:
