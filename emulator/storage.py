@@ -71,9 +71,15 @@ def _column_ddl(table: Table) -> list[tuple[str, str]]:
     return columns
 
 
+def duplicate_fold(value: object) -> object:
+    """The comparison key of duplicate detection (§7.10): without surrounding whitespace, case
+    folded as Unicode (not ASCII only)."""
+    return value.strip().casefold() if isinstance(value, str) else value
+
+
 def duplicate_key(column: str) -> str:
-    """The comparison key of duplicate detection (§7.10): trimmed, case-insensitive."""
-    return f'lower(trim("{column}"))'
+    """SQL for the duplicate-detection key of `column` (`dv_dupkey`, registered on connections)."""
+    return f'dv_dupkey("{column}")'
 
 
 def table_indexes(table: Table) -> dict[str, str]:
@@ -85,7 +91,7 @@ def table_indexes(table: Table) -> dict[str, str]:
         f"{name}_modifiedon": f'CREATE INDEX "{name}_modifiedon" ON "{name}" (modifiedon, "{key}")',
     }
     for column in table.duplicate_keys:
-        index = f"{name}_{column}_duplicates"
+        index = f"{name}_{column}_dupkey"
         indexes[index] = f'CREATE INDEX "{index}" ON "{name}" ({duplicate_key(column)})'
     for attribute in table.attributes:
         if any(t.on_delete is not OnDelete.RESTRICT for t in attribute.targets):
@@ -156,6 +162,7 @@ class Store:
         connection.execute("PRAGMA mmap_size=1073741824")
         connection.execute("PRAGMA busy_timeout=10000")
         connection.create_function("dv_fold", 1, fold, deterministic=True)
+        connection.create_function("dv_dupkey", 1, duplicate_fold, deterministic=True)
         return connection
 
     def connection(self) -> sqlite3.Connection:

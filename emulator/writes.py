@@ -313,7 +313,7 @@ def _email_sender(tx: WriteTx, email_id: str) -> dict[str, Any]:
 def duplicates_exist(
     ctx: Context, tx: WriteTx, table: Table, values: dict[str, Any], record_id: str
 ) -> bool:
-    """§7.10: another record with the same duplicate key (email, trimmed, any case)."""
+    """§7.10: another record with the same duplicate key (email, trimmed, in any case)."""
     tables = [table]
     if ctx.config.duplicates_across_tables:
         tables += [t for t in ctx.schema.tables if t is not table and t.duplicate_keys]
@@ -325,7 +325,7 @@ def duplicates_exist(
             if column not in other.duplicate_keys:
                 continue
             sql = (
-                f'SELECT 1 FROM "{other.name}" WHERE {duplicate_key(column)} = lower(trim(?)) '
+                f'SELECT 1 FROM "{other.name}" WHERE {duplicate_key(column)} = dv_dupkey(?) '
                 f'AND "{other.primary_id}" != ? LIMIT 1'
             )
             if tx.rows(sql, (value, record_id)):

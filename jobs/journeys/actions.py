@@ -195,6 +195,7 @@ def _email(target: Target, step: Step, action: EmailAction) -> Act:
         "subject": subject,
         "description": body,
         "directioncode": True,
+        "followemailuserpreference": True,  # ask for opens and clicks to be followed (§18.6)
         regarding[0]: regarding[1],
         "email_activity_parties": [
             {party[0]: party[1], "participationtypemask": SENDER},

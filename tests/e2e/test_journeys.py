@@ -57,6 +57,7 @@ def test_the_product_launch_runs_through_both_branches_and_writes_each_record_on
     assert all(len(sent) == 1 for sent in launch.values())
     for contact, (email,) in launch.items():
         assert (email["statecode"], email["statuscode"]) == (1, 6)  # sent: Pending Send
+        assert email["isemailfollowed"] is True  # followed: opens and clicks get recorded
         assert email["_regardingobjectid_value"] in members[contact]
         assert org.parties(email["activityid"]) == [
             (SENDER, QUEUE),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.emulator import batch_wire as bw
 from tests.emulator.conftest import Api, created_id, error
 
@@ -183,6 +185,25 @@ def test_duplicate_detection_runs_only_when_asked(web: Api) -> None:
         ).status_code
         == 204
     )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("andré.dupont@example.com", "ANDRÉ.DUPONT@example.com"),  # case beyond ASCII
+        ("straße@example.com", "STRASSE@example.com"),  # full case folding
+        ("bob@example.com", "bob@example.com\n"),  # a line end
+        ("ana@example.com", "\u00a0ana@example.com\u2003"),  # Unicode spaces
+    ],
+)
+def test_duplicate_detection_folds_case_and_space_as_unicode(
+    web: Api, first: str, second: str
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    first, second = f"{tag}{first}", second.replace(second.strip(), f"{tag}{second.strip()}")
+    assert web.post("contacts", {"lastname": "One", "emailaddress1": first}).status_code == 204
+    refused = web.post("contacts", {"lastname": "Two", "emailaddress1": second}, headers=DETECT)
+    assert error(refused) == DUPLICATE
 
 
 def test_duplicate_detection_applies_to_bulk_actions(web: Api) -> None:
