@@ -29,6 +29,7 @@ from connector.outbox import (
     Guard,
     Intent,
     Outbox,
+    Outcome,
     in_flight,
     pending_by_job,
     record,
@@ -469,3 +470,117 @@ def test_pending_by_job_counts_what_each_job_has_not_sent(store: Store, tmp_path
     assert pending_by_job(store) == {"j": 2, "other": 1}
     missing = Store(f"sqlite:///{tmp_path / 'missing.sqlite3'}", store.mapping)
     assert pending_by_job(missing) == {}
+
+
+def test_bodies_and_headers_are_stored_with_sorted_keys(store: Store) -> None:
+    add(store, create(1, body={"b": 1, "a": 2}, headers={"y": "1", "x": "2"}))
+    row = rows(store)["c1"]
+    assert (row["body"], row["headers"]) == ('{"a": 2, "b": 1}', '{"x": "2", "y": "1"}')
+
+
+def test_a_batch_answering_fewer_parts_than_it_was_sent_is_an_error(store: Store) -> None:
+    class Short(ScriptedDataverse):
+        def batch(self, operations: list[Operation], *, safe: bool) -> list[PartOutcome]:
+            return super().batch(operations, safe=safe)[:-1]
+
+    add(store, act(1, Guard("emails", "activityid", "x eq 1")), act(2, Guard("e", "k", "f")))
+    with pytest.raises(ValueError, match="zip"):
+        Outbox(store, Short()).drain("j")  # type: ignore[arg-type]
+    add(store, create(3))
+    with pytest.raises(ValueError, match="zip"):
+        Outbox(store, Short(), bulk=False).drain("j")  # type: ignore[arg-type]
+
+
+def test_headers_go_with_single_creates_and_with_actions(store: Store) -> None:
+    add(store, create(1, headers={"h": "1"}), act(2, headers={"h": "2"}))
+    dataverse = ScriptedDataverse()
+    Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    assert [[op.headers for op in ops] for ops, _ in dataverse.batches] == [
+        [(("h", "1"),)], [(("h", "2"),)]
+    ]  # fmt: skip
+
+
+def test_failures_carry_the_record_the_intent_it_followed_and_the_error(store: Store) -> None:
+    add(store, create(1), change(1, after="c1"))
+    dataverse = ScriptedDataverse()
+    dataverse.errors["n1"] = BadRequestError(400, "0x1", "bad", "req-1")
+    result = Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    assert result.failed == [
+        Outcome("c1", rid(1), None, 400, "0x1", "bad", "req-1"),
+        Outcome("u1", rid(1), "c1", 424, "", "not sent: c1 failed before it", ""),
+    ]
+
+
+def test_dependents_of_a_failure_in_another_job_are_left_to_that_job(store: Store) -> None:
+    add(store, create(1), create(2, job="other"), change(2, after="c2"))
+    with store.transaction() as conn:
+        conn.execute(
+            dvc.outbox.update().where(dvc.outbox.c.key == "c2").values(status="failed")
+        )  # fmt: skip
+    other = Intent("o3", "other", "update", "contact", "contacts", "contactid", rid(3), {},
+                   after="c2")  # fmt: skip
+    add(store, other)
+    Outbox(store, ScriptedDataverse()).drain("j")  # type: ignore[arg-type]
+    assert status(store) == {"c1": "done", "c2": "failed", "u2": "failed", "o3": "pending"}
+
+
+def test_an_intent_waits_for_its_own_predecessor_not_for_any_done_intent(store: Store) -> None:
+    add(store, create(1, job="other"), create(2), change(1, after="c1"))
+    dataverse = ScriptedDataverse()
+    Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    assert status(store) == {"c1": "pending", "c2": "done", "u1": "pending"}
+    assert [[op.method for op in ops] for ops, _ in dataverse.batches] == [["POST"]]
+
+
+def test_updates_go_before_actions_whatever_the_order_they_were_recorded_in(
+    store: Store,
+) -> None:
+    add(store, act(1), change(2))
+    dataverse = ScriptedDataverse()
+    Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    assert [[op.method for op in ops] for ops, _ in dataverse.batches] == [["PATCH"], ["POST"]]
+
+
+def test_actions_of_different_names_go_in_different_waves(store: Store) -> None:
+    add(store, act(1), act(2, action="Other"), act(3))
+    dataverse = ScriptedDataverse()
+    Outbox(store, dataverse, chunk=3).drain("j")  # type: ignore[arg-type]
+    assert [[op.url.rsplit(".", 1)[-1] for op in ops] for ops, _ in dataverse.batches] == [
+        ["SendEmail", "SendEmail"], ["Other"]
+    ]  # fmt: skip
+
+
+def test_a_lost_action_does_not_stop_the_failure_of_another_from_being_recorded(
+    store: Store,
+) -> None:
+    add(store, act(1), act(2, Guard("emails", "activityid", "x eq 2")))
+    dataverse = ScriptedDataverse()
+    dataverse.errors["emails?"] = BadRequestError(400, "0x1", "bad filter")
+    dataverse.lost = UnreachableError("connection reset")
+    Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    assert status(store) == {"a1": "pending", "a2": "failed"}
+
+
+def test_lost_actions_of_several_waves_all_wait_for_the_next_drain(store: Store) -> None:
+    add(store, act(1), act(2, action="Other"))
+    dataverse = ScriptedDataverse()
+    dataverse.lost = UnreachableError("connection reset")
+    stop = lambda: len(dataverse.batches) > 4  # noqa: E731 - a runaway drain ends the test
+    result = Outbox(store, dataverse).drain("j", stop)  # type: ignore[arg-type]
+    assert (len(dataverse.batches), result.pending) == (2, 2)
+
+
+def test_a_drain_stopped_after_a_failure_still_fails_what_waited_for_it(store: Store) -> None:
+    add(store, create(1), change(1, after="c1"))
+    dataverse = ScriptedDataverse()
+    dataverse.errors["n1"] = BadRequestError(400, "0x1", "bad")
+    result = Outbox(store, dataverse).drain("j", stop=lambda: bool(dataverse.batches))  # type: ignore[arg-type]
+    assert status(store) == {"c1": "failed", "u1": "failed"}
+    assert [f.key for f in result.failed] == ["c1", "u1"]
+
+
+def test_the_requests_counted_are_those_of_this_drain_only(store: Store) -> None:
+    add(store, create(1))
+    dataverse = ScriptedDataverse()
+    dataverse.requests_sent = 5
+    assert Outbox(store, dataverse).drain("j").requests == 1  # type: ignore[arg-type]
