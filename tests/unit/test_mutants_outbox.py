@@ -501,13 +501,15 @@ def test_headers_go_with_single_creates_and_with_actions(store: Store) -> None:
 
 
 def test_failures_carry_the_record_the_intent_it_followed_and_the_error(store: Store) -> None:
-    add(store, create(1), change(1, after="c1"))
+    add(store, create(1), change(1, after="c1"), create(2), change(2, after="c2"))
     dataverse = ScriptedDataverse()
     dataverse.errors["n1"] = BadRequestError(400, "0x1", "bad", "req-1")
+    dataverse.errors["t2"] = BadRequestError(400, "0x2", "worse", "req-2")
     result = Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
     assert result.failed == [
         Outcome("c1", rid(1), None, 400, "0x1", "bad", "req-1"),
         Outcome("u1", rid(1), "c1", 424, "", "not sent: c1 failed before it", ""),
+        Outcome("u2", rid(2), "c2", 400, "0x2", "worse", "req-2"),
     ]
 
 
@@ -557,8 +559,9 @@ def test_a_lost_action_does_not_stop_the_failure_of_another_from_being_recorded(
     dataverse = ScriptedDataverse()
     dataverse.errors["emails?"] = BadRequestError(400, "0x1", "bad filter")
     dataverse.lost = UnreachableError("connection reset")
-    Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
+    result = Outbox(store, dataverse).drain("j")  # type: ignore[arg-type]
     assert status(store) == {"a1": "pending", "a2": "failed"}
+    assert result.requests == 2  # the guard read once, the action once: nothing read again
 
 
 def test_lost_actions_of_several_waves_all_wait_for_the_next_drain(store: Store) -> None:
