@@ -321,10 +321,11 @@ class Outbox:
     ) -> dict[int, DataverseError | None]:
         results: dict[int, DataverseError | None] = {}
         guarded = [(row, Guard(**json.loads(row["guard"]))) for row in wave if row["guard"]]
-        done = self._already_done([guard for _, guard in guarded])
+        found = self._guards_read([guard for _, guard in guarded])
         for row, guard in guarded:
-            if (guard.entity_set, guard.column, guard.condition, guard.value) in done:
-                results[row["intent_id"]] = None  # done by an earlier attempt
+            read = (guard.entity_set, guard.column, guard.condition, guard.value)
+            if read in found:  # done by an earlier attempt (None), or its guard was refused
+                results[row["intent_id"]] = found[read]
         to_send = [row for row in wave if row["intent_id"] not in results]
         if not to_send:
             return results
@@ -343,9 +344,12 @@ class Outbox:
             log.warning("%d %s actions unconfirmed (%s)", len(to_send), wave[0]["action"], exc)
         return results
 
-    def _already_done(self, guards: list[Guard]) -> set[tuple[str, str, str, str]]:
-        """The guards that find their row: one read per kind of guard and `GUARD_READ` values."""
-        done: set[tuple[str, str, str, str]] = set()
+    def _guards_read(
+        self, guards: list[Guard]
+    ) -> dict[tuple[str, str, str, str], DataverseError | None]:
+        """Read the guards, one request per kind of guard and `GUARD_READ` values: those that
+        find their row (None), and those whose read Dataverse refused (the error)."""
+        found: dict[tuple[str, str, str, str], DataverseError | None] = {}
         kinds: dict[tuple[str, str, str, str], list[str]] = {}
         for guard in guards:
             kind = (guard.entity_set, guard.column, guard.read_as, guard.condition)
@@ -358,9 +362,16 @@ class Outbox:
                     f"Microsoft.Dynamics.CRM.In(PropertyName='{column}',"
                     f"PropertyValues=[{quoted}]) and ({condition})"
                 )
-                for row in self.dataverse.rows(entity_set, [read_as], wanted):
-                    done.add((entity_set, column, condition, str(row.get(read_as))))
-        return done
+                try:
+                    rows = list(self.dataverse.rows(entity_set, [read_as], wanted))
+                except DataverseError as exc:
+                    if not record_level(exc):
+                        raise
+                    found.update({(entity_set, column, condition, v): exc for v in chunk})
+                    continue
+                for row in rows:
+                    found[(entity_set, column, condition, str(row.get(read_as)))] = None
+        return found
 
     def _one_by_one(
         self, wave: list[dict[str, Any]], operations: list[Operation], *, safe: bool
