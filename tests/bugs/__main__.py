@@ -62,7 +62,7 @@ def planted(name: str) -> tuple[bool, str]:
                 cwd=tree, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
-            return tests.returncode == 1, summary
+            return tests.returncode != 0 and " failed" in summary, summary
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False,
                            capture_output=True)  # fmt: skip
