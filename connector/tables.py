@@ -179,9 +179,10 @@ journeys = Table(
     "dvc_journeys",
     METADATA,
     Column("journey", String(64), primary_key=True),
-    Column("state", String(16), nullable=False),  # draft, live, stopped
+    Column("state", String(16), nullable=False),  # draft, live, paused, stopped
     Column("version", Integer(), nullable=False),  # the version new entrants take
     Column("started_at", STAMP),
+    Column("paused_at", STAMP),  # while paused: since when
     Column("stopped_at", STAMP),
     Column("admitted_at", STAMP),  # the last admission (entry once: the only one)
     Column("repeated_at", STAMP),  # the last repetition (entry repeating)

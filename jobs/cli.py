@@ -447,19 +447,19 @@ def cmd_journeys_explain(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_journeys_state(settings: Settings, args: argparse.Namespace) -> int:
-    from jobs.journeys.engine import set_state
     from jobs.journeys.inspect import journey_named
+    from jobs.journeys.lifecycle import change_state
     from jobs.journeys.validate import validate
 
     ctx = build_context(settings, prepare=True)
-    wanted = "live" if args.journeys_command == "start" else "stopped"
-    if wanted == "live":
+    command = args.journeys_command
+    if command in ("start", "resume"):
         problems = validate(ctx, journey_named(ctx, args.name))
         if problems:
             for problem in problems:
                 print(f"error: {problem}", file=sys.stderr)
-            raise ConfigError(f"journey {args.name!r} is not valid: not started")
-    print(f"{args.name}: {set_state(ctx, args.name, wanted)}")
+            raise ConfigError(f"journey {args.name!r} is not valid: not {command}d")
+    print(change_state(ctx, args.name, command))
     return 0
 
 
@@ -560,7 +560,12 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument("contact", help="the contact's id")
     why.add_argument("--json", action="store_true", help="print one JSON document")
     why.set_defaults(handler=cmd_journeys_explain)
-    for action, text in (("start", "validate, then let it write"), ("stop", "end it for good")):
+    for action, text in (
+        ("start", "validate, then let it write"),
+        ("pause", "hold every member where it is"),
+        ("resume", "validate, then go on after a pause"),
+        ("stop", "end it for good"),
+    ):
         lifecycle = journey_commands.add_parser(action, help=text)
         lifecycle.add_argument("name")
         lifecycle.set_defaults(handler=cmd_journeys_state)

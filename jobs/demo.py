@@ -29,8 +29,8 @@ from connector.clock import stamp
 from connector.settings import Settings
 from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import Context, build_context
-from jobs.journeys.engine import journey_state, set_state
 from jobs.journeys.inspect import journey_show
+from jobs.journeys.lifecycle import change_state, journey_state
 from jobs.runner import JOBS, JobResult, run_named
 
 DEMO_DIR = Path("var/demo")
@@ -109,7 +109,7 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
         with ctx.store.engine.connect() as conn:
             state = journey_state(conn, name)
         if state is None or state["state"] == "draft":
-            set_state(ctx, name, "live")
+            change_state(ctx, name, "start")
     started = time.monotonic()
     results = run_named(ctx, "all")
     seconds = time.monotonic() - started

@@ -422,6 +422,7 @@ class Journey(Strict):
     caps: Caps = Caps()
     goal: Condition | None = None
     exit: Condition | None = None
+    on_resume: Literal["proceed", "shift"] = "proceed"  # after a pause: see jobs/journeys/lifecycle
     steps: list[Step] = Field(min_length=1)
     _document: Document | None = PrivateAttr(None)
 

@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector import tables as dvc
 from connector.clock import parse_stamp, stamp
-from connector.errors import ConfigError, DvconnectError, MappingError
+from connector.errors import DvconnectError, MappingError
 from connector.mapping.journeys import Journey, Step, load_journey
 from connector.outbox import Intent, Outbox, Outcome, record
 from jobs.context import Context
@@ -63,6 +63,7 @@ from jobs.journeys.actions import (
 )
 from jobs.journeys.calendar import Calendar
 from jobs.journeys.conditions import condition_sql
+from jobs.journeys.lifecycle import journey_state
 from jobs.journeys.machine import Member, Move, decide, due
 from jobs.journeys.templates import TemplateProblem
 
@@ -131,12 +132,6 @@ class Sink:
             return
         with self.ctx.store.engine.connect() as conn:
             yield conn
-
-
-def journey_state(conn: Connection, name: str) -> dict[str, Any] | None:
-    row = conn.execute(select(dvc.journeys).where(dvc.journeys.c.journey == name)).mappings()
-    found = row.first()
-    return dict(found) if found else None
 
 
 def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dict[int, Journey]]:
@@ -237,6 +232,7 @@ class JourneyRun:
         self.calendar = Calendar(journey.business_hours, journey.schedule.zone)
         self._caps: Counter[tuple[str, str]] = Counter()
         self._caps_loaded: set[tuple[str, str]] = set()
+        self.halted = False  # paused or stopped while running: it ends at the next chunk
 
     def run(self) -> JourneyCounts:
         with self.sink.write() as conn:
@@ -250,7 +246,7 @@ class JourneyRun:
             moved = 0
             for version, definition in definitions.items():
                 for step in definition.steps:
-                    if self.ctx.stop.is_set():
+                    if self.ctx.stop.is_set() or self.halted:
                         return self.counts
                     moved += self._step(version, definition, step, arrived_now=wave > 0)
             if not moved:
@@ -424,9 +420,21 @@ class JourneyRun:
         targets = self._targets(version, journey, rows) if step.is_action else {}
         moved = 0
         with self.sink.write() as conn:
+            # a pause, a stop or another run since the chunk was read: nothing is decided twice
+            state = journey_state(conn, journey.name)
+            if state is None or state["state"] != "live":
+                self.halted = True
+                return 0
+            m = dvc.journey_members
+            still = set(conn.execute(
+                select(m.c.member_id).where(m.c.member_id.in_([row[0] for row in rows]),
+                                            m.c.status == ACTIVE, m.c.step == step.id)
+            ).scalars())  # fmt: skip
             writes = ChunkWrites()
             for row in rows:
                 member_id, contact, entry = row[0], row[1], row[2]
+                if member_id not in still:
+                    continue
                 member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
                                 parse_stamp(row[5]))  # fmt: skip
                 facts = tuple(bool(value) for value in row[7:])
@@ -661,41 +669,3 @@ def plan_journeys(ctx: Context) -> list[dict[str, Any]]:
         for write in counts.get("writes", []):
             steps.append({"journey": name, **write})
     return steps
-
-
-# -- lifecycle ----------------------------------------------------------------------------------
-
-
-def set_state(ctx: Context, name: str, state: str) -> str:
-    """Start or stop a journey; returns what was done. Stopping is final: members stop."""
-    if name not in ctx.mapping.journeys:
-        for error in ctx.mapping.journey_errors.values():
-            if error.path.endswith(f"{name}.yaml"):
-                raise ConfigError(str(error))
-        known = ", ".join(sorted(ctx.mapping.journeys)) or "none"
-        raise ConfigError(f"unknown journey {name!r}: the mappings define {known}")
-    j, m = dvc.journeys, dvc.journey_members
-    now = ctx.clock.stamp()
-    with ctx.store.transaction() as conn:
-        current = journey_state(conn, name)
-        if state == "live":
-            if current is not None and current["state"] == "stopped":
-                raise ConfigError(f"journey {name!r} was stopped; a stopped journey stays stopped")
-            if current is None:
-                conn.execute(j.insert().values(journey=name, state="live", version=0,
-                                               started_at=now))  # fmt: skip
-            else:
-                conn.execute(update(j).where(j.c.journey == name)
-                             .values(state="live", started_at=now))  # fmt: skip
-            return "live"
-        if current is None:
-            conn.execute(j.insert().values(journey=name, state="stopped", version=0,
-                                           stopped_at=now))  # fmt: skip
-        else:
-            conn.execute(update(j).where(j.c.journey == name)
-                         .values(state="stopped", stopped_at=now))  # fmt: skip
-        conn.execute(
-            update(m).where(m.c.journey == name, m.c.status == ACTIVE)
-            .values(status="stopped", left_at=now)
-        )  # fmt: skip
-        return "stopped"
