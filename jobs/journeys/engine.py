@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -73,6 +73,18 @@ CHUNK = 1000  # members per transaction
 MAX_WAVES = 200  # immediate steps in a row a run follows (validation refuses loops without waits)
 CAPPED = ("phonecall", "task", "appointment")  # what per_owner_per_day counts: a rep's work
 ACTIVE = "active"
+
+
+class Simulation(Protocol):
+    """What the plan gives a run on its simulated clock: the if-steps whose conditions it
+    assumes, the instant of its previous run, and an eye on what the run writes."""
+
+    assume: dict[str, int]  # if-step id: the percentage of members for whom it holds
+    previous: str | None  # the previous simulated run's instant
+
+    def holds(self, journey: Journey, member: Member, step: Step) -> bool: ...
+
+    def observe(self, kind: str, detail: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -222,12 +234,16 @@ class ChunkWrites:
 class JourneyRun:
     """One run of one journey at `now`."""
 
-    def __init__(self, ctx: Context, journey: Journey, sink: Sink, now: datetime) -> None:
+    def __init__(
+        self, ctx: Context, journey: Journey, sink: Sink, now: datetime,
+        simulation: Simulation | None = None,
+    ) -> None:  # fmt: skip
         self.ctx = ctx
         self.journey = journey
         self.sink = sink
         self.now = now
         self.at = stamp(now)
+        self.simulation = simulation
         self.counts = JourneyCounts()
         self.calendar = Calendar(journey.business_hours, journey.schedule.zone)
         self._caps: Counter[tuple[str, str]] = Counter()
@@ -386,13 +402,18 @@ class JourneyRun:
         """
         m = dvc.journey_members
         conditions = step.conditions()
-        facts = [
-            case((condition_sql(self.ctx.store, m, c, self.now), 1), else_=0).label(f"fact{i}")
-            for i, c in enumerate(conditions)
-        ]
         ready = m.c.due_at <= self.at
-        if step.kind == "if":
-            ready = or_(ready, condition_sql(self.ctx.store, m, conditions[0], self.now))
+        if self.simulation is not None and step.id in self.simulation.assume:
+            facts = []  # assumed: decided in Python, once, at the first run after arrival
+            if self.simulation.previous is not None:
+                ready = or_(ready, m.c.arrived_at == self.simulation.previous)
+        else:
+            facts = [
+                case((condition_sql(self.ctx.store, m, c, self.now), 1), else_=0).label(f"f{i}")
+                for i, c in enumerate(conditions)
+            ]
+            if step.kind == "if":
+                ready = or_(ready, condition_sql(self.ctx.store, m, conditions[0], self.now))
         query = select(
             m.c.member_id, m.c.contactid, m.c.entry, m.c.leadid, m.c.arrived_at, m.c.due_at,
             m.c.last_intent, *facts,
@@ -438,6 +459,8 @@ class JourneyRun:
                 member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
                                 parse_stamp(row[5]))  # fmt: skip
                 facts = tuple(bool(value) for value in row[7:])
+                if self.simulation is not None and step.id in self.simulation.assume:
+                    facts = (self.simulation.holds(journey, member, step),)
                 move = decide(journey, member, self.now, facts)
                 if move.stays:
                     continue
@@ -482,6 +505,9 @@ class JourneyRun:
                                        {"owner": target.owner.id if target.owner else None,
                                         "until": stamp(next_day)}))  # fmt: skip
                 self.counts.capped += 1
+                if self.simulation is not None:
+                    owner = target.owner.id if target.owner else None
+                    self.simulation.observe("capped", {"step": step.id, "owner": owner})
                 return None
             done = act(target, step, self.now, self.calendar, self._open_leads(conn, target))
         except (ActionProblem, TemplateProblem) as problem:
@@ -509,7 +535,9 @@ class JourneyRun:
             if step.kind in CAPPED and target.owner is not None:
                 self._caps[(target.owner.id, day)] += 1
         self.counts.acted += 1
-        if self.sink.dry:  # the dry run lists every write; a run's record only counts them
+        if self.simulation is not None:
+            self.simulation.observe("write", {"step": step.id, **done.summary})
+        elif self.sink.dry:  # the dry run lists every write; a run's record only counts them
             self.counts.writes.append(done.summary)
         return done.summary
 

@@ -28,7 +28,9 @@ from jobs.journeys.inspect import journey_named
 ACTIVE = "active"
 CHUNK = 1000
 ACTIONS = {"start": "live", "pause": "paused", "resume": "live", "stop": "stopped"}
-ALLOWED: dict[str, set[str | None]] = {  # the states each command acts from (None: the store does not know it: a draft)
+ALLOWED: dict[
+    str, set[str | None]
+] = {  # the states each command acts from (None: the store does not know it: a draft)
     "start": {None, "draft", "live"},
     "pause": {"live", "paused"},
     "resume": {"paused", "live"},
