@@ -154,7 +154,10 @@ class Transport:
             before_sleep=self._log_retry,
             reraise=True,
         )
-        self._backoff = tenacity.wait_exponential_jitter(max=MAX_BACKOFF_SECONDS)
+        self._backoff = tenacity.wait_exponential_jitter(
+            multiplier=connection.retry_backoff, max=MAX_BACKOFF_SECONDS,
+            jitter=connection.retry_backoff,
+        )  # fmt: skip
 
     @property
     def api_url(self) -> str:

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     http_timeout: float = Field(default=130.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, le=50)
+    retry_backoff: float = Field(default=1.0, gt=0, le=60)  # the first backoff wait, seconds
     now: datetime | None = None  # for tests and rehearsals only: every command's clock
     requests_ca_bundle: Path | None = Field(
         default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")
@@ -131,6 +132,7 @@ class Settings(BaseSettings):
             authority=self.authority or f"https://login.microsoftonline.com/{self.tenant_id}",
             timeout=self.http_timeout,
             max_attempts=self.max_attempts,
+            retry_backoff=self.retry_backoff,
             ca_bundle=self.requests_ca_bundle,
         )
 
@@ -149,6 +151,7 @@ class Connection:
     authority: str
     timeout: float
     max_attempts: int
+    retry_backoff: float = 1.0  # the first wait of the exponential backoff, in seconds
     ca_bundle: Path | None = None  # REQUESTS_CA_BUNDLE; None: requests' own default
 
     @property

@@ -52,6 +52,7 @@ class Cli:
             **self.emulator.env(),
             "DVCONNECT_DATABASE_URL": f"sqlite:///{self.database}",
             "DVCONNECT_MAPPINGS_DIR": str(MAPPINGS),
+            "DVCONNECT_RETRY_BACKOFF": "0.05",  # faults cost retries, not the suite's minutes
             **self.env,
             **overrides,
         }

@@ -37,7 +37,7 @@ def error_body(code: str, message: str = "error") -> dict[str, object]:
     return {"error": {"code": code, "message": message}}
 
 
-def connection(max_attempts: int = 4) -> Connection:
+def connection(max_attempts: int = 4, retry_backoff: float = 1.0) -> Connection:
     return Connection(
         dataverse_url=ORG,
         tenant_id="tenant",
@@ -49,6 +49,7 @@ def connection(max_attempts: int = 4) -> Connection:
         authority="https://login.microsoftonline.com/tenant",
         timeout=130.0,
         max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
     )
 
 
@@ -269,6 +270,23 @@ def test_a_429_without_retry_after_backs_off_exponentially(
     assert 1 <= first <= 2
     assert 2 <= second <= 3
     assert 4 <= third <= 5
+
+
+def test_the_first_backoff_wait_is_a_setting_and_the_others_double_it(
+    rsps: responses.RequestsMock, clock: FakeClock, auth: FakeAuth
+) -> None:
+    transport = Transport(connection(retry_backoff=0.25), auth, sleep=clock.sleep,
+                          gate=ThrottleGate(clock.time))  # fmt: skip
+    for _ in range(3):
+        rsps.get(f"{API}leads", body=requests.ConnectionError("reset"))
+    rsps.get(f"{API}leads", json={"value": []})
+
+    transport.send("GET", "leads")
+
+    first, second, third = clock.waits()
+    assert 0.25 <= first <= 0.5
+    assert 0.5 <= second <= 0.75
+    assert 1.0 <= third <= 1.25
 
 
 def test_a_503_on_a_post_is_not_retried(
