@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -91,6 +91,23 @@ def _plain(value: Any) -> str:
 def _print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+@contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    """A file written whole or not at all: a failed command leaves what was there."""
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        out = partial.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        with out:
+            yield out
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -463,6 +480,44 @@ def cmd_journeys_state(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journeys_plan(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.plan import plan
+
+    ctx = build_context(settings)
+    if args.records is None:
+        planned = plan(ctx, args.name, args.days, args.assume)
+    else:
+        with _output(args.records) as out:
+            planned = plan(ctx, args.name, args.days, args.assume, out)
+    if args.json:
+        _print_json(planned)
+        return 0
+    assumed = ", ".join(f"{step} {rate}" for step, rate in planned["assumed"].items())
+    print(
+        f"{planned['journey']} from {planned['from']} to {planned['to']}: "
+        f"{planned['records']:,} records in {len(planned['runs']):,} runs"
+        + (f" (assuming {assumed})" if assumed else " (assuming no condition changes)")
+    )
+    for day, entry in planned["days"].items():
+        tables = ", ".join(f"{n:,} {table}" for table, n in sorted(entry["by_table"].items()))
+        print(f"{day}: {tables or 'nothing created'}")
+        for label, key in (("step", "by_step"), ("owner", "by_owner")):
+            for name, n in sorted(entry[key].items()):
+                print(f"  {label} {name}: {n:,}")
+        for owner, n in sorted(entry["spill"].items()):
+            print(f"  capped, held to the next day: {n:,} for owner {owner}")
+    funnel = planned["funnel"]
+    ended = ", ".join(f"{n:,} {k}" for k, n in funnel.items() if k != "active")
+    waiting = ", ".join(f"{n:,} at {step}" for step, n in sorted(funnel["active"].items()))
+    print(f"at the end: {ended or 'nobody left'}; {waiting or 'nobody waiting'}")
+    if planned["first"]:
+        print(f"first {len(planned['first'])} records:")
+        for item in planned["first"]:
+            fields = " ".join(f"{k}={v}" for k, v in item.items() if k != "run")
+            print(f"  {item['run']} {fields}")
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -569,6 +624,15 @@ def _parser() -> argparse.ArgumentParser:
         lifecycle = journey_commands.add_parser(action, help=text)
         lifecycle.add_argument("name")
         lifecycle.set_defaults(handler=cmd_journeys_state)
+    forward = journey_commands.add_parser("plan", help="day by day, what it would create")
+    forward.add_argument("name")
+    forward.add_argument("--days", type=int, help="how far ahead (default: to the end date)")
+    forward.add_argument("--assume", action="append", default=[], metavar="STEP=P%",
+                         help="an if-step's condition holds for P%% of its members")  # fmt: skip
+    forward.add_argument("--records", metavar="FILE",
+                         help="write every planned record to FILE, one JSON line each")  # fmt: skip
+    forward.add_argument("--json", action="store_true", help="print one JSON document")
+    forward.set_defaults(handler=cmd_journeys_plan)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")
