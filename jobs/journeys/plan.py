@@ -110,10 +110,12 @@ def plan(
     planned record is written there as a line of JSON."""
     journey = journey_named(ctx, name)
     planned = Planned(journey, parse_assumptions(journey, assume), out=out)
-    start = ctx.clock.now()
-    end = journey.schedule.ends if days is None else start + timedelta(days=days)
     if days is not None and days < 1:
         raise ConfigError(f"--days {days}: at least one day")
+    if not ctx.store.exists:
+        raise ConfigError("the store is empty: run `dvconnect run sync` first")
+    start = ctx.clock.now()
+    end = journey.schedule.ends if days is None else start + timedelta(days=days)
     cron = CronTrigger.from_crontab(
         ctx.mapping.schedule.jobs.get("journeys", DEFAULT_CRON),
         timezone=ctx.mapping.schedule.timezone,

@@ -1,0 +1,142 @@
+"""The plan against the real journey: the same records, record for record.
+
+`journeys plan` runs the journey forward on a simulated clock and lists every record it would
+create. The test then runs the real journey against the emulator at the plan's instants, with
+the events the plan assumed made to happen in the emulator (the launch e-mail opened, the call
+completed) for exactly the members for whom the plan assumed them, and compares what the
+emulator received with what the plan listed: table, id, subject, owner, regarding and due.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.mapping import load_mapping
+from jobs.journeys.machine import Member
+from jobs.journeys.plan import holds
+from tests.e2e.conftest import Cli
+from tests.e2e.journey_org import START, Org
+from tests.paths import MAPPINGS
+
+
+@pytest.fixture
+def org(cli: Cli) -> Org:
+    cli.emulator.reset(leads=3000, contacts=1500)
+    org = Org(cli)
+    org.at(START)
+    org.run("run", "all")
+    return org
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _arrived(org: Org, journey: str, step: str, at: str) -> list[tuple[int, str, int]]:
+    """(member id, contact, entry) of the members who came to `step` in the run at `at`."""
+    with org.cli.store().engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT member_id, contactid, entry FROM dvc_journey_members"
+            " WHERE journey = ? AND step = ? AND arrived_at = ? AND status = 'active'",
+            (journey, step, at),
+        ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _record_of(org: Org, member_id: int, step: str) -> str:
+    with org.cli.store().engine.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT record_id FROM dvc_journey_records WHERE member_id = ? AND step = ?",
+            (member_id, step),
+        ).scalar_one()
+    return str(found)
+
+
+def _received(org: Org, record: dict[str, Any]) -> dict[str, Any]:
+    """The planned record's fields as the emulator holds the record with its id."""
+    row = next(r for r in org.rows(record["table"]) if r["activityid"] == record["id"])
+    regarding = row["_regardingobjectid_value"]
+    kind = "lead" if any(lead["leadid"] == regarding for lead in org.rows("lead")) else "contact"
+    due = row.get("scheduledend")
+    return {
+        "table": record["table"],
+        "id": row["activityid"],
+        "subject": row["subject"],
+        "owner": row["_ownerid_value"] if record["table"] != "email" else record["owner"],
+        "regarding": f"{kind} {regarding}",
+        "due": due,
+    }
+
+
+def _planned(record: dict[str, Any]) -> dict[str, Any]:
+    due = record.get("due")
+    return {
+        "table": record["table"],
+        "id": record["id"],
+        "subject": record["subject"],
+        "owner": record["owner"],
+        "regarding": record["regarding"],
+        "due": _stamp(due).strftime("%Y-%m-%dT%H:%M:%SZ") if due else None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "step", "percent"),
+    [("product-launch", "opened", 50), ("conference-follow-up", "call-completed", 50)],
+)
+def test_the_real_journey_creates_exactly_what_the_plan_listed(
+    org: Org, tmp_path: Path, name: str, step: str, percent: int
+) -> None:
+    records = tmp_path / "planned.jsonl"
+    seq = org.last_seq()
+    plan = org.run("journeys", "plan", name, "--assume", f"{step}={percent}%",
+                   "--records", str(records), "--json")  # fmt: skip
+    assert org.writes_since(seq) == []  # the plan writes nothing
+    planned = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(planned) == plan["records"] >= 8
+    assert plan["runs"][0] == START.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert sum(day["records"] for day in plan["days"].values()) == len(planned)
+
+    journey = load_mapping(MAPPINGS).journeys[name]
+    condition = journey.step(step)
+    watched = condition.conditions()[0]
+    table = "email" if watched.email is not None else "phonecall"
+    origin = watched.email or watched.phonecall  # the activity the condition reads
+    assert origin is not None
+    held = 0
+    org.run("journeys", "start", name)
+    for instant in plan["runs"]:
+        org.at(_stamp(instant))
+        org.run("run", "sync")
+        org.run("run", "journeys")
+        for member_id, contact, entry in _arrived(org, name, step, instant):
+            member = Member(f"{contact}/{entry}", step, _stamp(instant), _stamp(instant))
+            if not holds(journey, member, condition, percent):
+                continue
+            held += 1
+            record = _record_of(org, member_id, origin.step)
+            if table == "email":
+                org.cli.emulator.admin("POST", f"/emails/{record}/engagement", {"opens": 1})
+            else:
+                org.cli.emulator.admin("PATCH", f"/tables/{table}/{record}",
+                                       {"statecode": 1, "statuscode": 2})  # fmt: skip
+    assert 0 < held < len(org.members())
+
+    received = sorted((_received(org, r) for r in planned), key=lambda r: r["id"])
+    assert received == sorted((_planned(r) for r in planned), key=lambda r: r["id"])
+    created = {
+        (table, row["activityid"])
+        for table in ("email", "phonecall", "task", "appointment")
+        for row in org.rows(table)
+    }
+    assert created == {(r["table"], r["id"]) for r in planned}
+    shown = org.run("journeys", "show", name, "--json")
+    ended = {k: v for k, v in plan["funnel"].items() if k not in ("active", "entered")}
+    assert {k: v for k, v in shown["members"].items() if k != "active"} == ended
+    assert plan["funnel"]["entered"] == sum(shown["members"].values())
+    assert plan["funnel"]["active"] == {k: v for k, v in shown["active"].items() if v}
