@@ -202,8 +202,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def status_document(ctx: Context) -> dict[str, Any]:
-    """Last runs, the sync state of each table, segment sizes and writes waiting to be sent."""
+    """Last runs, the sync state of each table, segment sizes, journeys' states and members,
+    and writes waiting to be sent."""
     from connector.outbox import pending_by_job
+    from jobs.journeys.inspect import journey_list
 
     tables = {}
     for name in ctx.mapping.tables:
@@ -225,6 +227,7 @@ def status_document(ctx: Context) -> dict[str, Any]:
         "tables": tables,
         "runs": runs,
         "segments": segments,
+        "journeys": journey_list(ctx),
         "pending_writes": pending_by_job(ctx.store),
     }
 
@@ -254,6 +257,16 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 else "not evaluated yet"
             )
             print(f"  {name}: {size}")
+    if document["journeys"]:
+        print("journeys:")
+        for entry in document["journeys"]:
+            if entry["state"] == "invalid":
+                print(f"  {entry['journey']}: invalid: {entry['error']}")
+                continue
+            members = ", ".join(f"{n:,} {k}" for k, n in sorted(entry["members"].items()))
+            version = f" (version {entry['version']})" if entry["version"] else ""
+            print(f"  {entry['journey']}: {entry['state']}{version}"
+                  + (f", members {members}" if members else ""))  # fmt: skip
     for job, count in document["pending_writes"].items():
         print(f"writes waiting to be sent: {job}: {count} (the next run sends them first)")
     print("recent runs:")
@@ -414,7 +427,9 @@ def cmd_journeys_show(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(shown)
         return 0
-    print(f"{shown['journey']}: {shown['state']} (version {shown['version'] or '-'})")
+    since = shown["paused_at"] or shown["stopped_at"]
+    print(f"{shown['journey']}: {shown['state']}" + (f" since {since}" if since else "")
+          + f" (version {shown['version'] or '-'})")  # fmt: skip
     for step, count in shown["active"].items():
         print(f"  {step}: {count:,} active")
     for status, count in sorted(shown["members"].items()):
@@ -475,7 +490,8 @@ def cmd_journeys_state(settings: Settings, args: argparse.Namespace) -> int:
         if problems:
             for problem in problems:
                 print(f"error: {problem}", file=sys.stderr)
-            raise ConfigError(f"journey {args.name!r} is not valid: not {command}d")
+            done = "started" if command == "start" else "resumed"
+            raise ConfigError(f"journey {args.name!r} is not valid: not {done}")
     print(change_state(ctx, args.name, command))
     return 0
 

@@ -74,6 +74,7 @@ def journey_show(ctx: Context, name: str) -> dict[str, Any]:
         failures = [{"member": i, "contact": c, **json.loads(e or "{}")} for i, c, e in failed]
     return {
         "journey": name, "state": state["state"], "version": state.get("version"),
+        "paused_at": state.get("paused_at"), "stopped_at": state.get("stopped_at"),
         "active": per_step, "members": _statuses(ctx, name), "failures": failures,
     }  # fmt: skip
 
