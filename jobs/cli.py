@@ -534,6 +534,28 @@ def cmd_journeys_plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journeys_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.migrate import migrate
+
+    done = migrate(build_context(settings), args.name, args.dry_run)
+    if args.json:
+        _print_json(done)
+        return 0
+    verb = "would move" if args.dry_run else "moved"
+    print(f"{done['journey']}: {verb} {done['moved']:,} members onto version {done['version']}"
+          f"; {done['staying']:,} stay on their version")  # fmt: skip
+    for move in done["moves"]:
+        where = f"version {move['from_version']} {move['from_step']}"
+        if move["to_step"] is None:
+            print(f"  {where}: {move['members']:,} stay (version {done['version']} has no step "
+                  f"{move['from_step']!r} and the migrate map does not name it)")  # fmt: skip
+            continue
+        shown = ", ".join(move["contacts"])
+        more = "" if len(move["contacts"]) == move["members"] else ", …"
+        print(f"  {where} -> {move['to_step']}: {move['members']:,} ({shown}{more})")
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -649,6 +671,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="write every planned record to FILE, one JSON line each")  # fmt: skip
     forward.add_argument("--json", action="store_true", help="print one JSON document")
     forward.set_defaults(handler=cmd_journeys_plan)
+    move = journey_commands.add_parser("migrate", help="members in flight onto the new version")
+    move.add_argument("name")
+    move.add_argument("--dry-run", action="store_true", help="show who lands where; move nobody")
+    move.add_argument("--json", action="store_true", help="print one JSON document")
+    move.set_defaults(handler=cmd_journeys_migrate)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")

@@ -423,6 +423,8 @@ class Journey(Strict):
     goal: Condition | None = None
     exit: Condition | None = None
     on_resume: Literal["proceed", "shift"] = "proceed"  # after a pause: see jobs/journeys/lifecycle
+    # earlier versions' step id: this version's step id (`journeys migrate`)
+    migrate: dict[str, str] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
     _document: Document | None = PrivateAttr(None)
 
@@ -493,6 +495,9 @@ def load_journey(path: Path, tables: dict[str, TableMapping], text: str | None =
         for key, target in _references(step):
             if target not in ids:
                 raise document.error(("steps", position, *key), _unknown(target, ids))
+    for old, new in journey.migrate.items():
+        if new not in ids:
+            raise document.error(("migrate", old), _unknown(new, ids))
     for loc, condition in _conditions(journey):
         _compile(document, loc, condition, tables, ids)
     return journey

@@ -154,3 +154,62 @@ def test_members_in_flight_finish_on_their_version_and_new_entrants_take_the_new
         else:
             assert subject.endswith("is still open, version 2")
     assert len(tasks) == len(first) + 1
+
+
+def _renamed(path: Path, migrate: str) -> None:
+    """Version 2: the if-step and the reminder renamed, the reminder reworded."""
+    _edit(path, "- id: call-completed", "- id: call-checked")
+    _edit(path, "else: reminder", "else: nudge")
+    _edit(path, "- id: reminder", "- id: nudge")
+    _edit(path, 'fullname }} is still open"', 'fullname }} is still open (v2)"')
+    _edit(path, "entry: dynamic\n", f"entry: dynamic\nmigrate: {migrate}\n")
+
+
+def _placed(org: Org) -> dict[str, tuple[int, str]]:
+    with org.cli.store().engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT contactid, version, step FROM dvc_journey_members WHERE journey = ?",
+            (FOLLOW_UP,),
+        ).all()
+    return {contact: (version, step) for contact, version, step in rows}
+
+
+def test_a_migrate_map_moves_members_in_flight_as_previewed(cli: Cli, org: Org) -> None:
+    path = Path(cli.env["DVCONNECT_MAPPINGS_DIR"]) / "journeys" / f"{FOLLOW_UP}.yaml"
+    members = org.members()
+    _renamed(path, "{call-completed: call-checked}")
+    org.advance(days=1)
+    preview = org.run("journeys", "migrate", FOLLOW_UP, "--dry-run", "--json")
+    assert _placed(org) == dict.fromkeys(members, (1, "call-completed"))  # nobody moved
+    assert preview["moves"] == [{
+        "from_version": 1, "from_step": "call-completed", "to_step": "call-checked",
+        "members": len(members), "contacts": sorted(members)[:10],
+    }]  # fmt: skip
+    text = org.run("journeys", "migrate", FOLLOW_UP, "--dry-run")["stdout"]
+    assert text.startswith(f"{FOLLOW_UP}: would move {len(members)} members onto version 2; 0 ")
+    done = org.run("journeys", "migrate", FOLLOW_UP, "--json")
+    assert done["moves"] == preview["moves"]
+    assert _placed(org) == dict.fromkeys(members, (2, "call-checked"))
+    again = org.run("journeys", "migrate", FOLLOW_UP, "--json")
+    assert (again["moved"], again["moves"]) == (0, [])
+    org.at(START + timedelta(days=7))  # the week since the call is over: the new reminder
+    org.run("run", "sync")
+    org.run("run", "journeys")
+    subjects = [task["subject"] for task in org.rows("task")]
+    assert len(subjects) == len(members)
+    assert all(subject.endswith("is still open (v2)") for subject in subjects)
+
+
+def test_a_migrate_map_naming_a_missing_step_moves_nobody(cli: Cli, org: Org) -> None:
+    path = Path(cli.env["DVCONNECT_MAPPINGS_DIR"]) / "journeys" / f"{FOLLOW_UP}.yaml"
+    members = org.members()
+    _renamed(path, "{call-complete: call-checked}")
+    result = org.cli.run("journeys", "migrate", FOLLOW_UP)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dvconnect: {path}: migrate.call-complete (line 9): no step 'call-complete' in an "
+        "earlier version (their steps: call, call-completed, done, reminder)"
+    )
+    assert _placed(org) == dict.fromkeys(members, (1, "call-completed"))
+    with org.cli.store().engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM dvc_journey_versions").scalar() == 1
