@@ -520,8 +520,14 @@ def cmd_journeys_plan(settings: Settings, args: argparse.Namespace) -> int:
         for label, key in (("step", "by_step"), ("owner", "by_owner")):
             for name, n in sorted(entry[key].items()):
                 print(f"  {label} {name}: {n:,}")
+        for owner, n in sorted(entry["reassigned_to"].items()):
+            print(f"  capped, handed to owner {owner} instead: {n:,}")
         for owner, n in sorted(entry["spill"].items()):
-            print(f"  capped, held to the next day: {n:,} for owner {owner}")
+            print(f"  capped, held to the next business day: {n:,} for owner {owner}")
+        if entry["entries_deferred"]:
+            print(
+                f"  entries kept for another day (entries_per_day): {entry['entries_deferred']:,}"
+            )
     funnel = planned["funnel"]
     ended = ", ".join(f"{n:,} {k}" for k, n in funnel.items() if k != "active")
     waiting = ", ".join(f"{n:,} at {step}" for step, n in sorted(funnel["active"].items()))

@@ -383,7 +383,12 @@ class ReEntry(Strict):
 
 
 class Caps(Strict):
+    """Calls, tasks and appointments per owner per day; what happens to a capped owner's work;
+    how many members may enter per day."""
+
     per_owner_per_day: int | None = Field(default=None, ge=1, le=10_000)
+    spill: Literal["next_day", "round_robin"] = "next_day"
+    entries_per_day: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 class RoundRobin(Strict):
@@ -495,6 +500,13 @@ def load_journey(path: Path, tables: dict[str, TableMapping], text: str | None =
         for key, target in _references(step):
             if target not in ids:
                 raise document.error(("steps", position, *key), _unknown(target, ids))
+    if journey.caps.spill == "round_robin" and not isinstance(journey.owner, RoundRobin):
+        raise document.error(("caps", "spill"), "round_robin hands a capped owner's work to "
+                             "another owner of owner: {round_robin: [...]}; this journey has "
+                             "no such list")  # fmt: skip
+    if journey.caps.entries_per_day is not None and journey.entry == "repeating":
+        raise document.error(("caps", "entries_per_day"), "not with entry: repeating (each "
+                             "repetition admits every member at once)")  # fmt: skip
     for old, new in journey.migrate.items():
         if new not in ids:
             raise document.error(("migrate", old), _unknown(new, ids))

@@ -30,7 +30,8 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -50,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector import tables as dvc
 from connector.clock import parse_stamp, stamp
 from connector.errors import DvconnectError, MappingError
-from connector.mapping.journeys import Journey, Step, load_journey
+from connector.mapping.journeys import Journey, RoundRobin, Step, load_journey
 from connector.outbox import Intent, Outbox, Outcome, record
 from jobs.context import Context
 from jobs.journeys.actions import (
@@ -96,6 +97,7 @@ class JourneyCounts:
     moved: int = 0
     acted: int = 0
     capped: int = 0
+    deferred: int = 0  # members kept out today by caps.entries_per_day
     converted: int = 0
     exited: int = 0
     completed: int = 0
@@ -312,7 +314,15 @@ class JourneyRun:
                 return
         first = journey.steps[0].id
         first_due = stamp(due(journey, self.calendar, first, self.now))
+        room = self._room(journey)
+        deferred = 0
         for chunk in self._candidates(journey):
+            if room is not None:  # the day's entries are counted: the rest enter another day
+                deferred += max(0, len(chunk) - room)
+                chunk = chunk[:room]
+                room -= len(chunk)
+                if not chunk:
+                    continue
             leads = self._leads(chunk)
             rows = [
                 {"journey": journey.name, "version": version, "contactid": contact,
@@ -330,6 +340,11 @@ class JourneyRun:
                 ids = list(inserted.scalars())
                 self._history(conn, [(i, None, "entered", first, None) for i in ids])
             self.counts.entered += len(rows)
+        if deferred:
+            self.counts.deferred += deferred
+            if self.simulation is not None:
+                self.simulation.observe("deferred", {"members": deferred})
+            return  # `once` is not over until everyone at the start has entered
         stamp_column = "repeated_at" if journey.entry == "repeating" else "admitted_at"
         with self.sink.write() as conn:
             conn.execute(
@@ -337,6 +352,23 @@ class JourneyRun:
                 .where(dvc.journeys.c.journey == journey.name)
                 .values({stamp_column: self.at})
             )
+
+    def _room(self, journey: Journey) -> int | None:
+        """How many more members may enter today (`caps.entries_per_day`); None: no limit."""
+        limit = journey.caps.entries_per_day
+        if limit is None:
+            return None
+        today = self.calendar.day(self.now)
+        zone = journey.schedule.zone
+        start = datetime.combine(today, dtime(0), tzinfo=zone)
+        end = datetime.combine(today + timedelta(days=1), dtime(0), tzinfo=zone)
+        m = dvc.journey_members.c
+        with self.sink.read() as conn:
+            entered = conn.execute(
+                select(func.count()).where(m.journey == journey.name,
+                                           m.entered_at >= stamp(start), m.entered_at < stamp(end))
+            ).scalar_one()  # fmt: skip
+        return max(0, limit - int(entered))
 
     def _candidates(self, journey: Journey) -> Iterator[list[tuple[str, int, str | None]]]:
         """(contact, entry number, lead ids) of every segment member entering now, in chunks
@@ -498,7 +530,11 @@ class JourneyRun:
         assert step is not None
         member_id = target.member_id
         try:
-            if step.kind in CAPPED and self._capped(conn, target):
+            if step.kind in CAPPED and self._capped(conn, target.owner):
+                other = self._spill(conn, target)
+                if other is not None:
+                    target = other
+            if step.kind in CAPPED and self._capped(conn, target.owner):
                 next_day = self.calendar.next_day_opening(self.now)
                 writes.member(member_id, due_at=stamp(next_day))
                 writes.history.append((member_id, step.id, "capped", None,
@@ -541,22 +577,45 @@ class JourneyRun:
             self.counts.writes.append(done.summary)
         return done.summary
 
-    def _capped(self, conn: Connection, target: Target) -> bool:
-        limit = target.journey.caps.per_owner_per_day
-        if limit is None or target.owner is None:
+    def _capped(self, conn: Connection, owner: Owner | None) -> bool:
+        """Whether `owner` has had the journey's cap of calls, tasks and appointments today."""
+        limit = self.journey.caps.per_owner_per_day
+        if limit is None or owner is None:
             return False
-        key = (target.owner.id, self.calendar.day(self.now).isoformat())
+        key = (owner.id, self.calendar.day(self.now).isoformat())
         if key not in self._caps_loaded:
             r = dvc.journey_records.c
             made = conn.execute(
                 select(func.count()).where(
-                    r.journey == target.journey.name, r.owner_id == key[0], r.day == key[1],
+                    r.journey == self.journey.name, r.owner_id == key[0], r.day == key[1],
                     r.table_name.in_(CAPPED),
                 )
             ).scalar_one()  # fmt: skip
             self._caps[key] = int(made)
             self._caps_loaded.add(key)
         return self._caps[key] >= limit
+
+    def _spill(self, conn: Connection, target: Target) -> Target | None:
+        """With `spill: round_robin`, the member's work for the next owner of the list (after
+        its own) who has room today; None when there is none."""
+        rule = self.journey.owner
+        if self.journey.caps.spill != "round_robin" or not isinstance(rule, RoundRobin):
+            return None
+        assert target.owner is not None
+        users = rule.round_robin
+        start = users.index(target.owner.id) if target.owner.id in users else -1
+        for offset in range(1, len(users)):
+            owner = Owner(users[(start + offset) % len(users)], "systemuser")
+            if not self._capped(conn, owner):
+                row = self._rows("systemuser", "systemuserid", {owner.id}).get(owner.id)
+                row = row or dict.fromkeys(target.owner_row)
+                if self.simulation is not None:
+                    self.simulation.observe("reassigned", {"owner": target.owner.id,
+                                                           "to": owner.id})  # fmt: skip
+                return replace(
+                    target, owner=owner, owner_row=row or dict.fromkeys(target.owner_row)
+                )
+        return None
 
     def _open_leads(self, conn: Connection, target: Target) -> list[dict[str, Any]]:
         """The contact's leads in the store (open and closed), for create_lead's matching."""

@@ -23,7 +23,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import IO, Any
 
 from apscheduler.triggers.cron import CronTrigger
@@ -82,6 +82,8 @@ class Planned:
     previous: str | None = None
     created: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     spill: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    reassigned: Counter[tuple[str, str]] = field(default_factory=Counter)  # (day, to owner)
+    deferred: dict[str, int] = field(default_factory=dict)  # day: members kept out
     first: list[dict[str, Any]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     day: str = ""
@@ -101,6 +103,10 @@ class Planned:
                 self.out.write(json.dumps(item, sort_keys=True, default=str) + "\n")
         elif kind == "capped":
             self.spill[(self.day, detail["step"], owner)] += 1
+        elif kind == "reassigned":
+            self.reassigned[(self.day, detail["to"])] += 1
+        elif kind == "deferred":
+            self.deferred[self.day] = detail["members"]  # still waiting at the day's last run
 
 
 def plan(
@@ -138,8 +144,8 @@ def plan(
                 next_due = conn.execute(
                     select(func.min(m.c.due_at)).where(m.c.journey == name, m.c.status == "active")
                 ).scalar()
-            moment = _next_run(cron, journey, moment, next_due, bool(done.moved or done.entered)
-                               and bool(planned.assume))  # fmt: skip
+            arrivals = bool(done.moved or done.entered) and bool(planned.assume)
+            moment = _next_run(cron, journey, moment, next_due, arrivals, bool(done.deferred))
         with sink.read() as conn:
             active: dict[str, int] = dict(conn.execute(
                 select(m.c.step, func.count())
@@ -158,11 +164,13 @@ def _live(conn: Any, name: str) -> None:
                      .values(state="live"))  # fmt: skip
 
 
-def _next_run(
-    cron: CronTrigger, journey: Journey, moment: datetime, next_due: str | None, arrivals: bool
-) -> datetime | None:
+def _next_run(cron: CronTrigger, journey: Journey, moment: datetime, next_due: str | None,
+              arrivals: bool, deferred: bool) -> datetime | None:  # fmt: skip
     """The next instant at which the journeys job would run and something can happen."""
     wanted = []
+    if deferred:  # members kept out by the daily entry limit enter from the next day
+        local = moment.astimezone(journey.schedule.zone).date() + timedelta(days=1)
+        wanted.append(datetime.combine(local, time(0), tzinfo=journey.schedule.zone))
     if next_due is not None:
         wanted.append(max(parse_stamp(next_due), moment + timedelta(seconds=1)))
     if arrivals:  # an assumed condition holds from the run after the arrival
@@ -179,16 +187,17 @@ def _result(planned: Planned, start: datetime, end: datetime, counts: Counter[st
             active: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     days: dict[str, dict[str, Any]] = {}
     for (day, step, table, owner), n in sorted(planned.created.items()):
-        entry = days.setdefault(day, {"records": 0, "by_step": Counter(), "by_owner": Counter(),
-                                      "by_table": Counter(), "spill": Counter()})  # fmt: skip
+        entry = _day(days, day)
         entry["records"] += n
         entry["by_step"][step] += n
         entry["by_owner"][owner] += n
         entry["by_table"][table] += n
     for (day, _step, owner), n in sorted(planned.spill.items()):
-        entry = days.setdefault(day, {"records": 0, "by_step": Counter(), "by_owner": Counter(),
-                                      "by_table": Counter(), "spill": Counter()})  # fmt: skip
-        entry["spill"][owner] += n
+        _day(days, day)["spill"][owner] += n
+    for (day, owner), n in sorted(planned.reassigned.items()):
+        _day(days, day)["reassigned_to"][owner] += n
+    for day, n in sorted(planned.deferred.items()):
+        _day(days, day)["entries_deferred"] += n
     return {
         "journey": planned.journey.name,
         "from": stamp(start),
@@ -201,3 +210,11 @@ def _result(planned: Planned, start: datetime, end: datetime, counts: Counter[st
         "funnel": {**{k: v for k, v in counts.items() if v}, "active": active},
         "first": planned.first,
     }  # fmt: skip
+
+
+def _day(days: dict[str, dict[str, Any]], day: str) -> dict[str, Any]:
+    """The plan's entry for `day`, made on first use."""
+    return days.setdefault(day, {
+        "records": 0, "by_step": Counter(), "by_owner": Counter(), "by_table": Counter(),
+        "spill": Counter(), "reassigned_to": Counter(), "entries_deferred": 0,
+    })  # fmt: skip

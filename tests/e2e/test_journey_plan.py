@@ -10,6 +10,7 @@ emulator received with what the plan listed: table, id, subject, owner, regardin
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,24 +86,16 @@ def _planned(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    ("name", "step", "percent"),
-    [("product-launch", "opened", 50), ("conference-follow-up", "call-completed", 50)],
-)
-def test_the_real_journey_creates_exactly_what_the_plan_listed(
-    org: Org, tmp_path: Path, name: str, step: str, percent: int
-) -> None:
-    records = tmp_path / "planned.jsonl"
+def _replay(org: Org, name: str, step: str, percent: int, records: Path) -> dict[str, Any]:
+    """The plan with `step` assumed for `percent`% of its members, then the real journey at the
+    plan's instants with those members' events made real; returns the plan."""
     seq = org.last_seq()
     plan = org.run("journeys", "plan", name, "--assume", f"{step}={percent}%",
                    "--records", str(records), "--json")  # fmt: skip
     assert org.writes_since(seq) == []  # the plan writes nothing
-    planned = [json.loads(line) for line in records.read_text().splitlines()]
-    assert len(planned) == plan["records"] >= 8
-    assert plan["runs"][0] == START.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert sum(day["records"] for day in plan["days"].values()) == len(planned)
-
-    journey = load_mapping(MAPPINGS).journeys[name]
+    assert plan["runs"][0] == org.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    mappings = Path(org.cli.environment()["DVCONNECT_MAPPINGS_DIR"])
+    journey = load_mapping(mappings).journeys[name]
     condition = journey.step(step)
     watched = condition.conditions()[0]
     table = "email" if watched.email is not None else "phonecall"
@@ -126,7 +119,13 @@ def test_the_real_journey_creates_exactly_what_the_plan_listed(
                 org.cli.emulator.admin("PATCH", f"/tables/{table}/{record}",
                                        {"statecode": 1, "statuscode": 2})  # fmt: skip
     assert 0 < held < len(org.members())
+    return plan
 
+
+def _same_records(org: Org, name: str, plan: dict[str, Any], records: Path) -> None:
+    """The emulator holds exactly the planned records, field for field; the funnel agrees."""
+    planned = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(planned) == plan["records"] == sum(d["records"] for d in plan["days"].values())
     received = sorted((_received(org, r) for r in planned), key=lambda r: r["id"])
     assert received == sorted((_planned(r) for r in planned), key=lambda r: r["id"])
     created = {
@@ -140,3 +139,45 @@ def test_the_real_journey_creates_exactly_what_the_plan_listed(
     assert {k: v for k, v in shown["members"].items() if k != "active"} == ended
     assert plan["funnel"]["entered"] == sum(shown["members"].values())
     assert plan["funnel"]["active"] == {k: v for k, v in shown["active"].items() if v}
+
+
+@pytest.mark.parametrize(
+    ("name", "step", "percent"),
+    [("product-launch", "opened", 50), ("conference-follow-up", "call-completed", 50)],
+)
+def test_the_real_journey_creates_exactly_what_the_plan_listed(
+    org: Org, tmp_path: Path, name: str, step: str, percent: int
+) -> None:
+    records = tmp_path / "planned.jsonl"
+    plan = _replay(org, name, step, percent, records)
+    assert plan["records"] >= 8
+    _same_records(org, name, plan, records)
+
+
+def test_the_plan_shows_caps_spilling_to_other_owners_and_days_as_the_real_run_does(
+    cli: Cli, org: Org, tmp_path: Path
+) -> None:
+    copy = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, copy)
+    cli.env["DVCONNECT_MAPPINGS_DIR"] = str(copy)
+    users = sorted(u["systemuserid"] for u in org.rows("systemuser") if not u["isdisabled"])[:3]
+    path = copy / "journeys" / "conference-follow-up.yaml"
+    text = path.read_text()
+    text = text.replace("owner: lead_owner\n", f"owner: {{round_robin: [{', '.join(users)}]}}\n")
+    text = text.replace(
+        "  per_owner_per_day: 40\n",
+        "  per_owner_per_day: 2\n  spill: round_robin\n  entries_per_day: 8\n",
+    )
+    path.write_text(text)
+    members = len(org.members())
+    assert members > 8
+    records = tmp_path / "planned.jsonl"
+    plan = _replay(org, "conference-follow-up", "call-completed", 50, records)
+    first = plan["days"]["2027-01-04"]
+    assert first["entries_deferred"] == members - 8
+    assert first["by_table"] == {"phonecall": 6}  # three owners, two calls each
+    assert sum(first["reassigned_to"].values()) > 0
+    assert sum(first["spill"].values()) == 2
+    assert all(n <= 2 for day in plan["days"].values() for n in day["by_owner"].values()
+               if day["by_table"].get("phonecall") == day["records"])  # fmt: skip
+    _same_records(org, "conference-follow-up", plan, records)
