@@ -38,6 +38,7 @@ from tests.paths import MAPPINGS
 
 MEMBERS, QUICK_MEMBERS = 100_000, 10_000
 WAITING, QUICK_WAITING = 1_000_000, 100_000
+PLAN_DAYS = 90
 REAL_LIMIT, REAL_WINDOW_S = 6_000, 300  # service protection: requests per 5 minutes (§12.1)
 QUEUE = "e31ef1a9-5059-5854-9795-f1b458fe5292"  # the seed's Sales Inbox
 START = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # a Monday, 09:00 in Zurich
@@ -302,10 +303,46 @@ def if_step(waiting: int) -> list[dict[str, Any]]:
     return rows
 
 
+# -- the plan of 100,000 members over 90 days ----------------------------------------------------
+
+
+def plan(members: int, days: int = PLAN_DAYS) -> dict[str, Any]:
+    """`journeys plan launch --days 90 --assume opened=30%` on a store synced from the emulator:
+    the whole flow for every member on the simulated clock, nothing sent."""
+    contacts = math.ceil(members * 1.4)
+    with (
+        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as name,
+        EmulatorProcess(leads=3_000, contacts=contacts, data_dir=Path(name) / "emulator") as emu,
+    ):  # fmt: skip
+        run = Flow(emu, Path(name), members)
+        run.at(START)
+        run.cli("run", "sync")
+        run.cli("run", "segments")
+        seq = run._last_seq()
+        measured = run.cli("journeys", "plan", "launch", "--days", str(days),
+                           "--assume", "opened=30%", "--json")  # fmt: skip
+        if run.emulator.requests_after(seq):
+            raise RuntimeError("the plan sent requests to the org")
+        planned = measured.json()
+    row = {
+        "members": members,
+        "days": days,
+        "runs": len(planned["runs"]),
+        "records": planned["records"],
+        "wall_s": measured.wall_s,
+        "cpu_s": measured.cpu_s,
+        "peak_rss_mb": measured.peak_rss_mb,
+        "us_per_record": round(1e6 * measured.cpu_s / max(planned["records"], 1)),
+    }
+    print_table(f"journeys plan: {members:,} members over {days} days (target under 30 s)", [row])
+    return row
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     figures = {
         "flow": flow(QUICK_MEMBERS if quick else MEMBERS),
         "if_step": if_step(QUICK_WAITING if quick else WAITING),
+        "plan": plan(QUICK_MEMBERS if quick else MEMBERS),
     }
     write_result("journeys", figures)
     return figures

@@ -212,7 +212,11 @@ class ChunkWrites:
     def member(self, member_id: int, **values: Any) -> None:
         self.members.setdefault(member_id, {}).update(values)
 
-    def flush(self, conn: Connection, journey: str, at: str, run_id: int | None) -> None:
+    def flush(self, conn: Connection, journey: str, at: str, run_id: int | None,
+              dry: bool) -> None:  # fmt: skip
+        """Write the chunk's changes; a dry sink (rolled back, never drained, never explained)
+        keeps the members' states and records, which later decisions read, and skips the
+        outbox intents and the history, which only the sending and `explain` read."""
         m = dvc.journey_members
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for member_id, values in self.members.items():
@@ -227,10 +231,11 @@ class ChunkWrites:
                 .values({c: bindparam(f"new_{c}") for c in columns})
             )
             conn.execute(statement, params)
-        record(conn, self.intents, now=at, run_id=run_id)
         if self.records:
             conn.execute(dvc.journey_records.insert(), self.records)
-        write_history(conn, journey, at, self.history)
+        if not dry:
+            record(conn, self.intents, now=at, run_id=run_id)
+            write_history(conn, journey, at, self.history)
 
 
 class JourneyRun:
@@ -251,6 +256,7 @@ class JourneyRun:
         self._caps: Counter[tuple[str, str]] = Counter()
         self._caps_loaded: set[tuple[str, str]] = set()
         self.halted = False  # paused or stopped while running: it ends at the next chunk
+        self._creates_leads: dict[int, bool] = {}  # version: whether it has a create_lead step
 
     def run(self) -> JourneyCounts:
         with self.sink.write() as conn:
@@ -503,7 +509,7 @@ class JourneyRun:
                     move = replace(move, detail=summary)
                 self._apply(journey, member_id, step, move, writes)
                 moved += 1
-            writes.flush(conn, journey.name, self.at, self.ctx.run_id)
+            writes.flush(conn, journey.name, self.at, self.ctx.run_id, self.sink.dry)
         return moved
 
     def _apply(self, journey: Journey, member_id: int, step: Step, move: Move,
@@ -619,8 +625,11 @@ class JourneyRun:
 
     def _open_leads(self, conn: Connection, target: Target) -> list[dict[str, Any]]:
         """The contact's leads in the store (open and closed), for create_lead's matching."""
-        step_kinds = {s.kind for s in target.journey.steps}
-        if "create_lead" not in step_kinds:
+        creates = self._creates_leads.get(target.version)
+        if creates is None:
+            creates = any(s.kind == "create_lead" for s in target.journey.steps)
+            self._creates_leads[target.version] = creates
+        if not creates:
             return []
         lead = self.ctx.store.tables["lead"]
         rows = conn.execute(
@@ -664,7 +673,8 @@ class JourneyRun:
             return {row[key]: dict(row) for row in rows}
 
     def _history(self, conn: Connection, events: list[Event]) -> None:
-        write_history(conn, self.journey.name, self.at, events)
+        if not self.sink.dry:  # see ChunkWrites.flush
+            write_history(conn, self.journey.name, self.at, events)
 
 
 # -- the job ------------------------------------------------------------------------------------
