@@ -525,6 +525,12 @@ def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulator_twin(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.twin import serve_twin
+
+    return serve_twin(settings, args.emulator_args)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
@@ -641,7 +647,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "emulator",
-        help="serve the local Dataverse emulator (options: dvconnect emulator --help)",
+        help="serve the local Dataverse emulator; --from-store [--mask]: a twin of the synced "
+        "store (options: dvconnect emulator --help)",
         add_help=False,
     )
 
@@ -663,11 +670,14 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dvconnect` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["emulator"]:
+    if argv[:1] == ["emulator"] and "--from-store" not in argv:
         from emulator.server import main as emulator_main
 
         return emulator_main(argv[1:])
-    args = _parser().parse_args(argv)
+    if argv[:1] == ["emulator"]:  # a twin: the store is read first, then the emulator serves it
+        args = argparse.Namespace(handler=cmd_emulator_twin, emulator_args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     settings: Settings | None = None
     try:
         settings = load_settings()
