@@ -518,6 +518,41 @@ def cmd_journeys_plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journeys_rehearse(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.rehearse import rehearse
+
+    if args.records is None:
+        done = rehearse(settings, args.name, args.days, args.assume, args.mask)
+    else:
+        with _output(args.records) as out:
+            done = rehearse(settings, args.name, args.days, args.assume, args.mask, out)
+    code = 0 if done["plan"]["matches"] and not done["failed"] else 1
+    if args.json:
+        _print_json(done)
+        return code
+    rows = ", ".join(f"{n:,} {table}" for table, n in done["twin"]["rows"].items())
+    print(f"twin of the store{' (masked)' if done['twin']['masked'] else ''}: {rows}")
+    print(f"{done['journey']} rehearsed from {done['from']} in {len(done['runs']):,} runs: "
+          f"the twin received {done['records']:,} records")  # fmt: skip
+    for day, entry in done["days"].items():
+        tables = ", ".join(f"{n:,} {table}" for table, n in sorted(entry["by_table"].items()))
+        print(f"{day}: {tables}")
+        for label, key in (("step", "by_step"), ("owner", "by_owner")):
+            for name, n in sorted(entry[key].items()):
+                print(f"  {label} {name}: {n:,}")
+    members = done["funnel"]["members"]
+    print("funnel: " + (", ".join(f"{n:,} {status}" for status, n in sorted(members.items()))
+                        or "nobody entered"))  # fmt: skip
+    compared = done["plan"]
+    if compared["matches"]:
+        print(f"as planned: the {compared['records']:,} planned records, no other")
+    else:
+        missing, unexpected = len(compared["missing"]), len(compared["unexpected"])
+        print(f"NOT as planned: {missing} planned records missing, {unexpected} not planned "
+              "(the first of each in --json)")  # fmt: skip
+    return code
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -639,6 +674,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="write every planned record to FILE, one JSON line each")  # fmt: skip
     forward.add_argument("--json", action="store_true", help="print one JSON document")
     forward.set_defaults(handler=cmd_journeys_plan)
+    rehearsal = journey_commands.add_parser(
+        "rehearse", help="run it for real on a twin of the org made from the store"
+    )
+    rehearsal.add_argument("name")
+    rehearsal.add_argument("--days", type=int, help="how far ahead (default: to the end date)")
+    rehearsal.add_argument("--assume", action="append", default=[], metavar="STEP=P%",
+                           help="an if-step's condition holds for P%% of its members: their "
+                           "e-mail is opened, their call completed in the twin")  # fmt: skip
+    rehearsal.add_argument("--mask", action="store_true", help="mask personal data in the twin")
+    rehearsal.add_argument("--records", metavar="FILE",
+                           help="write every record the twin received to FILE, one JSON line "
+                           "each")  # fmt: skip
+    rehearsal.add_argument("--json", action="store_true", help="print one JSON document")
+    rehearsal.set_defaults(handler=cmd_journeys_rehearse)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")
