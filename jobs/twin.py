@@ -39,7 +39,7 @@ from jobs.context import Context, build_context
 
 FIRST_NAMES = (
     "alex", "billie", "casey", "dana", "eli", "frankie", "gale", "harper", "indy", "jesse",
-    "kai", "lee", "morgan", "noel", "oakley", "parker", "quinn", "riley", "sam", "taylor",
+    "kai", "lee", "morgan", "noel", "oakley", "piper", "quinn", "riley", "sam", "tatum",
     "uma", "val", "wren", "yael", "zion",
 )  # fmt: skip
 LAST_NAMES = (
@@ -94,8 +94,9 @@ class Masker:
         return value[:lead] + fake + value[len(value) - trail :]
 
     def phone(self, value: str) -> str:
+        """A North American number of the range kept for fiction (555-0100 to 555-0199)."""
         number = int.from_bytes(self._digest("phone", value)[:8], "big")
-        return f"+1 555 {100 + number % 900} {1000 + number // 900 % 9000}"
+        return f"+1 {200 + number % 800} 555 01{number // 800 % 100:02d}"
 
     def text(self, value: str) -> str:
         return f"Masked text {self._digest('text', value).hex()[:10]}"
