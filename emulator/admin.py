@@ -7,9 +7,10 @@ here go through the same store as Web API writes: new versions, tombstones, Remo
     GET    /status                      version, clock, row counts, change-tracking flags,
                                         service protection windows per caller
     GET    /requests?after=SEQ          Web API calls after SEQ        DELETE /requests
-    POST   /reset {"seed","leads","contacts"}   reseed; clear tombstones, log, faults, invocations,
-                                        clock, config, service protection windows (versions keep
-                                        growing; tokens stay valid)
+    POST   /reset {"seed","leads","contacts"}   reseed (a twin reloads its rows file); clear
+                                        tombstones, log, faults, invocations, clock, config,
+                                        service protection windows (versions keep growing;
+                                        tokens stay valid)
     GET    /tables/<t>[?$filter=…]      every row (optionally filtered with OData $filter text)
     GET    /tables/<t>/count            GET /tables/<t>/deleted (tombstones)
     GET    /tables/<t>/<id>             PATCH /tables/<t>/<id>           DELETE /tables/<t>/<id>
@@ -36,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from emulator import emails, errors, messages, owners, seed
+from emulator import emails, errors, messages, owners, seed, twin
 from emulator.clock import parse_wire, wire
 from emulator.faults import FaultPlan, FaultSpecError, parse_spec
 from emulator.schema import GUID_TYPES, AttributeType, Table
@@ -245,7 +246,13 @@ class Admin:
         anchor = ctx.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
         with ctx.store.write(ctx.now()) as tx:
             tx.clear()
-            counts = seed.seed(tx, anchor=anchor, client_id=ctx.client_id, **sizes)
+            if defaults.rows is not None:
+                try:
+                    counts = twin.load(ctx, tx, defaults.rows)
+                except twin.RowsError as error:
+                    raise AdminError(409, f"the twin cannot be reloaded: {error}") from None
+            else:
+                counts = seed.seed(tx, anchor=anchor, client_id=ctx.client_id, **sizes)
             messages.sync(ctx, tx)
         self.emulator.log.clear()
         ctx.invocations.clear()

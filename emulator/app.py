@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 from emulator import (
@@ -72,6 +73,7 @@ class SeedOptions:
     seed: int
     leads: int
     contacts: int
+    rows: Path | None = None  # a twin (`--rows`): reset reloads this file, sizes unused
 
 
 class RequestLog:

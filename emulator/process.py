@@ -26,6 +26,7 @@ import requests
 READY = "emulator ready"
 START_TIMEOUT = 60.0  # plus the time seeding takes: SEED_ROWS_PER_SECOND on this 2-core machine
 SEED_ROWS_PER_SECOND = 5_000
+ROW_BYTES = 300  # about one row of a rows file (`--rows`), to scale the start timeout
 
 
 class EmulatorError(RuntimeError):
@@ -54,11 +55,13 @@ class EmulatorProcess:
         client_certificate: Path | None = None,
         now: str | None = None,
         service_protection: str | None = None,
+        rows: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
-        self.start_timeout = START_TIMEOUT + (leads + contacts) / SEED_ROWS_PER_SECOND
+        seeded = (leads + contacts) if rows is None else rows.stat().st_size // ROW_BYTES
+        self.start_timeout = START_TIMEOUT + seeded / SEED_ROWS_PER_SECOND
         args = [
             "--port", str(port), "--seed", str(seed), "--leads", str(leads),
             "--contacts", str(contacts), "--client-id", client_id,
@@ -72,6 +75,7 @@ class EmulatorProcess:
             ("--client-certificate", client_certificate),
             ("--now", now),
             ("--service-protection", service_protection),
+            ("--rows", rows),
             ("--no-change-tracking", ",".join(no_change_tracking) or None),
         ]
         for flag, value in options:

@@ -245,7 +245,13 @@ def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
             "emailrouteraccessapproval": {3: 2, 8: 3}.get(index, 1),
             "_businessunitid_value": BUSINESS_UNIT_ID, "createdon": created, "modifiedon": modified,
         })  # fmt: skip
-    rows.append({
+    rows.append(application_user(client_id, gen.stamp(gen.anchor - YEAR)))
+    return rows
+
+
+def application_user(client_id: str, stamp: str) -> dict[str, Any]:
+    """The application user of `client_id` (the caller of every Web API request)."""
+    return {
         "systemuserid": application_user_id(client_id), "firstname": "dvconnect",
         "lastname": "Application", "fullname": "dvconnect Application",
         "internalemailaddress": "dvconnect-app@contoso.example",
@@ -253,10 +259,8 @@ def _users(gen: Generator, client_id: str) -> list[dict[str, Any]]:
         "azureactivedirectoryobjectid": application_user_id(f"object:{client_id}"),
         "applicationid": application_id(client_id), "isdisabled": 0, "accessmode": 4,
         "islicensed": 0, "isintegrationuser": 0, "emailrouteraccessapproval": 0,
-        "_businessunitid_value": BUSINESS_UNIT_ID,
-        "createdon": gen.stamp(gen.anchor - YEAR), "modifiedon": gen.stamp(gen.anchor - YEAR),
-    })  # fmt: skip
-    return rows
+        "_businessunitid_value": BUSINESS_UNIT_ID, "createdon": stamp, "modifiedon": stamp,
+    }  # fmt: skip
 
 
 def account(gen: Generator, index: int, owners: list[str]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import trustme
 from cryptography import x509
 
-from emulator import messages, seed
+from emulator import messages, seed, twin
 from emulator.app import Emulator, SeedOptions
 from emulator.clock import Clock, parse_wire
 from emulator.context import UNTRACKED_BY_DEFAULT, Config, Context
@@ -191,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=42, help="seed of the generated data")
     add("--leads", type=int, default=20_000, help="leads to seed")
     add("--contacts", type=int, default=10_000, help="contacts to seed")
+    add(
+        "--rows",
+        type=Path,
+        metavar="FILE",
+        help="seed from this rows file (JSON lines) instead of generated data: a twin of an org "
+        "(--seed, --leads and --contacts are then unused; `dvconnect emulator --from-store "
+        "[--mask]` writes the file from the synced store)",
+    )
     add("--data-dir", type=Path, help="keep the database and CA here (default: a temp dir)")
     add("--reseed", action="store_true", help="reseed even when the data dir has a database")
     add("--tenant-id", default=DEFAULT_TENANT, help="tenant printed for clients (any is accepted)")
@@ -229,6 +237,10 @@ def _seed_if_needed(ctx: Context, args: argparse.Namespace) -> None:
     anchor = ctx.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
     with ctx.store.write(ctx.now()) as tx:
         tx.clear()
+        if args.rows is not None:
+            counts = twin.load(ctx, tx, args.rows)
+            tx.set_meta("seeded", json.dumps({"rows": str(args.rows), **counts}))
+            return
         counts = seed.seed(
             tx, seed=args.seed, leads=args.leads, contacts=args.contacts, anchor=anchor,
             client_id=ctx.client_id,
@@ -293,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except twin.RowsError as error:
+        print(f"emulator: --rows: {error}", file=sys.stderr)
+        return 2
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -336,7 +351,7 @@ def _serve(
         ctx,
         Identity(ctx, args.client_secret, certificate),
         FaultPlan(rules, args.fault_seed),
-        SeedOptions(args.seed, args.leads, args.contacts),
+        SeedOptions(args.seed, args.leads, args.contacts, args.rows),
     )
     stop = threading.Event()
 

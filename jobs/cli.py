@@ -562,11 +562,52 @@ def cmd_journeys_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journeys_rehearse(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.rehearse import rehearse
+
+    if args.records is None:
+        done = rehearse(settings, args.name, args.days, args.assume, args.mask)
+    else:
+        with _output(args.records) as out:
+            done = rehearse(settings, args.name, args.days, args.assume, args.mask, out)
+    code = 0 if done["plan"]["matches"] and not done["failed"] else 1
+    if args.json:
+        _print_json(done)
+        return code
+    rows = ", ".join(f"{n:,} {table}" for table, n in done["twin"]["rows"].items())
+    print(f"twin of the store{' (masked)' if done['twin']['masked'] else ''}: {rows}")
+    print(f"{done['journey']} rehearsed from {done['from']} in {len(done['runs']):,} runs: "
+          f"the twin received {done['records']:,} records")  # fmt: skip
+    for day, entry in done["days"].items():
+        tables = ", ".join(f"{n:,} {table}" for table, n in sorted(entry["by_table"].items()))
+        print(f"{day}: {tables}")
+        for label, key in (("step", "by_step"), ("owner", "by_owner")):
+            for name, n in sorted(entry[key].items()):
+                print(f"  {label} {name}: {n:,}")
+    members = done["funnel"]["members"]
+    print("funnel: " + (", ".join(f"{n:,} {status}" for status, n in sorted(members.items()))
+                        or "nobody entered"))  # fmt: skip
+    compared = done["plan"]
+    if compared["matches"]:
+        print(f"as planned: the {compared['records']:,} planned records, no other")
+    else:
+        missing, unexpected = len(compared["missing"]), len(compared["unexpected"])
+        print(f"NOT as planned: {missing} planned records missing, {unexpected} not planned "
+              "(the first of each in --json)")  # fmt: skip
+    return code
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
     serve(build_context(settings, online=True, prepare=True), run_now=args.now)
     return 0
+
+
+def cmd_emulator_twin(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.twin import serve_twin
+
+    return serve_twin(settings, args.emulator_args)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -682,6 +723,20 @@ def _parser() -> argparse.ArgumentParser:
     move.add_argument("--dry-run", action="store_true", help="show who lands where; move nobody")
     move.add_argument("--json", action="store_true", help="print one JSON document")
     move.set_defaults(handler=cmd_journeys_migrate)
+    rehearsal = journey_commands.add_parser(
+        "rehearse", help="run it for real on a twin of the org made from the store"
+    )
+    rehearsal.add_argument("name")
+    rehearsal.add_argument("--days", type=int, help="how far ahead (default: to the end date)")
+    rehearsal.add_argument("--assume", action="append", default=[], metavar="STEP=P%",
+                           help="an if-step's condition holds for P%% of its members: their "
+                           "e-mail is opened, their call completed in the twin")  # fmt: skip
+    rehearsal.add_argument("--mask", action="store_true", help="mask personal data in the twin")
+    rehearsal.add_argument("--records", metavar="FILE",
+                           help="write every record the twin received to FILE, one JSON line "
+                           "each")  # fmt: skip
+    rehearsal.add_argument("--json", action="store_true", help="print one JSON document")
+    rehearsal.set_defaults(handler=cmd_journeys_rehearse)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")
@@ -690,7 +745,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "emulator",
-        help="serve the local Dataverse emulator (options: dvconnect emulator --help)",
+        help="serve the local Dataverse emulator; --from-store [--mask]: a twin of the synced "
+        "store (options: dvconnect emulator --help)",
         add_help=False,
     )
 
@@ -712,11 +768,14 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dvconnect` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["emulator"]:
+    if argv[:1] == ["emulator"] and "--from-store" not in argv:
         from emulator.server import main as emulator_main
 
         return emulator_main(argv[1:])
-    args = _parser().parse_args(argv)
+    if argv[:1] == ["emulator"]:  # a twin: the store is read first, then the emulator serves it
+        args = argparse.Namespace(handler=cmd_emulator_twin, emulator_args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     settings: Settings | None = None
     try:
         settings = load_settings()
