@@ -424,6 +424,11 @@ def cmd_journeys_show(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  failed member {failure['member']} (contact {failure['contact']}) at "
               f"{failure.get('step')}: {failure.get('code') or ''} {failure.get('message')} "
               f"(request id {failure.get('request_id') or '-'})")  # fmt: skip
+    if shown["watchdog"]:
+        from jobs.journeys.watchdog import describe
+
+        for line in describe(shown["watchdog"]):
+            print(f"  {line}")
     return 0
 
 
