@@ -88,3 +88,11 @@ def test_malformed_journeys(workdir: Path, dvconnect: Cli, case: dict[str, Any])
     code, _, err = dvconnect("journeys", "validate", "conference-follow-up")
     assert code == 2, err
     assert not (workdir / "store.sqlite3").exists()
+
+
+@pytest.mark.parametrize("case", _cases("commands.yaml"))
+def test_bad_command_arguments(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    code, _, err = dvconnect(*case["args"])
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == f"dvconnect: {case['error']}"
+    assert not (workdir / "store.sqlite3").exists()
