@@ -10,12 +10,12 @@ A `.env` file that is not UTF-8 is a configuration error like any bad value.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connector.clock import Clock
@@ -24,6 +24,7 @@ from connector.errors import ConfigError
 ENV_PREFIX = "DVCONNECT_"
 API_PATH = "/api/data/v9.2/"
 MAX_PAGE_SIZE = 5000
+GRACE_FORMS = "must be a duration in seconds, HH:MM:SS or ISO-8601, e.g. 3600, 01:00:00 or PT1H"
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,8 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=130.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, le=50)
     retry_backoff: float = Field(default=1.0, gt=0, le=60)  # the first backoff wait, seconds
+    journey_grace: timedelta = timedelta(hours=1)  # how late a due member may be before it is
+    # reported as overdue (seconds, `HH:MM:SS` or ISO-8601 `PT1H`)
     now: datetime | None = None  # for tests and rehearsals only: every command's clock
     requests_ca_bundle: Path | None = Field(
         default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")
@@ -66,6 +69,28 @@ class Settings(BaseSettings):
         if value.tzinfo is None:
             raise ValueError("must give its offset, e.g. 2027-01-04T09:00:00Z or +01:00")
         return value.astimezone(UTC).replace(microsecond=0)
+
+    @field_validator("journey_grace", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """Seconds, `HH:MM:SS` or ISO-8601 (pydantic alone reads no plain number from text)."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return TypeAdapter(timedelta).validate_python(value)
+        except ValidationError:
+            raise ValueError(GRACE_FORMS) from None
+
+    @field_validator("journey_grace")
+    @classmethod
+    def _grace(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"must not be negative: {GRACE_FORMS.removeprefix('must be ')}")
+        return value
 
     @field_validator("requests_ca_bundle")
     @classmethod

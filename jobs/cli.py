@@ -439,6 +439,45 @@ def cmd_journeys_show(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  failed member {failure['member']} (contact {failure['contact']}) at "
               f"{failure.get('step')}: {failure.get('code') or ''} {failure.get('message')} "
               f"(request id {failure.get('request_id') or '-'})")  # fmt: skip
+    if shown["watchdog"]:
+        from jobs.journeys.watchdog import describe
+
+        for line in describe(shown["watchdog"]):
+            print(f"  {line}")
+    return 0
+
+
+def cmd_journeys_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.rescue import retry
+
+    done = retry(build_context(settings), args.name, args.step)
+    if args.json:
+        _print_json(asdict(done))
+        return 0
+    where = f" at step {args.step}" if args.step else ""
+    if not done.retried:
+        print(f"{args.name}: nothing to retry (no failed member{where})"
+              + (f"; {done.superseded:,} left alone: their contact entered again since"
+                 if done.superseded else ""))  # fmt: skip
+        return 0
+    print(f"{args.name}: {done.retried:,} failed members{where} retried, due now "
+          f"({done.repended:,} writes pending again, {done.dropped:,} later ones dropped); "
+          "the next `dvconnect run journeys` moves them on")  # fmt: skip
+    if done.superseded:
+        print(f"{done.superseded:,} left alone: their contact entered the journey again since")
+    return 0
+
+
+def cmd_journeys_skip(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.journeys.rescue import skip
+
+    done = skip(build_context(settings), args.name, args.contact)
+    if args.json:
+        _print_json(done)
+        return 0
+    where = f"now at {done['to']}" if done["to"] else f"{done['status']}"
+    print(f"{args.name}: member {done['member']} (contact {done['contact']}) skipped "
+          f"{done['from']}: {where}; the next `dvconnect run journeys` acts")  # fmt: skip
     return 0
 
 
@@ -709,6 +748,16 @@ def _parser() -> argparse.ArgumentParser:
         lifecycle = journey_commands.add_parser(action, help=text)
         lifecycle.add_argument("name")
         lifecycle.set_defaults(handler=cmd_journeys_state)
+    again = journey_commands.add_parser("retry", help="failed members back to their step")
+    again.add_argument("name")
+    again.add_argument("--step", help="only the members failed at this step")
+    again.add_argument("--json", action="store_true", help="print one JSON document")
+    again.set_defaults(handler=cmd_journeys_retry)
+    past = journey_commands.add_parser("skip", help="move one member past its current step")
+    past.add_argument("name")
+    past.add_argument("contact", help="the contact's id")
+    past.add_argument("--json", action="store_true", help="print one JSON document")
+    past.set_defaults(handler=cmd_journeys_skip)
     forward = journey_commands.add_parser("plan", help="day by day, what it would create")
     forward.add_argument("name")
     forward.add_argument("--days", type=int, help="how far ahead (default: to the end date)")

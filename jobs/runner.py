@@ -23,6 +23,7 @@ from connector.errors import DvconnectError, NotRunError
 from connector.store import store_error
 from jobs.context import Context
 from jobs.journeys.engine import plan_journeys, run_journeys
+from jobs.journeys.watchdog import describe
 from jobs.orphans import (
     plan_link_orphans,
     plan_promote_contacts,
@@ -108,6 +109,8 @@ def _journeys_summary(counts: dict[str, Any]) -> list[str]:
             f"  failed member {f['member']} at {f['step']}: {f.get('code') or ''} {f['message']}"
             for f in c.get("failures", [])
         ]
+        if c.get("watchdog"):
+            lines += [f"  as the run began: {line}" for line in describe(c["watchdog"])]
     return lines
 
 

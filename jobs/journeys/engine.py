@@ -14,6 +14,9 @@ For each live journey, in one run at the run's clock:
 4. the outbox drains: bulk messages where the table supports them, `$batch` otherwise; a write
    Dataverse refuses fails its member (step, status, code, request id), never the others.
 
+Before a journey's run, its watchdog (`jobs.journeys.watchdog`) reports members overdue, failed
+members, writes pending too long and the journey's lag, in the run's counts and a warning.
+
 Members keep the version they entered with: a changed journey file is a new version for new
 entrants. A draft journey never writes; `journeys start` makes it live, `journeys stop` ends it.
 
@@ -67,6 +70,7 @@ from jobs.journeys.conditions import condition_sql
 from jobs.journeys.lifecycle import journey_state
 from jobs.journeys.machine import Member, Move, decide, due
 from jobs.journeys.templates import TemplateProblem
+from jobs.journeys.watchdog import warn, watch
 
 log = logging.getLogger("dvconnect.journeys")
 
@@ -106,6 +110,7 @@ class JourneyCounts:
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)  # the dry run's listing
+    watchdog: dict[str, Any] = field(default_factory=dict)  # what was stuck as the run began
 
 
 class Sink:
@@ -695,9 +700,14 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                 if state is None or state["state"] != "live":
                     results[name] = {"state": state["state"] if state else "draft", "failed": 0}
                     continue
-                started = time.perf_counter()
+                started, now = time.perf_counter(), ctx.clock.now()
                 try:
-                    counts = JourneyRun(ctx, journey, sink, ctx.clock.now()).run()
+                    with sink.read() as conn:
+                        stuck = watch(conn, name, now, ctx.settings.journey_grace,
+                                      ctx.store.engine.dialect.name)  # fmt: skip
+                    warn(name, stuck)
+                    counts = JourneyRun(ctx, journey, sink, now).run()
+                    counts.watchdog = stuck.as_dict()
                     counts.seconds = round(time.perf_counter() - started, 3)
                 except (DvconnectError, SQLAlchemyError) as exc:
                     reason = str(exc).splitlines()[0]

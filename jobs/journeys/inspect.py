@@ -1,7 +1,8 @@
 """What `journeys list`, `show` and `explain` print: journeys, their members, one member's path.
 
-Read-only: these read `dvc_journeys`, `dvc_journey_members`, `dvc_journey_history` and
-`dvc_journey_records`, never Dataverse, and change nothing.
+Read-only: these read `dvc_journeys`, `dvc_journey_members`, `dvc_journey_history`,
+`dvc_journey_records` and (for the watchdog in `show`) `dvc_outbox`, never Dataverse, and
+change nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from connector import tables as dvc
 from connector.errors import ConfigError
 from jobs.context import Context
+from jobs.journeys.watchdog import watch
 
 
 def _state(ctx: Context, name: str) -> dict[str, Any]:
@@ -51,11 +53,13 @@ def _statuses(ctx: Context, name: str) -> dict[str, int]:
 
 
 def journey_show(ctx: Context, name: str) -> dict[str, Any]:
-    """A journey's state, its active members per step, and those who left, by how."""
+    """A journey's state, its active members per step, those who left, by how, and what the
+    watchdog finds stuck now."""
     journey = journey_named(ctx, name)
     state = _state(ctx, name)
     per_step: dict[str, int] = {step.id: 0 for step in journey.steps}
     failures: list[dict[str, Any]] = []
+    stuck: dict[str, Any] | None = None
     if ctx.store.exists:
         m = dvc.journey_members.c
         with ctx.store.engine.connect() as conn:
@@ -71,11 +75,14 @@ def journey_show(ctx: Context, name: str) -> dict[str, Any]:
                 .order_by(m.member_id)
                 .limit(50)
             ).all()
+            stuck = watch(conn, name, ctx.clock.now(), ctx.settings.journey_grace,
+                          ctx.store.engine.dialect.name).as_dict()  # fmt: skip
         failures = [{"member": i, "contact": c, **json.loads(e or "{}")} for i, c, e in failed]
     return {
         "journey": name, "state": state["state"], "version": state.get("version"),
         "paused_at": state.get("paused_at"), "stopped_at": state.get("stopped_at"),
         "active": per_step, "members": _statuses(ctx, name), "failures": failures,
+        "watchdog": stuck,
     }  # fmt: skip
 
 

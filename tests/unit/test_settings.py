@@ -117,3 +117,15 @@ def test_empty_values_in_a_copied_env_file_count_as_unset(
     assert settings.client_secret is None
     with pytest.raises(ConfigError, match="DVCONNECT_CLIENT_SECRET is not set"):
         settings.connection()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, 3600), ("90", 90), ("2.5", 2.5), ("01:30:00", 5400), ("PT2H", 7200), ("0", 0)],
+)
+def test_the_journey_grace_is_read_as_seconds_a_clock_time_or_an_iso_duration(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, seconds: float
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("DVCONNECT_JOURNEY_GRACE", value)
+    assert load_settings().journey_grace.total_seconds() == seconds
