@@ -197,7 +197,7 @@ def test_a_failed_intent_wrote_nothing(ctx: Context, transport: ScriptedTranspor
             None,
             {"parentcontactid@odata.bind": "/contacts(AB12CD34-0000-0000-0000-000000000001)"},
             {"_parentcontactid_value"},
-        ),  # fmt: skip
+        ),
         ("action", "QualifyLead", {"Status": 3}, {"statecode", "statuscode"}),
         ("action", "new_Route", {"Priority": 1}, set()),  # unknown effects: nothing assumed
     ],
