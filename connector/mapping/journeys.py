@@ -594,10 +594,14 @@ def _check_trigger(
             close = difflib.get_close_matches(column, mapping.columns, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise document.error((*loc, "changed"), f"unknown column {column!r}{hint}")
-        if column in UNWATCHED or column == mapping.primary_key:
+        if column in UNWATCHED:
             raise document.error(
-                (*loc, "changed"), f"{column} changes with every write or never: name a column "
-                "whose value matters")  # fmt: skip
+                (*loc, "changed"), f"{column} changes with every write: name a column whose "
+                "value matters")  # fmt: skip
+        if column == mapping.primary_key:
+            raise document.error(
+                (*loc, "changed"), f"{column} is the record's id: it never changes"
+            )
         kind = mapping.columns[column]
         if part.has_to and not _fits(part.to, kind):
             raise document.error((*loc, "to"), f"a value of {column} ({kind}), or null")
