@@ -20,7 +20,7 @@ from connector.settings import Settings
 from connector.store import Store
 from jobs.context import Context
 from jobs.sync import sync_table
-from tests.paths import MAPPINGS
+from tests.paths import MAPPINGS, ROOT
 from tests.unit.test_sync import API, FULL, ScriptedTransport, lead
 
 DELTA = API + "leads?$deltatoken=10"
@@ -213,3 +213,11 @@ def test_a_bound_lookup_is_the_lookup_column_in_lower_case() -> None:
     assert written("update", None, body) == {
         "_parentcontactid_value": "ab12cd34-0000-0000-0000-000000000001"
     }
+
+
+def test_the_sample_trigger_journey_loads_and_watches_new_leads_only() -> None:
+    mapping = load_mapping(ROOT / "mappings")
+    assert not mapping.journey_errors
+    welcome = mapping.journeys["conference-lead-welcome"]
+    assert welcome.segment is None
+    assert watches([welcome]) == {"lead": Watch(created=True, columns=())}
