@@ -164,10 +164,23 @@ def test_changes_in_the_org_admit_members_and_the_journeys_own_writes_do_not(org
     new_contact = linked["_parentcontactid_value"]
     assert new_contact is not None
     assert members(org, "toolkit-welcome")[L3] == (new_contact, "active")
-    # nothing more enters on a run without changes, and nothing is written for the same changes
+    # L4 retitled again: it was in `retitled` before and re_entry is never; nothing else enters
+    org.cli.emulator.admin("PATCH", f"/tables/lead/{L4}", {"jobtitle": "Head buyer"})
     counts = step(org)
     assert counts["toolkit-welcome"]["entered"] == counts["retitled"]["entered"] == 0
+    assert members(org, "retitled") == {L4: (d, "completed")}
     assert len(members(org, "toolkit-welcome")) == 3
+    with org.cli.store().engine.connect() as conn:
+        outcomes = conn.exec_driver_sql(
+            "SELECT journey, outcome, count(*) FROM dvc_change_uses GROUP BY journey, outcome"
+        ).all()
+    assert sorted(outcomes) == [
+        ("email-changed", "entered", 1),
+        ("retitled", "again", 1),
+        ("retitled", "entered", 1),
+        ("toolkit-welcome", "entered", 3),
+        ("toolkit-welcome", "filtered", 1),  # Office chairs
+    ]
 
 
 def test_the_dry_run_admits_by_trigger_without_using_the_change(org: Org) -> None:
