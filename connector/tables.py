@@ -21,6 +21,10 @@ everything dvconnect records about its own work lives here:
   contact into a journey: its step, when that step is due, how it ended; `dvc_journey_history`
   — every step a member took, with the values that decided it; `dvc_journey_records` — the
   records a journey created for a member (what its conditions on activities look at).
+* `dvc_changes` — the real value changes an incremental sync saw on the rows of a table some
+  journey triggers on (a row created, a watched column's old and new value), written with the
+  page they came in; `dvc_change_uses` — what each journey decided about each change (a member
+  entered, or why not), written with the admission, so a change admits once.
 * `dvc_meta` — facts about the store itself (the normal form its match keys were computed in).
 """
 
@@ -243,4 +247,29 @@ journey_records = Table(
     Column("day", String(10)),  # the local day it was made for (caps count per owner and day)
     Column("intent", String(255)),  # the dvc_outbox key that writes it (None: reused)
     Index("dvc_journey_records_caps", "journey", "owner_id", "day"),
+)
+
+changes = Table(
+    "dvc_changes",
+    METADATA,
+    Column("change_id", Integer(), primary_key=True, autoincrement=True),
+    Column("table_name", String(128), nullable=False),
+    Column("record_id", ID, nullable=False),
+    Column("kind", String(8), nullable=False),  # created or changed
+    Column("column_name", String(128)),  # changed: the watched column (one row per column)
+    Column("old_value", Text()),  # JSON, as connector.changes encodes it; None: empty
+    Column("new_value", Text()),
+    Column("run_id", Integer()),  # the sync run that saw it
+    Column("at", STAMP, nullable=False),
+    Index("dvc_changes_kind", "table_name", "kind", "column_name", "change_id"),
+)
+
+change_uses = Table(
+    "dvc_change_uses",
+    METADATA,
+    Column("journey", String(64), primary_key=True),
+    Column("change_id", Integer(), primary_key=True),
+    Column("outcome", String(16), nullable=False),  # entered, filtered, in, too-soon, gone, ...
+    Column("member_id", Integer()),  # entered: the member it admitted
+    Column("at", STAMP, nullable=False),
 )

@@ -415,7 +415,9 @@ def cmd_journeys_list(settings: Settings, args: argparse.Namespace) -> int:
             print(f"invalid: {entry['error']}", file=sys.stderr)
             continue
         members = ", ".join(f"{n:,} {status}" for status, n in sorted(entry["members"].items()))
-        print(f"{entry['journey']}: {entry['state']}, segment {entry['segment']}"
+        by = [f"segment {entry['segment']}"] if entry["segment"] else []
+        by += [f"trigger {entry['trigger']}"] if entry["trigger"] else []
+        print(f"{entry['journey']}: {entry['state']}, {', '.join(by)}"
               + (f", members {members}" if members else ""))  # fmt: skip
     return 2 if any(e["state"] == "invalid" for e in listed) else 0
 

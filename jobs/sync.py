@@ -7,7 +7,8 @@ deletions. Every page is written together with the cursor that follows it, so a 
 stop resumes from the next page and a replayed page only upserts the same rows again. A full
 read ends by removing the rows it did not see, which is how deletions made while a delta token
 had expired still reach the store. Rows the store cannot hold are reported by id and skipped;
-the table goes on.
+the table goes on. On a table some journey triggers on, an incremental read also records the
+real value changes of each page, in the page's transaction (`connector.changes`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from connector.changes import Watch, capture, watches
 from connector.clock import parse_stamp, stamp
 from connector.dataverse import Dataverse
 from connector.errors import BadRequestError, ExpiredDeltaTokenError, SyncError
@@ -46,6 +48,7 @@ class TableCounts:
     full: bool = False
     resyncs: int = 0
     failed: int = 0  # rows the store could not hold, each in `rejects`
+    changes: int = 0  # real value changes recorded for journeys' triggers
     interrupted: bool = False
     rejects: list[dict[str, str]] = field(default_factory=list)
 
@@ -141,17 +144,18 @@ def _read(
             state = replace(state, read_tick=store.next_tick(conn))
             store.save_state(conn, state)
     had_rejects = bool(store.rejects(table.name))
+    watch = watches(ctx.mapping.journeys.values()).get(table.name)
     pages = dataverse.pages(
         table, plan.url, track_changes=plan.track_changes, lookup_types=bool(table.lookup_types)
     )
     for page in pages:
         try:
-            state = _save_page(ctx, table, state, page, page.rows, [], had_rejects, counts)
+            state = _save_page(ctx, table, state, page, page.rows, [], had_rejects, counts, watch)
         except (SQLAlchemyError, ValueError, OverflowError):  # the database refused a value
             good, rejected = store.storable(table.name, page.rows)
             if not rejected:
                 raise
-            state = _save_page(ctx, table, state, page, good, rejected, True, counts)
+            state = _save_page(ctx, table, state, page, good, rejected, True, counts, watch)
             for reject in rejected:
                 log.warning("%s %s not stored: %s", table.name, reject.record_id, reject.reason)
                 counts.rejects.append({"record": reject.record_id, "reason": reject.reason})
@@ -175,11 +179,18 @@ def _save_page(
     rejected: list[Reject],
     had_rejects: bool,
     counts: TableCounts,
+    watch: Watch | None,
 ) -> SyncState:
     """Write a page's rows and deletions with the state that follows it, in one transaction;
-    returns that state. `had_rejects`: rows stored or deleted now are no longer rejected."""
+    returns that state. `had_rejects`: rows stored or deleted now are no longer rejected.
+    `watch`: what journeys' triggers want captured (incremental reads only)."""
     store = ctx.store
     with store.transaction() as conn:
+        if watch is not None and state.phase == "incremental" and rows:
+            counts.changes += capture(
+                conn, table, store.tables[table.name], watch, rows,
+                seen_tick=state.seen_tick, run_id=ctx.run_id, at=ctx.clock.stamp(),
+            )  # fmt: skip
         counts.upserted += store.upsert_rows(conn, table.name, rows, state.generation)
         if rejected:
             store.record_rejects(conn, table.name, rejected)

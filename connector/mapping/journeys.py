@@ -1,7 +1,9 @@
-"""`journeys/*.yaml`: one journey per file — its audience, entry rules, schedule, steps.
+"""`journeys/*.yaml`: one journey per file — its audience, trigger, entry rules, schedule, steps.
 
-A journey takes the members of a segment through steps: waits, conditions that hold a member
-until they are true or a timeout passes, branches, random splits, and actions that write to
+A journey takes the members of a segment — or those a trigger admits: a lead or contact the
+sync saw created, or a column of it change value — through steps: waits, conditions that hold
+a member until they are true or a timeout passes, branches, random splits, and actions that
+write to
 Dataverse (an e-mail sent with `SendEmail`, a phone call, a task, an appointment, a lead, an
 update, a qualification, a workflow). This module reads and checks the definition; whether it
 makes sense as a flow (reachability, cycles, timing, templates) is checked by
@@ -36,6 +38,8 @@ STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_WAIT = timedelta(days=90)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+TRIGGER_TABLES = ("lead", "contact")
+UNWATCHED = ("modifiedon", "createdon", "versionnumber")  # every write touches them
 DURATION = "a duration such as '3d', '12h', {days: 3}, {hours: 4} or {business_days: 2}"
 
 
@@ -370,8 +374,54 @@ class BusinessHours(Strict):
 
 
 class Audience(Strict):
-    segment: str
+    segment: str | None = None  # without: only the trigger admits (exclusions still apply)
     exclude: list[str] = Field(default_factory=list)
+
+
+class TableTrigger(Strict):
+    """Enter on a record of one table: created (`created: true`), or a column changed value
+    (`changed: COLUMN`, with `to: VALUE` only to that value); `filter` must hold for the record
+    as the store holds it when the journeys run."""
+
+    created: Literal[True] | None = None
+    changed: str | None = None
+    to: bool | int | float | str | None = None
+    filter: str | None = None
+    _compiled: CompiledFilter | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _one(self) -> TableTrigger:
+        if (self.created is None) == (self.changed is None):
+            raise ValueError("either created: true or changed: <column>")
+        if self.has_to and self.changed is None:
+            raise ValueError("to: goes with changed: <column>")
+        return self
+
+    @property
+    def has_to(self) -> bool:
+        """Whether `to` was given (`to: null` is a value: the column emptied)."""
+        return "to" in self.model_fields_set
+
+    @property
+    def compiled(self) -> CompiledFilter | None:
+        return self._compiled
+
+
+class Trigger(Strict):
+    """What the sync saw that admits a member: on `lead`, the lead is the member's own (its
+    goal and exit look at it); on `contact`, the contact enters."""
+
+    lead: TableTrigger | None = None
+    contact: TableTrigger | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Trigger:
+        if not self.tables():
+            raise ValueError("a trigger on lead: or contact: (or both)")
+        return self
+
+    def tables(self) -> list[tuple[str, TableTrigger]]:
+        return [(name, part) for name in TRIGGER_TABLES if (part := getattr(self, name))]
 
 
 class Repeat(Strict):
@@ -417,7 +467,8 @@ class Journey(Strict):
 
     name: str
     description: str = ""
-    audience: Audience
+    audience: Audience | None = None
+    trigger: Trigger | None = None
     entry: Literal["once", "dynamic", "repeating"] = "once"
     repeat: Repeat | None = None
     re_entry: Literal["never"] | ReEntry = "never"
@@ -444,7 +495,19 @@ class Journey(Strict):
     def _entry(self) -> Journey:
         if (self.entry == "repeating") != (self.repeat is not None):
             raise ValueError("repeat: {every: <duration>} goes with entry: repeating, and only")
+        if self.trigger is None and self.segment is None:
+            raise ValueError("audience: {segment: NAME}, or a trigger: to enter by (or both)")
         return self
+
+    @property
+    def segment(self) -> str | None:
+        """The segment whose members enter, if any."""
+        return self.audience.segment if self.audience is not None else None
+
+    @property
+    def excluded(self) -> list[str]:
+        """The segments whose members never enter, by segment or by trigger."""
+        return self.audience.exclude if self.audience is not None else []
 
     @property
     def path(self) -> Path:
@@ -512,7 +575,51 @@ def load_journey(path: Path, tables: dict[str, TableMapping], text: str | None =
             raise document.error(("migrate", old), _unknown(new, ids))
     for loc, condition in _conditions(journey):
         _compile(document, loc, condition, tables, ids)
+    for table, part in journey.trigger.tables() if journey.trigger else []:
+        _check_trigger(document, ("trigger", table), table, part, tables)
     return journey
+
+
+def _check_trigger(
+    document: Document, loc: Location, table: str, part: TableTrigger,
+    tables: dict[str, TableMapping],
+) -> None:  # fmt: skip
+    """The watched column is synced and worth watching, `to` fits it, the filter compiles."""
+    if table not in tables:
+        raise document.error(loc, f"needs tables.yaml to sync the {table} table")
+    mapping = tables[table]
+    if part.changed is not None:
+        column = part.changed
+        if column not in mapping.columns:
+            close = difflib.get_close_matches(column, mapping.columns, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise document.error((*loc, "changed"), f"unknown column {column!r}{hint}")
+        if column in UNWATCHED:
+            raise document.error(
+                (*loc, "changed"), f"{column} changes with every write: name a column whose "
+                "value matters")  # fmt: skip
+        if column == mapping.primary_key:
+            raise document.error(
+                (*loc, "changed"), f"{column} is the record's id: it never changes"
+            )
+        kind = mapping.columns[column]
+        if part.has_to and not _fits(part.to, kind):
+            raise document.error((*loc, "to"), f"a value of {column} ({kind}), or null")
+    if part.filter is not None:
+        part._compiled = _filter(document, (*loc, "filter"), part.filter, table, tables)
+
+
+def _fits(value: object, kind: str) -> bool:
+    """Whether a `to:` value can be a value of a column of type `kind`."""
+    if value is None:
+        return True
+    if kind in ("integer", "bigint"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, str)
 
 
 def _references(step: Step) -> list[tuple[tuple[str | int, ...], str]]:

@@ -5,7 +5,9 @@ For each live journey, in one run at the run's clock:
 1. members who reached the journey's `goal` leave as converted, those who meet its `exit` as
    exited (one query per condition, for every member at once);
 2. segment members enter by the entry rules (`once`, `dynamic` with `re_entry`, `repeating`),
-   inside the schedule's window, each at the first step of the current version;
+   inside the schedule's window, each at the first step of the current version; with a
+   `trigger`, so do the leads and contacts of the changes the sync saw (`triggers`), each
+   change decided once, in the transaction of its admission;
 3. step by step, the members due there (and, at an `if`, those whose condition now holds —
    one query per step) go through the state machine, `CHUNK` at a time; an action's writes
    become outbox intents committed in the same transaction as the member's new step and its
@@ -57,6 +59,7 @@ from connector.errors import DvconnectError, MappingError
 from connector.mapping.journeys import Journey, RoundRobin, Step, load_journey
 from connector.outbox import Intent, Outbox, Outcome, record
 from jobs.context import Context
+from jobs.journeys import triggers
 from jobs.journeys.actions import (
     JOB,
     ActionProblem,
@@ -98,6 +101,8 @@ class JourneyCounts:
 
     state: str = "live"
     entered: int = 0
+    triggered: int = 0  # of those entered: by a trigger
+    waiting: int = 0  # triggering changes of leads without a contact yet (see triggers)
     moved: int = 0
     acted: int = 0
     capped: int = 0
@@ -269,6 +274,7 @@ class JourneyRun:
             state = journey_state(conn, self.journey.name)
         assert state is not None
         self._admit(current, definitions[current], state)
+        self._admit_triggered(current, definitions[current], state)
         for version, definition in definitions.items():  # entrants at the goal never start
             self._leave(version, definition)
         for wave in range(MAX_WAVES):
@@ -314,7 +320,7 @@ class JourneyRun:
 
     def _admit(self, version: int, journey: Journey, state: dict[str, Any]) -> None:
         window = journey.schedule
-        if not (window.starts <= self.now < window.ends):
+        if journey.segment is None or not (window.starts <= self.now < window.ends):
             return
         if journey.entry == "once" and state["admitted_at"] is not None:
             return
@@ -381,6 +387,62 @@ class JourneyRun:
             ).scalar_one()  # fmt: skip
         return max(0, limit - int(entered))
 
+    def _admit_triggered(self, version: int, journey: Journey, state: dict[str, Any]) -> None:
+        """Admit whom the changes matching the journey's trigger name, a chunk of changes per
+        transaction: the members, their history and each change's decision together."""
+        window = journey.schedule
+        if journey.trigger is None or not (window.starts <= self.now < window.ends):
+            return
+        since = max(state["started_at"] or "", stamp(window.starts))
+        first = journey.steps[0].id
+        first_due = stamp(due(journey, self.calendar, first, self.now))
+        m = dvc.journey_members
+        for table, part in journey.trigger.tables():
+            query = triggers.pending(journey, table, part, since)
+            after = 0
+            while True:
+                with self.sink.write() as conn:
+                    changes = conn.execute(
+                        query.where(dvc.changes.c.change_id > after).limit(CHUNK)
+                    ).all()
+                    if not changes:
+                        break
+                    after = changes[-1][0]
+                    decided = triggers.decide(conn, self.ctx.store, journey, table, part,
+                                              changes, self.now)  # fmt: skip
+                    entering = [d for d in decided if d.outcome == "entered"]
+                    room = self._room(journey)  # over the day's limit: decided another day
+                    if room is not None and len(entering) > room:
+                        later = {d.change_id for d in entering[room:]}
+                        self.counts.deferred += len(later)
+                        decided = [d for d in decided if d.change_id not in later]
+                        entering = entering[:room]
+                    members: dict[int, int] = {}
+                    if entering:
+                        inserted = conn.execute(
+                            m.insert().returning(m.c.member_id, sort_by_parameter_order=True),
+                            [{"journey": journey.name, "version": version,
+                              "contactid": d.contactid, "entry": d.entry, "leadid": d.leadid,
+                              "step": first, "status": ACTIVE, "arrived_at": self.at,
+                              "due_at": first_due, "entered_at": self.at}
+                             for d in entering],
+                        )  # fmt: skip
+                        members = dict(zip((d.change_id for d in entering), inserted.scalars(),
+                                           strict=True))  # fmt: skip
+                        self._history(conn, [
+                            (members[d.change_id], None, "entered", first,
+                             {"trigger": table, "change": d.change_id, "record": d.record_id})
+                            for d in entering
+                        ])  # fmt: skip
+                    uses = [{"journey": journey.name, "change_id": d.change_id,
+                             "outcome": d.outcome, "member_id": members.get(d.change_id),
+                             "at": self.at} for d in decided if d.outcome != "waiting"]  # fmt: skip
+                    if uses:
+                        conn.execute(dvc.change_uses.insert(), uses)
+                self.counts.entered += len(entering)
+                self.counts.triggered += len(entering)
+                self.counts.waiting += len(decided) - len(uses)
+
     def _candidates(self, journey: Journey) -> Iterator[list[tuple[str, int, str | None]]]:
         """(contact, entry number, lead ids) of every segment member entering now, in chunks
         (each read after the one before was admitted)."""
@@ -389,9 +451,9 @@ class JourneyRun:
         last_entry = select(func.max(m.c.entry)).where(mine).scalar_subquery()
         active = exists().where(mine, m.c.status == ACTIVE)
         query = select(s.c.contactid, last_entry.label("last"), s.c.lead_ids).where(
-            s.c.segment == journey.audience.segment, ~active
+            s.c.segment == journey.segment, ~active
         )
-        for excluded in journey.audience.exclude:
+        for excluded in journey.excluded:
             other = dvc.segment_members.alias()
             query = query.where(
                 ~exists().where(other.c.segment == excluded, other.c.contactid == s.c.contactid)

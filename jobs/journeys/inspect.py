@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from connector import tables as dvc
 from connector.errors import ConfigError
+from connector.mapping.journeys import Journey
 from jobs.context import Context
 from jobs.journeys.watchdog import watch
 
@@ -34,11 +35,25 @@ def journey_list(ctx: Context) -> list[dict[str, Any]]:
         state = _state(ctx, name)
         listed.append({
             "journey": name, "state": state["state"], "version": state.get("version"),
-            "segment": journey.audience.segment, "members": _statuses(ctx, name),
+            "segment": journey.segment, "trigger": _trigger(journey),
+            "members": _statuses(ctx, name),
         })  # fmt: skip
     for file, error in ctx.mapping.journey_errors.items():
         listed.append({"journey": file, "state": "invalid", "error": str(error)})
     return listed
+
+
+def _trigger(journey: Journey) -> str | None:
+    """A journey's trigger in words: `lead created`, `lead statecode changed to 1`."""
+    if journey.trigger is None:
+        return None
+    parts = []
+    for table, part in journey.trigger.tables():
+        what = "created" if part.created else f"{part.changed} changed"
+        if part.has_to:
+            what += f" to {part.to!r}"
+        parts.append(f"{table} {what}" + (f" where {part.filter}" if part.filter else ""))
+    return "; ".join(parts)
 
 
 def _statuses(ctx: Context, name: str) -> dict[str, int]:

@@ -145,10 +145,10 @@ def _cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
 def _references(ctx: Context, journey: Journey) -> list[MappingError]:
     problems = []
     segments = ctx.mapping.segments
-    names: list[tuple[tuple[str | int, ...], str]] = [
-        (("audience", "segment"), journey.audience.segment)
-    ]
-    names += [(("audience", "exclude", i), name) for i, name in enumerate(journey.audience.exclude)]
+    names: list[tuple[tuple[str | int, ...], str]] = []
+    if journey.segment is not None:
+        names.append((("audience", "segment"), journey.segment))
+    names += [(("audience", "exclude", i), name) for i, name in enumerate(journey.excluded)]
     for loc, condition in _all_conditions(journey):
         names += [(loc, name) for name in condition.segments()]
     for loc, name in names:

@@ -1,0 +1,223 @@
+"""Change capture in the sync: real value changes of watched columns, not touches, not the
+first load, not dvconnect's own writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from connector import tables as dvc
+from connector.changes import Watch, watches, written
+from connector.clock import Clock
+from connector.dataverse import Dataverse
+from connector.mapping import load_mapping
+from connector.settings import Settings
+from connector.store import Store
+from jobs.context import Context
+from jobs.sync import sync_table
+from tests.paths import MAPPINGS, ROOT
+from tests.unit.test_sync import API, FULL, ScriptedTransport, lead
+
+DELTA = API + "leads?$deltatoken=10"
+JOURNEY = """\
+name: {name}
+trigger:
+  lead: {trigger}
+schedule: {{start: 2027-01-04T09:00, end: 2027-03-31T18:00}}
+steps:
+  - id: done
+    end: true
+"""
+
+
+def lead_id(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+@pytest.fixture
+def ctx(database_url: str, tmp_path: Path) -> Context:
+    """A store whose journeys trigger on leads created and on subject and statecode changes."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    triggers = {
+        "on-create": "{created: true}",
+        "on-subject": "{changed: subject}",
+        "on-qualified": "{changed: statecode, to: 1}",
+    }
+    for name, trigger in triggers.items():
+        text = JOURNEY.format(name=name, trigger=trigger)
+        (mappings / "journeys" / f"{name}.yaml").write_text(text)
+    mapping = load_mapping(mappings)
+    assert not mapping.journey_errors
+    store = Store(database_url, mapping)
+    store.prepare()
+    return Context(
+        settings=Settings(),
+        mapping=mapping,
+        store=store,
+        clock=Clock(),
+        dataverse=Dataverse(ScriptedTransport(), page_size=100),
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def transport(ctx: Context) -> ScriptedTransport:
+    return ctx.dataverse.transport  # type: ignore[no-any-return, attr-defined]
+
+
+def changes(ctx: Context) -> list[tuple[str, str, str | None, str | None, str | None]]:
+    c = dvc.changes.c
+    with ctx.store.engine.connect() as conn:
+        rows = conn.execute(
+            select(c.record_id, c.kind, c.column_name, c.old_value, c.new_value).order_by(
+                c.change_id
+            )
+        ).all()
+    return [(r[0][-3:], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def loaded(ctx: Context, transport: ScriptedTransport, *rows: dict[str, Any]) -> None:
+    """The first full read of `rows`; the next read is the delta link."""
+    transport.page(FULL, list(rows), delta_link=DELTA)
+    counts = sync_table(ctx, ctx.mapping.tables["lead"])
+    assert counts.full
+
+
+def delta(ctx: Context, transport: ScriptedTransport, *rows: dict[str, Any]) -> int:
+    transport.page(DELTA, list(rows), delta_link=DELTA)
+    counts = sync_table(ctx, ctx.mapping.tables["lead"])
+    assert not counts.full
+    return counts.changes
+
+
+def intent(ctx: Context, n: int, kind: str, body: dict[str, Any], **values: Any) -> None:
+    """An outbox intent on lead `n` (done now, after every read so far, unless told)."""
+    with ctx.store.transaction() as conn:
+        tick = ctx.store.next_tick(conn)
+        row = {"key": f"test/{n}/{kind}/{len(json.dumps(body))}", "job": "journeys",
+               "kind": kind, "table_name": "lead", "entity_set": "leads",
+               "primary_key": "leadid", "record_id": lead_id(n), "body": json.dumps(body),
+               "headers": "{}", "status": "done", "attempts": 1, "created_at": "x",
+               "done_tick": tick, **values}  # fmt: skip
+        conn.execute(dvc.outbox.insert().values(**row))
+
+
+def test_the_watch_is_what_the_triggers_name_and_nothing_for_other_tables(ctx: Context) -> None:
+    assert watches(ctx.mapping.journeys.values()) == {
+        "lead": Watch(created=True, columns=("statecode", "subject"))
+    }
+
+
+def test_a_first_full_read_records_no_change(ctx: Context, transport: ScriptedTransport) -> None:
+    loaded(ctx, transport, lead(1), lead(2))
+    assert changes(ctx) == []
+
+
+def test_a_value_change_counts_and_a_modifiedon_touch_does_not(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    loaded(ctx, transport, lead(1), lead(2), lead(3))
+    found = delta(
+        ctx, transport,
+        lead(1, modified="2024-02-01T00:00:00Z"),  # touched: no value changed
+        lead(2, subject="changed"),
+        {**lead(3), "statecode": 1},
+        lead(4),  # new
+    )  # fmt: skip
+    assert changes(ctx) == [
+        ("002", "changed", "subject", '"s"', '"changed"'),
+        ("003", "changed", "statecode", None, "1"),
+        ("004", "created", None, None, None),
+    ]
+    assert found == 3
+
+
+def test_a_replayed_page_records_nothing_again(ctx: Context, transport: ScriptedTransport) -> None:
+    loaded(ctx, transport, lead(1))
+    delta(ctx, transport, lead(1, subject="changed"))
+    delta(ctx, transport, lead(1, subject="changed"))  # the same rows again
+    assert changes(ctx) == [("001", "changed", "subject", '"s"', '"changed"')]
+
+
+def test_dvconnects_own_writes_are_no_change_but_other_columns_and_values_are(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    loaded(ctx, transport, lead(1), lead(2), lead(3))
+    intent(ctx, 1, "update", {"subject": "by dvconnect"})
+    intent(ctx, 2, "update", {"subject": "by dvconnect"})
+    intent(ctx, 3, "action", {"Status": 3, "CreateOpportunity": True}, action="QualifyLead")
+    intent(ctx, 5, "create", {"subject": "s", "parentcontactid@odata.bind": "/contacts(x)"})
+    delta(
+        ctx, transport,
+        lead(1, subject="by dvconnect"),  # what the intent wrote
+        {**lead(2, subject="by someone else")},  # the same column, another value
+        {**lead(3, subject="renamed"), "statecode": 1},  # qualified by us, renamed by a user
+        lead(5),  # created by us
+        lead(6),  # created by a user
+    )  # fmt: skip
+    assert changes(ctx) == [
+        ("002", "changed", "subject", '"s"', '"by someone else"'),
+        ("003", "changed", "subject", '"s"', '"renamed"'),
+        ("006", "created", None, None, None),
+    ]
+
+
+def test_a_write_a_completed_read_already_brought_back_is_no_longer_dvconnects(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    loaded(ctx, transport, lead(1))
+    intent(ctx, 1, "update", {"subject": "by dvconnect"})
+    delta(ctx, transport, lead(1, subject="by dvconnect"))  # read back: not a change
+    delta(ctx, transport, lead(1, subject="s"))  # a user puts it back
+    delta(ctx, transport, lead(1, subject="by dvconnect"))  # and sets it again
+    assert changes(ctx) == [
+        ("001", "changed", "subject", '"by dvconnect"', '"s"'),
+        ("001", "changed", "subject", '"s"', '"by dvconnect"'),
+    ]
+
+
+def test_a_failed_intent_wrote_nothing(ctx: Context, transport: ScriptedTransport) -> None:
+    loaded(ctx, transport, lead(1))
+    intent(ctx, 1, "update", {"subject": "x"}, status="failed", done_tick=None)
+    delta(ctx, transport, lead(1, subject="x"))
+    assert changes(ctx) == [("001", "changed", "subject", '"s"', '"x"')]
+
+
+@pytest.mark.parametrize(
+    ("kind", "action", "body", "columns"),
+    [
+        ("create", None, {"subject": "a"}, {None, "subject"}),
+        (
+            "update",
+            None,
+            {"parentcontactid@odata.bind": "/contacts(AB12CD34-0000-0000-0000-000000000001)"},
+            {"_parentcontactid_value"},
+        ),
+        ("action", "QualifyLead", {"Status": 3}, {"statecode", "statuscode"}),
+        ("action", "new_Route", {"Priority": 1}, set()),  # unknown effects: nothing assumed
+    ],
+)
+def test_what_an_intent_writes(
+    kind: str, action: str | None, body: dict[str, Any], columns: set[Any]
+) -> None:
+    assert set(written(kind, action, body)) == columns
+
+
+def test_a_bound_lookup_is_the_lookup_column_in_lower_case() -> None:
+    body = {"parentcontactid@odata.bind": "/contacts(AB12CD34-0000-0000-0000-000000000001)"}
+    assert written("update", None, body) == {
+        "_parentcontactid_value": "ab12cd34-0000-0000-0000-000000000001"
+    }
+
+
+def test_the_sample_trigger_journey_loads_and_watches_new_leads_only() -> None:
+    mapping = load_mapping(ROOT / "mappings")
+    assert not mapping.journey_errors
+    welcome = mapping.journeys["conference-lead-welcome"]
+    assert welcome.segment is None
+    assert watches([welcome]) == {"lead": Watch(created=True, columns=())}
