@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jobs.journeys import engine
 from tests.e2e.conftest import Cli
 from tests.e2e.journey_org import START, Org
 from tests.paths import MAPPINGS
@@ -213,3 +216,49 @@ def test_a_migrate_map_naming_a_missing_step_moves_nobody(cli: Cli, org: Org) ->
     assert _placed(org) == dict.fromkeys(members, (1, "call-completed"))
     with org.cli.store().engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM dvc_journey_versions").scalar() == 1
+
+
+def test_a_pause_during_a_run_takes_effect_at_the_next_chunk_never_mid_write(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`journeys pause` from another command while a run decides its second chunk of members:
+    the chunk decided before it is written whole (members moved, e-mails created and sent), the
+    run decides nothing after it, and the resume finishes the rest, each e-mail once."""
+    cli.emulator.reset(leads=3000, contacts=1500)
+    org = Org(cli)
+    org.at(START)
+    org.run("run", "all")
+    members = org.members()
+    assert len(members) >= 4
+    org.run("journeys", "start", "product-launch")
+    monkeypatch.setattr(engine, "CHUNK", 2)
+    decide = engine.JourneyRun._chunk
+    paused: list[int] = []
+
+    def pause_after_the_first_chunk(run: Any, *args: Any) -> int:
+        moved = decide(run, *args)
+        if not paused:  # what `journeys pause` does, from another process, between two chunks
+            paused.append(moved)
+            with org.cli.store().engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE dvc_journeys SET state = 'paused'")
+        return int(moved)
+
+    monkeypatch.setattr(engine.JourneyRun, "_chunk", pause_after_the_first_chunk)
+    counts = org.run("run", "journeys", "--json")["runs"][0]["counts"]["product-launch"]
+    with org.cli.store().engine.connect() as conn:
+        steps = dict(conn.exec_driver_sql(
+            "SELECT step, count(*) FROM dvc_journey_members WHERE journey = 'product-launch'"
+            " AND status = 'active' GROUP BY step"
+        ).all())  # fmt: skip
+    assert paused == [2]
+    assert counts["acted"] == 2
+    assert steps["opened"] == 2  # the first chunk, whole
+    assert sum(steps.values()) - 2 == steps["launch-email"]  # the others, untouched
+    sent = [e for e in org.rows("email") if e["statuscode"] == 6]
+    assert len(org.rows("email")) == len(sent) == 2
+    monkeypatch.setattr(engine.JourneyRun, "_chunk", decide)
+    org.run("journeys", "resume", "product-launch")
+    org.run("run", "journeys")
+    regarding = Counter(e["_regardingobjectid_value"] for e in org.rows("email"))
+    assert len(regarding) == sum(steps.values())
+    assert set(regarding.values()) == {1}
