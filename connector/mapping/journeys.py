@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 from datetime import date, datetime, time, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -252,7 +253,6 @@ class Step(Strict):
     update: UpdateAction | None = None
     qualify_lead: QualifyLeadAction | None = None
     run_workflow: RunWorkflowAction | None = None
-    _kind: str = PrivateAttr("")
 
     @field_validator("id")
     @classmethod
@@ -267,7 +267,7 @@ class Step(Strict):
         if len(kinds) != 1:
             found = f" (found {', '.join(kinds)})" if kinds else ""
             raise ValueError(f"a step has exactly one of {', '.join(STEP_KINDS)}{found}")
-        kind = self._kind = kinds[0]
+        kind = kinds[0]
         if kind == "if" and (self.then is None or self.else_ is None):
             raise ValueError("if: needs then: <step id> and else: <step id>")
         if kind == "branch" and self.default is None:
@@ -282,9 +282,9 @@ class Step(Strict):
             raise ValueError("default: only for a branch step")
         return self
 
-    @property
+    @cached_property  # read for every member at every step: computed once
     def kind(self) -> str:
-        return self._kind
+        return next(kind for kind in STEP_KINDS if getattr(self, _field(kind)) is not None)
 
     @property
     def is_action(self) -> bool:
