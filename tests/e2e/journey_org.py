@@ -26,6 +26,16 @@ class Org:
         self.cli = cli
         self.now = START
 
+    @classmethod
+    def synced(cls, cli: Cli) -> Org:
+        """The 3,000-lead seed (the shared 300-lead one holds no conference decision maker),
+        both clocks at START, every job run once: where the journeys tests begin."""
+        cli.emulator.reset(leads=3000, contacts=1500)
+        org = cls(cli)
+        org.at(START)
+        org.run("run", "all")
+        return org
+
     def at(self, moment: datetime) -> None:
         self.now = moment
         self.cli.emulator.admin("POST", "/clock", {"now": moment.strftime("%Y-%m-%dT%H:%M:%SZ")})

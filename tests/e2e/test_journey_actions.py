@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cli
-from tests.e2e.journey_org import START, ZURICH, Org
+from tests.e2e.journey_org import ZURICH, Org
 from tests.paths import MAPPINGS
 
 NURTURE = "3100674c-d9ad-5246-a3be-416fe8218c00"  # Lead nurture follow-up (on demand, lead)
@@ -73,11 +73,7 @@ def org(cli: Cli, tmp_path: Path) -> Org:
     (mappings / "journeys").mkdir()
     (mappings / "journeys" / "every-action.yaml").write_text(JOURNEY, encoding="utf-8")
     cli.env["DVCONNECT_MAPPINGS_DIR"] = str(mappings)
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all")
-    return org
+    return Org.synced(cli)
 
 
 def member_leads(org: Org) -> dict[str, str]:

@@ -41,11 +41,8 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 @pytest.fixture
 def org(cli: Cli, tmp_path: Path) -> Org:
-    cli.emulator.reset(leads=3000, contacts=1500)
     _mappings(cli, tmp_path)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all")
+    org = Org.synced(cli)
     org.run("journeys", "start", FOLLOW_UP)
     org.run("run", "journeys")
     assert org.rows("phonecall")  # every member called; now waiting for the call, up to 7 days
@@ -224,10 +221,7 @@ def test_a_pause_during_a_run_takes_effect_at_the_next_chunk_never_mid_write(
     """`journeys pause` from another command while a run decides its second chunk of members:
     the chunk decided before it is written whole (members moved, e-mails created and sent), the
     run decides nothing after it, and the resume finishes the rest, each e-mail once."""
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all")
+    org = Org.synced(cli)
     members = org.members()
     assert len(members) >= 4
     org.run("journeys", "start", "product-launch")

@@ -21,17 +21,13 @@ from connector.mapping import load_mapping
 from jobs.journeys.machine import Member
 from jobs.journeys.plan import holds
 from tests.e2e.conftest import Cli
-from tests.e2e.journey_org import START, Org
+from tests.e2e.journey_org import Org
 from tests.paths import MAPPINGS
 
 
 @pytest.fixture
 def org(cli: Cli) -> Org:
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all")
-    return org
+    return Org.synced(cli)
 
 
 def _stamp(text: str) -> datetime:

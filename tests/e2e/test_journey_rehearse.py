@@ -16,18 +16,14 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Cli
-from tests.e2e.journey_org import START, Org
+from tests.e2e.journey_org import Org
 
 COMPARED = ("run", "step", "table", "id", "subject", "owner", "regarding", "due")
 
 
 @pytest.fixture
 def org(cli: Cli) -> Org:
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all", "--json")
-    return org
+    return Org.synced(cli)
 
 
 def _records(path: Path) -> set[tuple[Any, ...]]:

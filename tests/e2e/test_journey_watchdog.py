@@ -16,7 +16,7 @@ import pytest
 
 from connector.clock import parse_stamp
 from tests.e2e.conftest import Cli
-from tests.e2e.journey_org import START, TO, Org
+from tests.e2e.journey_org import TO, Org
 
 JOURNEY = "product-launch"
 STEPS = "launch-email, opened, newsletter, call, brochure, done"
@@ -24,10 +24,7 @@ STEPS = "launch-email, opened, newsletter, call, brochure, done"
 
 @pytest.fixture
 def org(cli: Cli) -> Org:
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
-    org.at(START)
-    org.run("run", "all")
+    org = Org.synced(cli)
     org.run("journeys", "start", JOURNEY)
     return org
 
