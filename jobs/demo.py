@@ -9,7 +9,8 @@ the sync transfers only that.
 The sample journeys run on a simulated week: the emulator's clock and dvconnect's (what
 `DVCONNECT_NOW` sets) move together from the journeys' start, Monday 4 January 2027 in Zurich.
 Day 0 runs every job (both journeys started first); then some recipients open the launch e-mail,
-and the journeys run on day 1 and day 6 after a sync. The next demo continues a week later.
+and the journeys run on day 1 and day 5 (when the launch e-mail's five days are up) after a sync.
+The next demo continues a week later.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SUMMARY_LINES = 8  # per job; the rest is in `dvconnect status --json`
 OPEN_ORPHANS = "statecode eq 0 and _parentcontactid_value eq null"
 CLOCK = DEMO_DIR / "clock"  # the simulated instant the next demo starts at
 JOURNEYS_START = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # Monday 09:00 in Zurich
-LATER_RUNS = (1, 6)  # days after the first: the journeys run again, after a sync
+LATER_RUNS = (1, 5)  # days after the first: the journeys run again, after a sync
 OPENED = 2  # every second launch e-mail gets opened
 
 
@@ -127,7 +128,9 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
 
     failed = _journeys_week(demo_settings, emulator, day0)
     CLOCK.write_text(stamp(day0 + timedelta(days=7)))
-    matches = _matches_org(_at(demo_settings, emulator, day0 + timedelta(days=6)), emulator)
+    matches = _matches_org(
+        _at(demo_settings, emulator, day0 + timedelta(days=LATER_RUNS[-1])), emulator
+    )
     return 0 if matches and not orphans and not failed else 1
 
 
