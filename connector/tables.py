@@ -25,6 +25,12 @@ everything dvconnect records about its own work lives here:
   journey triggers on (a row created, a watched column's old and new value), written with the
   page they came in; `dvc_change_uses` — what each journey decided about each change (a member
   entered, or why not), written with the admission, so a change admits once.
+* `dvc_score_contributions` — why each lead has its score: one row per model, lead, rule and
+  record that gave it points, with since when (decay counts from there); `dvc_scores` — each
+  lead's score and grade per model, since when it is sales-ready, its pending and last hand-off;
+  `dvc_score_scratch` — one evaluation's scores, before they are compared; `dvc_score_history`
+  — every change of a lead's score or grade; `dvc_handoffs` — each hand-off made to an owner
+  (the record it created, the reasons), counted per owner and day for caps.
 * `dvc_meta` — facts about the store itself (the normal form its match keys were computed in).
 """
 
@@ -272,4 +278,63 @@ change_uses = Table(
     Column("outcome", String(16), nullable=False),  # entered, filtered, in, too-soon, gone, ...
     Column("member_id", Integer()),  # entered: the member it admitted
     Column("at", STAMP, nullable=False),
+)
+
+score_contributions = Table(
+    "dvc_score_contributions",
+    METADATA,
+    Column("model", String(64), primary_key=True),
+    Column("leadid", ID, primary_key=True),
+    Column("rule", String(64), primary_key=True),
+    Column("record_id", ID, primary_key=True),  # the activity (per record), or "" (per lead)
+    Column("at", STAMP, nullable=False),  # since when it counts: what decay measures
+)
+
+scores = Table(
+    "dvc_scores",
+    METADATA,
+    Column("model", String(64), primary_key=True),
+    Column("leadid", ID, primary_key=True),
+    Column("score", Float(), nullable=False),
+    Column("grade", String(8), nullable=False),  # cold, warm, hot
+    Column("scored_at", STAMP, nullable=False),  # when score or grade last changed
+    Column("ready_since", STAMP),  # sales-ready since (None: below the threshold)
+    Column("handoff_due", STAMP),  # a hand-off owed for this crossing, from then (caps wait)
+    Column("handed_off_at", STAMP),  # the last hand-off (the quiet period counts from it)
+)
+
+score_scratch = Table(  # one evaluation's result, before it is compared
+    "dvc_score_scratch",
+    METADATA,
+    Column("model", String(64), primary_key=True),
+    Column("leadid", ID, primary_key=True),
+    Column("score", Float(), nullable=False),
+)
+
+score_history = Table(
+    "dvc_score_history",
+    METADATA,
+    Column("event_id", Integer(), primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("leadid", ID, nullable=False),
+    Column("at", STAMP, nullable=False),
+    Column("score", Float(), nullable=False),
+    Column("grade", String(8), nullable=False),
+    Index("dvc_score_history_lead", "model", "leadid"),
+)
+
+handoffs = Table(
+    "dvc_handoffs",
+    METADATA,
+    Column("model", String(64), primary_key=True),
+    Column("leadid", ID, primary_key=True),
+    Column("ready_since", STAMP, primary_key=True),  # the crossing it is for: one each
+    Column("at", STAMP, nullable=False),
+    Column("table_name", String(16), nullable=False),  # task or phonecall
+    Column("record_id", ID, nullable=False),
+    Column("owner_id", ID),
+    Column("day", String(10), nullable=False),  # the owner's local day (caps count per day)
+    Column("score", Float(), nullable=False),
+    Column("reasons", Text(), nullable=False),
+    Index("dvc_handoffs_caps", "model", "owner_id", "day"),
 )

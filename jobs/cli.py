@@ -79,6 +79,9 @@ class _Progress:
         sys.stderr.flush()
 
 
+GRADES = ("hot", "warm", "cold")
+
+
 def _plain(value: Any) -> str:
     """A plan value on one line: mappings as compact JSON, the rest as text."""
     return (
@@ -137,7 +140,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
     ctx = build_context(settings)
     mapping = ctx.mapping
-    errors = [*mapping.segment_errors.values(), *mapping.journey_errors.values()]
+    errors = [*mapping.segment_errors.values(), *mapping.journey_errors.values(),
+              *mapping.model_errors.values()]  # fmt: skip
     for journey in mapping.journeys.values():
         errors += validate(ctx, journey)
     for error in errors:
@@ -146,7 +150,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     segments = f", {len(mapping.segments)} segments" if mapping.segments else ""
     journeys = f", {len(mapping.journeys)} journeys" if mapping.journeys else ""
-    print(f"mappings ok: {', '.join(mapping.tables)}{segments}{journeys} ({settings.mappings_dir})")
+    n = len(mapping.models)
+    models = f", {n} scoring model{'s' if n != 1 else ''}" if n else ""
+    print(f"mappings ok: {', '.join(mapping.tables)}{segments}{journeys}{models} "
+          f"({settings.mappings_dir})")  # fmt: skip
     for table in mapping.tables.values():
         if not table.change_tracking and table.full_read_every is not None:
             print(
@@ -206,6 +213,7 @@ def status_document(ctx: Context) -> dict[str, Any]:
     and writes waiting to be sent."""
     from connector.outbox import pending_by_job
     from jobs.journeys.inspect import journey_list
+    from jobs.scoring import scoring_status
 
     tables = {}
     for name in ctx.mapping.tables:
@@ -228,6 +236,7 @@ def status_document(ctx: Context) -> dict[str, Any]:
         "runs": runs,
         "segments": segments,
         "journeys": journey_list(ctx),
+        "scoring": scoring_status(ctx),
         "pending_writes": pending_by_job(ctx.store),
     }
 
@@ -267,6 +276,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             version = f" (version {entry['version']})" if entry["version"] else ""
             print(f"  {entry['journey']}: {entry['state']}{version}"
                   + (f", members {members}" if members else ""))  # fmt: skip
+    if document["scoring"]:
+        print("scoring:")
+        for name, model in document["scoring"].items():
+            grades = ", ".join(
+                f"{model['grades'].get(g, 0):,} {g}" for g in ("hot", "warm", "cold")
+            )
+            per_day = ", ".join(f"{d}: {n}" for d, n in model["hand_offs_per_day"].items())
+            print(f"  {name}: {grades}; {model['sales_ready']:,} sales-ready; hand-offs "
+                  f"{per_day or 'none in the last 7 days'}")  # fmt: skip
     for job, count in document["pending_writes"].items():
         print(f"writes waiting to be sent: {job}: {count} (the next run sends them first)")
     print("recent runs:")
@@ -638,6 +656,58 @@ def cmd_journeys_rehearse(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_scoring_show(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.scoring import lead_scores
+
+    shown = lead_scores(build_context(settings), args.lead)
+    if args.json:
+        _print_json({"lead": args.lead, "models": shown})
+        return 0
+    if not shown:
+        print(f"lead {args.lead} has no score (not scored by any model, or not scored yet)")
+    for entry in shown:
+        ready = f", sales-ready since {entry['ready_since']}" if entry["ready_since"] else ""
+        print(f"{entry['model']}: {entry['score']:g} ({entry['grade']}){ready}")
+        for c in entry["contributions"]:
+            record = f" ({c['record']})" if c["record"] else ""
+            print(f"  {c['points']:+} {c['rule']}: {c['reason']}{record}, since {c['since']}")
+        for handed in entry["hand_offs"]:
+            print(f"  handed off {handed['at']}: {handed['table_name']} {handed['record_id']} "
+                  f"for owner {handed['owner_id'] or '-'}")  # fmt: skip
+    return 0
+
+
+def cmd_scoring_top(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.scoring import top
+
+    leads = top(build_context(settings), args.name, args.grade, args.limit)
+    if args.json:
+        _print_json({"model": args.name, "leads": leads})
+        return 0
+    for lead in leads:
+        print(f"{lead['score']:>7g} {lead['grade']:<4} {lead['leadid']} {lead['subject'] or ''} "
+              f"(owner {lead['_ownerid_value'] or '-'})")  # fmt: skip
+    return 0
+
+
+def cmd_scoring_preview(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.scoring import preview
+
+    ctx = build_context(settings)
+    if not ctx.store.exists:
+        raise ConfigError("the store is empty: run `dvconnect run sync` first")
+    shown = preview(ctx, args.name)
+    if args.json:
+        _print_json(shown)
+        return 0
+    grades = ", ".join(f"{shown['grades'].get(g, 0):,} {g}" for g in GRADES)
+    print(f"{shown['model']}: {shown['leads']:,} leads ({grades}), {shown['sales_ready']:,} "
+          f"sales-ready, {shown['would_hand_off']:,} hand-offs owed (nothing saved)")  # fmt: skip
+    for bucket, n in shown["scores"].items():
+        print(f"  {bucket:>12}: {n:,}")
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -788,6 +858,25 @@ def _parser() -> argparse.ArgumentParser:
                            "each")  # fmt: skip
     rehearsal.add_argument("--json", action="store_true", help="print one JSON document")
     rehearsal.set_defaults(handler=cmd_journeys_rehearse)
+
+    scoring = commands.add_parser("scoring", help="lead scores, grades and hand-offs")
+    scoring_commands = scoring.add_subparsers(
+        dest="scoring_command", required=True, metavar="ACTION"
+    )
+    lead_score = scoring_commands.add_parser("show", help="a lead's score and what made it")
+    lead_score.add_argument("lead", help="the lead's id")
+    lead_score.add_argument("--json", action="store_true", help="print one JSON document")
+    lead_score.set_defaults(handler=cmd_scoring_show)
+    best = scoring_commands.add_parser("top", help="a model's best-scored leads")
+    best.add_argument("name")
+    best.add_argument("--grade", choices=("hot", "warm", "cold"))
+    best.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    best.add_argument("--json", action="store_true", help="print one JSON document")
+    best.set_defaults(handler=cmd_scoring_top)
+    look = scoring_commands.add_parser("preview", help="scores and grades now, nothing saved")
+    look.add_argument("name")
+    look.add_argument("--json", action="store_true", help="print one JSON document")
+    look.set_defaults(handler=cmd_scoring_preview)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")

@@ -30,6 +30,7 @@ from jobs.orphans import (
     run_link_orphans,
     run_promote_contacts,
 )
+from jobs.scoring import plan_scoring, run_scoring
 from jobs.segments import plan_segments, run_segments
 from jobs.sync import describe_plan, run_sync
 
@@ -89,6 +90,26 @@ def _segments_summary(counts: dict[str, Any]) -> list[str]:
     ]
 
 
+def _scoring_summary(counts: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, c in counts.items():
+        if name == "failures":
+            lines += [f"write {f['write']} refused: {f['code']} {f['message']}" for f in c]
+            continue
+        if not isinstance(c, dict):
+            continue
+        if c.get("error"):
+            lines.append(f"{name}: not run: {c['error']}")
+            continue
+        grades = ", ".join(f"{c['grades'].get(g, 0):,} {g}" for g in ("hot", "warm", "cold"))
+        lines.append(
+            f"{name}: {c['leads']:,} leads ({grades}), {c['changed']:,} changed, "
+            f"{c['ready']:,} sales-ready ({c['crossed']:,} new), {c['rated']:,} write-backs, "
+            f"{c['handed_off']:,} hand-offs, {c['capped']:,} capped"
+        )
+    return lines
+
+
 def _journeys_summary(counts: dict[str, Any]) -> list[str]:
     lines = []
     for name, c in counts.items():
@@ -139,11 +160,12 @@ JOBS: dict[str, Job] = {
     ),
     "segments": Job(run=run_segments, plan=plan_segments, summary=_segments_summary),
     "journeys": Job(run=run_journeys, plan=plan_journeys, summary=_journeys_summary),
+    "scoring": Job(run=run_scoring, plan=plan_scoring, summary=_scoring_summary),
 }
 JOB_CHOICES = (*JOBS, "all")
 # `all`: the write jobs work from a fresh sync, and a second sync reads their writes back
 # before segments are evaluated (only the sync writes the synced tables).
-ALL = ("sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys")
+ALL = ("sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys", "scoring")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 One module per definition kind: `tables` (what the sync copies), `schedule` (each job's cron),
 `orphans` (how `link-orphans` finds or makes contacts), `segments` (OData conditions compiled
-once), `journeys` (steps over a segment's members); `document` reads any of them with the line
+once), `journeys` (steps over a segment's members), `scoring` (lead-scoring models); `document`
+reads any of them with the line
 of every key. Unknown keys are refused and
 every error names the file, the key, its line and what was expected, so an admin can fix it
-without reading Python. A bad segment or journey does not stop the rest: it is kept in
-`Mapping.segment_errors` (`journey_errors`), so `check` fails on it while a scheduled run
-evaluates the others.
+without reading Python. A bad segment, journey or model does not stop the rest: it is kept in
+`Mapping.segment_errors` (`journey_errors`, `model_errors`), so `check` fails on it while a
+scheduled run evaluates the others.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from connector.mapping.document import Document
 from connector.mapping.journeys import Journey, load_journeys
 from connector.mapping.orphans import MATCH_COLUMNS, Orphans, load_orphans
 from connector.mapping.schedule import JOB_NAMES, Schedule, load_schedule
+from connector.mapping.scoring import Model, load_models
 from connector.mapping.segments import CHANNEL_OPT_OUTS, Segment, load_segments
 from connector.mapping.tables import ColumnType, TableMapping, load_tables
 
@@ -32,6 +34,7 @@ __all__ = [
     "ColumnType",
     "Journey",
     "Mapping",
+    "Model",
     "Orphans",
     "Schedule",
     "Segment",
@@ -52,6 +55,8 @@ class Mapping:
     segment_errors: dict[str, MappingError]  # by file name: what is wrong with a bad segment
     journeys: dict[str, Journey]
     journey_errors: dict[str, MappingError]  # by file name: what is wrong with a bad journey
+    models: dict[str, Model]  # lead-scoring models
+    model_errors: dict[str, MappingError]
 
     @cached_property
     def match_keys(self) -> dict[str, tuple[str, ...]]:
@@ -74,6 +79,7 @@ def load_mapping(directory: Path) -> Mapping:
     orphans = load_orphans(Document.read(directory / "orphans.yaml"), tables)
     segments, segment_errors = load_segments(directory / "segments", tables)
     journeys, journey_errors = load_journeys(directory / "journeys", tables)
+    models, model_errors = load_models(directory / "scoring", tables, set(segments), set(journeys))
     return Mapping(
         directory=directory,
         tables=tables,
@@ -83,4 +89,6 @@ def load_mapping(directory: Path) -> Mapping:
         segment_errors=segment_errors,
         journeys=journeys,
         journey_errors=journey_errors,
+        models=models,
+        model_errors=model_errors,
     )

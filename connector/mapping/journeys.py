@@ -26,10 +26,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from connector.errors import MappingError
-from connector.filters import CompiledFilter, FilterError, parse_filter
+from connector.filters import CompiledFilter
 from connector.mapping.document import Document, Location, Strict, parse_duration
 from connector.mapping.segments import NAME
-from connector.mapping.tables import TableMapping
+from connector.mapping.tables import TableMapping, compile_filter
 
 ACTIVITIES = ("email", "phonecall", "task", "appointment")
 ACTION_KINDS = (*ACTIVITIES, "create_lead", "update", "qualify_lead", "run_workflow")
@@ -606,7 +606,7 @@ def _check_trigger(
         if part.has_to and not _fits(part.to, kind):
             raise document.error((*loc, "to"), f"a value of {column} ({kind}), or null")
     if part.filter is not None:
-        part._compiled = _filter(document, (*loc, "filter"), part.filter, table, tables)
+        part._compiled = compile_filter(document, (*loc, "filter"), part.filter, table, tables)
 
 
 def _fits(value: object, kind: str) -> bool:
@@ -670,31 +670,17 @@ def _compile(
     for table in ("contact", "lead"):
         text = getattr(condition, table)
         if text is not None:
-            condition._filters[table] = _filter(document, (*loc, table), text, table, tables)
+            condition._filters[table] = compile_filter(document, (*loc, table), text, table, tables)
     for kind in ACTIVITIES:
         part: ActivityCondition | None = getattr(condition, kind)
         if part is None:
             continue
         if part.step not in steps:
             raise document.error((*loc, kind, "step"), _unknown(part.step, steps))
-        part._compiled = _filter(document, (*loc, kind, "filter"), part.filter, kind, tables)
+        part._compiled = compile_filter(document, (*loc, kind, "filter"), part.filter, kind, tables)
     for combinator in ("any", "all"):
         for i, inner in enumerate(getattr(condition, combinator) or []):
             _compile(document, (*loc, combinator, i), inner, tables, steps)
-
-
-def _filter(
-    document: Document, loc: Location, text: str, table: str, tables: dict[str, TableMapping]
-) -> CompiledFilter:
-    if table not in tables:
-        raise document.error(loc, f"needs tables.yaml to sync the {table} table")
-    try:
-        return parse_filter(text, tables[table].columns)
-    except FilterError as exc:
-        at = ""
-        if exc.position is not None and "position" not in exc.message:
-            at = f" (at character {exc.position + 1})"
-        raise document.error(loc, f"{exc.message}{at}") from None
 
 
 def load_journeys(

@@ -6,7 +6,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.mapping.document import Document, Strict
 
-JOB_NAMES = ("sync", "link-orphans", "promote-contacts", "segments", "journeys")
+JOB_NAMES = ("sync", "link-orphans", "promote-contacts", "segments", "journeys", "scoring")
 
 
 class Schedule(Strict):

@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from connector.errors import MappingError
-from connector.filters import CompiledFilter, FilterError, parse_filter
+from connector.filters import CompiledFilter
 from connector.mapping.document import Document, Strict
-from connector.mapping.tables import TableMapping
+from connector.mapping.tables import TableMapping, compile_filter
 
 Channel = Literal["any", "email", "phone"]
 CHANNEL_OPT_OUTS: dict[str, str] = {"email": "donotemail", "phone": "donotphone"}
@@ -82,13 +82,7 @@ def load_segment(path: Path, tables: dict[str, TableMapping]) -> Segment:
         text = getattr(segment, key)
         if text is None:
             continue
-        try:
-            segment._filters[key] = parse_filter(text, tables[key].columns)
-        except FilterError as exc:
-            at = ""
-            if exc.position is not None and "position" not in exc.message:
-                at = f" (at character {exc.position + 1})"
-            raise document.error((key,), f"{exc.message}{at}") from None
+        segment._filters[key] = compile_filter(document, (key,), text, key, tables)
     return segment
 
 

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from connector.mapping.document import Document, Strict, parse_duration
+from connector.filters import CompiledFilter, FilterError, parse_filter
+from connector.mapping.document import Document, Location, Strict, parse_duration
 
 ColumnType = Literal[
     "guid", "string", "integer", "bigint", "number", "boolean", "datetime", "date", "lookuptype"
@@ -109,3 +110,19 @@ def load_tables(document: Document) -> dict[str, TableMapping]:
             raise document.error((*where, "name"), "unknown key")
         tables[name] = document.parse(TableMapping, {**table, "name": name}, at=where)
     return tables
+
+
+def compile_filter(
+    document: Document, loc: Location, text: str, table: str, tables: dict[str, TableMapping]
+) -> CompiledFilter:
+    """An OData filter of a definition, compiled against `table`'s synced columns; a
+    MappingError at `loc` (with the character) when it does not compile."""
+    if table not in tables:
+        raise document.error(loc, f"needs tables.yaml to sync the {table} table")
+    try:
+        return parse_filter(text, tables[table].columns)
+    except FilterError as exc:
+        at = ""
+        if exc.position is not None and "position" not in exc.message:
+            at = f" (at character {exc.position + 1})"
+        raise document.error(loc, f"{exc.message}{at}") from None

@@ -27,7 +27,7 @@ def test_check_online_proves_credentials_and_every_column(cli: Cli) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "mappings ok: lead, contact, email, phonecall, task, systemuser, queue, 2 segments, "
-        f"2 journeys ({MAPPINGS})",
+        f"2 journeys, 1 scoring model ({MAPPINGS})",
         "note: email: change tracking is off in Dataverse; syncs follow modifiedon and cannot "
         "see deletions (turn on 'Track changes' for the table, then `dvconnect state reset "
         "email`)",
@@ -122,7 +122,15 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert "SIGTERM received" in stderr
     runs = list(reversed(cli.store().recent_runs()))
     assert runs[0].job == "sync"
-    in_order = ["sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys"]
+    in_order = [
+        "sync",
+        "link-orphans",
+        "promote-contacts",
+        "sync",
+        "segments",
+        "journeys",
+        "scoring",
+    ]
     assert [r.job for r in runs] == in_order[: len(runs)]
     assert {r.outcome for r in runs} == {"succeeded"}
 

@@ -97,3 +97,14 @@ def test_bad_command_lines(workdir: Path, dvconnect: Cli, case: dict[str, Any]) 
     assert err.strip().splitlines()[-1] == f"dvconnect: {case['error']}"
     assert out == ""
     assert not (workdir / "store.sqlite3").exists()
+
+
+@pytest.mark.parametrize("case", _cases("scoring.yaml"))
+def test_malformed_scoring_models(workdir: Path, dvconnect: Cli, case: dict[str, Any]) -> None:
+    target = workdir / "mappings" / "scoring" / case.get("file", "contoso-interest.yaml")
+    _write(target, case)
+    code, _, err = dvconnect("check", "--offline")
+    assert code == 2, err
+    reported = Path("mappings") / "scoring" / target.name
+    assert f"error: {reported}: {case['error']}" in err.splitlines()
+    assert not (workdir / "store.sqlite3").exists()

@@ -51,7 +51,7 @@ def test_shipped_mappings_load_with_the_columns_later_jobs_need(mappings: Path) 
     )
     assert lead.lookup_types == {"owneridtype": "_ownerid_value"}
     assert set(mapping.schedule.jobs) == {
-        "sync", "link-orphans", "promote-contacts", "segments", "journeys"
+        "sync", "link-orphans", "promote-contacts", "segments", "journeys", "scoring"
     }  # fmt: skip
     assert mapping.orphans.link_orphans.match == "email"
     assert mapping.orphans.link_orphans.accents == "ignore"
@@ -68,7 +68,7 @@ def test_unknown_key_is_rejected(mappings: Path) -> None:
     )
     assert (
         _error(mappings)
-        == f"{mappings / 'tables.yaml'}: tables.contact.colums (line 38): unknown key"
+        == f"{mappings / 'tables.yaml'}: tables.contact.colums (line 39): unknown key"
     )
 
 
@@ -111,7 +111,7 @@ def test_bad_cron_and_unknown_job_are_rejected(mappings: Path) -> None:
     _edit(mappings / "schedule.yaml", "  sync:", "  synk:")
     assert (
         _error(mappings)
-        == f"{mappings / 'schedule.yaml'}: jobs.synk (line 5): a job name, one of sync, link-orphans, promote-contacts, segments, journeys"
+        == f"{mappings / 'schedule.yaml'}: jobs.synk (line 5): a job name, one of sync, link-orphans, promote-contacts, segments, journeys, scoring"
     )
 
 
