@@ -9,8 +9,9 @@ the sync transfers only that.
 The sample journeys run on a simulated week: the emulator's clock and dvconnect's (what
 `DVCONNECT_NOW` sets) move together from the journeys' start, Monday 4 January 2027 in Zurich.
 Day 0 runs every job (both journeys started first); then some recipients open the launch e-mail,
-and the journeys run on day 1 and day 5 (when the launch e-mail's five days are up) after a sync.
-The next demo continues a week later.
+and the journeys, then the lead scoring, run on day 1 and day 5 (when the launch e-mail's five
+days are up) after a sync: a third of the readers also clicked, so their leads turn hot and are
+handed to their owners. The next demo continues a week later.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jobs.context import Context, build_context
 from jobs.journeys.inspect import journey_show
 from jobs.journeys.lifecycle import change_state, journey_state
 from jobs.runner import JOBS, JobResult, run_named
+from jobs.scoring import scoring_status
 
 DEMO_DIR = Path("var/demo")
 DATA_DIR = DEMO_DIR / "emulator"
@@ -178,15 +180,21 @@ def _journeys_week(settings: Settings, emulator: EmulatorProcess, day0: datetime
     for days in LATER_RUNS:
         ctx = _at(settings, emulator, day0 + timedelta(days=days))
         run_named(ctx, "sync")
-        (result,) = run_named(ctx, "journeys")
-        for line in JOBS["journeys"].summary(result.counts)[:SUMMARY_LINES]:
-            print(f"  day {days}: {line}")
+        for job in ("journeys", "scoring"):
+            (result,) = run_named(ctx, job)
+            for line in JOBS[job].summary(result.counts)[:SUMMARY_LINES]:
+                print(f"  day {days}: {line}")
     failed = 0
     for name in ctx.mapping.journeys:
         shown = journey_show(ctx, name)
         members = ", ".join(f"{n} {status}" for status, n in sorted(shown["members"].items()))
         print(f"  {name}: {members or 'no members'}")
         failed += shown["members"].get("failed", 0)
+    for name, model in scoring_status(ctx).items():
+        grades = ", ".join(f"{n} {grade}" for grade, n in sorted(model["grades"].items()))
+        handed = sum(model["hand_offs_per_day"].values())
+        print(f"  scoring {name}: {grades}; {model['sales_ready']} sales-ready, {handed} handed "
+              "to their owners in the last 7 days")  # fmt: skip
     made = _made_by_journeys(ctx, emulator)
     print("records the journeys made in the org:")
     for (table, state), count in sorted(made.items()):
@@ -204,8 +212,9 @@ def _open_launch_emails(ctx: Context, emulator: EmulatorProcess) -> int:
     opened = 0
     for email in ids[::OPENED]:
         row = emulator.admin("GET", f"/tables/email/{email}")["row"]
-        if not row.get("opencount"):
-            emulator.admin("POST", f"/emails/{email}/engagement", {"opens": 1})
+        if not row.get("opencount"):  # a third of the readers also click: hot leads to score
+            clicks = 1 if opened % 3 == 0 else 0
+            emulator.admin("POST", f"/emails/{email}/engagement", {"opens": 1, "clicks": clicks})
             opened += 1
     return opened
 
