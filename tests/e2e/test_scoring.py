@@ -192,3 +192,26 @@ def test_bad_model_is_reported_and_the_other_models_still_run(cli: Cli, tmp_path
     counts = next(r for r in document["runs"] if r["job"] == "scoring")["counts"]
     assert counts["broken.yaml"]["failed"] == 1
     assert counts[MODEL]["leads"] > 0
+
+
+def test_the_dry_run_lists_the_hand_offs_the_real_run_then_makes(org: Org) -> None:
+    org.run("journeys", "start", "product-launch")
+    org.run("run", "journeys")
+    launch = sorted(org.rows("email"), key=lambda e: e["activityid"])[:3]
+    for email in launch:
+        org.cli.emulator.admin("POST", f"/emails/{email['activityid']}/engagement",
+                               {"opens": 1, "clicks": 1})  # fmt: skip
+    org.advance(hours=1)
+    org.run("run", "sync")
+    seq = org.last_seq()
+    (plan,) = org.run("run", "scoring", "--dry-run", "--json")["plan"]["scoring"]
+    assert org.writes_since(seq) == []
+    assert _scores(org)[launch[0]["_regardingobjectid_value"]][0] == 25.0  # nothing saved
+    listed = {(h["table"], h["id"], h["lead"]) for h in plan["handoffs"]}
+    assert len(listed) == plan["handed_off"] == 3
+    org.run("run", "scoring")
+    made = {("task", t["activityid"], t["_regardingobjectid_value"]) for t in org.rows("task")}
+    assert made == listed
+    preview = org.run("scoring", "preview", MODEL, "--json")
+    assert preview["grades"]["hot"] == 3
+    assert preview["would_hand_off"] == 0  # handed off already
