@@ -261,7 +261,7 @@ changes = Table(
     Column("change_id", Integer(), primary_key=True, autoincrement=True),
     Column("table_name", String(128), nullable=False),
     Column("record_id", ID, nullable=False),
-    Column("kind", String(8), nullable=False),  # created or changed
+    Column("kind", String(8), nullable=False),  # created, changed, or ready (sales-ready)
     Column("column_name", String(128)),  # changed: the watched column (one row per column)
     Column("old_value", Text()),  # JSON, as connector.changes encodes it; None: empty
     Column("new_value", Text()),

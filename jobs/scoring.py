@@ -63,6 +63,7 @@ from connector.outbox import Intent, Outbox, record
 from jobs.context import Context
 from jobs.journeys.calendar import Calendar
 from jobs.journeys.templates import TemplateProblem, render
+from jobs.journeys.triggers import READY
 
 log = logging.getLogger("dvconnect.scoring")
 
@@ -254,6 +255,11 @@ class Scoring:
         hand_off = model.hand_off
         self.calendar = (Calendar(hand_off.business_hours, ZoneInfo(hand_off.timezone))
                          if hand_off is not None else None)  # fmt: skip
+        self._entered_by_crossing = any(
+            journey.trigger is not None and journey.trigger.lead is not None
+            and journey.trigger.lead.sales_ready == model.name
+            for journey in ctx.mapping.journeys.values()
+        )  # fmt: skip
         self._caps: Counter[tuple[str, str]] = Counter()
         self._caps_loaded: set[tuple[str, str]] = set()
 
@@ -415,7 +421,7 @@ class Scoring:
 
     def _chunk(self, conn: Connection, rows: Sequence[Any]) -> None:
         k = dvc.scores
-        inserts, updates, history, intents = [], [], [], []
+        inserts, updates, history, intents, crossings = [], [], [], [], []
         for leadid, score, old_score, old_grade, ready_since, due, handed, rating in rows:
             kept = None if old_score is None else Kept(old_score, old_grade, ready_since, due,
                                                        handed)  # fmt: skip
@@ -432,6 +438,10 @@ class Scoring:
                                 "score": new.score, "grade": new.grade})  # fmt: skip
             self.counts.changed += 1
             self.counts.crossed += new.crossed
+            if new.crossed and self._entered_by_crossing:  # journeys entered on it
+                crossings.append({"table_name": "lead", "record_id": leadid, "kind": READY,
+                                  "column_name": self.model.name, "run_id": self.ctx.run_id,
+                                  "at": self.at})  # fmt: skip
             body = self._write_back(kept, new, rating)
             if body:
                 intents.append(Intent(
@@ -449,6 +459,8 @@ class Scoring:
             )  # fmt: skip
         if history:
             conn.execute(insert(dvc.score_history), history)
+        if crossings:
+            conn.execute(insert(dvc.changes), crossings)
         if intents and not self.session.dry:
             record(conn, intents, now=self.at, run_id=self.ctx.run_id)
         self.counts.rated += len(intents)

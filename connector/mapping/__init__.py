@@ -80,6 +80,14 @@ def load_mapping(directory: Path) -> Mapping:
     segments, segment_errors = load_segments(directory / "segments", tables)
     journeys, journey_errors = load_journeys(directory / "journeys", tables)
     models, model_errors = load_models(directory / "scoring", tables, set(segments), set(journeys))
+    for name, journey in list(journeys.items()):  # a trigger on a scoring model that is not valid
+        part = journey.trigger.lead if journey.trigger else None
+        if part is not None and part.sales_ready is not None and part.sales_ready not in models:
+            journey_errors[journey.path.name] = journey.error(
+                ("trigger", "lead", "sales_ready"),
+                f"scoring model {part.sales_ready!r} is missing or not valid",
+            )
+            del journeys[name]
     return Mapping(
         directory=directory,
         tables=tables,

@@ -379,20 +379,23 @@ class Audience(Strict):
 
 
 class TableTrigger(Strict):
-    """Enter on a record of one table: created (`created: true`), or a column changed value
-    (`changed: COLUMN`, with `to: VALUE` only to that value); `filter` must hold for the record
-    as the store holds it when the journeys run."""
+    """Enter on a record of one table: created (`created: true`), a column changed value
+    (`changed: COLUMN`, with `to: VALUE` only to that value), or — on a lead — the lead became
+    sales-ready in a scoring model (`sales_ready: MODEL`); `filter` must hold for the record as
+    the store holds it when the journeys run."""
 
     created: Literal[True] | None = None
     changed: str | None = None
     to: bool | int | float | str | None = None
+    sales_ready: str | None = None
     filter: str | None = None
     _compiled: CompiledFilter | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one(self) -> TableTrigger:
-        if (self.created is None) == (self.changed is None):
-            raise ValueError("either created: true or changed: <column>")
+        given = [self.created, self.changed, self.sales_ready]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("one of created: true, changed: <column> or sales_ready: <model>")
         if self.has_to and self.changed is None:
             raise ValueError("to: goes with changed: <column>")
         return self
@@ -588,6 +591,8 @@ def _check_trigger(
     if table not in tables:
         raise document.error(loc, f"needs tables.yaml to sync the {table} table")
     mapping = tables[table]
+    if part.sales_ready is not None and table != "lead":
+        raise document.error((*loc, "sales_ready"), "a lead becomes sales-ready: use it on lead:")
     if part.changed is not None:
         column = part.changed
         if column not in mapping.columns:

@@ -1,7 +1,8 @@
 """Admission by trigger: which changes the sync recorded admit whom into a journey.
 
-A journey with `trigger:` is entered on the changes `connector.changes` recorded in
-`dvc_changes` — a lead or contact created, a watched column changed (to a value) — that match
+A journey with `trigger:` is entered on the changes recorded in `dvc_changes` — by the sync
+(`connector.changes`): a lead or contact created, a watched column changed (to a value); by the
+scoring job: a lead became sales-ready in a model — that match
 its trigger and were seen while it was live and inside its window. Each change is decided once
 per journey, in the transaction that admits its member (`dvc_change_uses`), so a crash never
 admits twice nor loses one:
@@ -39,6 +40,7 @@ from connector.mapping.journeys import Journey, TableTrigger
 from connector.store import Store
 
 ACTIVE = "active"
+READY = "ready"  # a dvc_changes kind: a lead became sales-ready in the model `column_name` names
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,17 @@ def pending(journey: Journey, table: str, part: TableTrigger, since: str) -> Sel
     """The changes of `table` matching `part`, seen since `since`, this journey has not
     decided yet, in the order they were seen (page on `change_id`)."""
     c, u = dvc.changes.c, dvc.change_uses.c
+    kind = "created" if part.created else "changed" if part.changed else READY
     query = select(c.change_id, c.record_id).where(
         c.table_name == table,
-        c.kind == ("created" if part.created else "changed"),
+        c.kind == kind,
         c.at >= since,
         ~exists().where(u.journey == journey.name, u.change_id == c.change_id),
     )
     if part.changed is not None:
         query = query.where(c.column_name == part.changed)
+    if part.sales_ready is not None:
+        query = query.where(c.column_name == part.sales_ready)
     if part.has_to:
         value = encode(part.to)
         query = query.where(c.new_value.is_(None) if value is None else c.new_value == value)

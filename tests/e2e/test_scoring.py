@@ -215,3 +215,53 @@ def test_the_dry_run_lists_the_hand_offs_the_real_run_then_makes(org: Org) -> No
     preview = org.run("scoring", "preview", MODEL, "--json")
     assert preview["grades"]["hot"] == 3
     assert preview["would_hand_off"] == 0  # handed off already
+
+
+HOT_LEAD_CALL = """name: hot-lead-call
+trigger:
+  lead: {sales_ready: contoso-interest}
+entry: dynamic
+schedule: {start: 2027-01-04T08:00, end: 2027-06-30T18:00, timezone: Europe/Zurich,
+           end_policy: finish}
+owner: lead_owner
+steps:
+  - id: call
+    phonecall:
+      subject: "Call {{ contact.fullname }}: a hot lead"
+      due: {business_days: 1}
+  - id: done
+    end: true
+"""
+
+
+def test_a_lead_turning_sales_ready_enters_a_journey_triggered_by_the_model(
+    cli: Cli, tmp_path: Any
+) -> None:
+    import shutil
+
+    from tests.paths import MAPPINGS
+
+    copy = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, copy)
+    (copy / "journeys" / "hot-lead-call.yaml").write_text(HOT_LEAD_CALL)
+    cli.env["DVCONNECT_MAPPINGS_DIR"] = str(copy)
+    org = Org.synced(cli)
+    org.run("journeys", "start", "product-launch")
+    org.run("journeys", "start", "hot-lead-call")
+    org.run("run", "journeys")
+    launch = sorted(org.rows("email"), key=lambda e: e["activityid"])[:2]
+    hot = {email["_regardingobjectid_value"] for email in launch}
+    for email in launch:
+        org.cli.emulator.admin("POST", f"/emails/{email['activityid']}/engagement",
+                               {"opens": 1, "clicks": 1})  # fmt: skip
+    org.advance(hours=1)
+    org.run("run", "sync")
+    org.run("run", "scoring")
+    org.run("run", "journeys")
+    calls = [c for c in org.rows("phonecall") if "a hot lead" in c["subject"]]
+    assert {c["_regardingobjectid_value"] for c in calls} == hot
+    assert len(calls) == 2
+    seq = org.last_seq()
+    org.run("run", "scoring")
+    org.run("run", "journeys")
+    assert org.writes_since(seq) == []
