@@ -52,6 +52,10 @@ class Dataverse:
     def requests_sent(self) -> int:
         return self.transport.requests_sent
 
+    @property
+    def throttled(self) -> int:
+        return self.transport.throttled
+
     def is_own_link(self, link: str) -> bool:
         """Whether a saved next/delta link points at this environment's Web API."""
         own, other = urlsplit(self.transport.api_url), urlsplit(link)

@@ -145,6 +145,7 @@ class Transport:
         self._sleep = sleep
         self._gate = gate
         self._sent = 0
+        self._throttled = 0
         self._sent_lock = threading.Lock()
         self._retrying = tenacity.Retrying(
             retry=self._is_retryable,
@@ -169,6 +170,12 @@ class Transport:
         """Every HTTP request actually sent by this transport, retries included."""
         with self._sent_lock:
             return self._sent
+
+    @property
+    def throttled(self) -> int:
+        """How many of those requests Dataverse refused with 429 (service protection)."""
+        with self._sent_lock:
+            return self._throttled
 
     def send(
         self,
@@ -247,6 +254,7 @@ class Transport:
     def _record(self, request: _Request, outcome: int | str, started: float, req_id: str) -> None:
         with self._sent_lock:
             self._sent += 1
+            self._throttled += outcome == 429
         elapsed_ms = round((time.perf_counter() - started) * 1000)
         log.info(
             "%s %s %s %d ms request_id=%s",

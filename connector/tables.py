@@ -6,7 +6,8 @@ everything dvconnect records about its own work lives here:
 * `dvc_sync_state` — one cursor per synced table, saved in the transaction of the page it follows;
   `read_tick` is when the read under way began, `seen_tick` when the last completed one began.
 * `dvc_runs` — one record per job run (with the process that ran it, so a run whose process is
-  gone shows as abandoned).
+  gone shows as abandoned); its `counts` hold the job's counts and, under `_http`, how many of
+  the run's requests were refused with 429 (`throttled`).
 * `dvc_leases` — who is running what: two runs of one job on one store would undo each other.
 * `dvc_ticks` — one counter that orders events across processes: a sync read that began after a
   write was confirmed has seen that write (`dvc_outbox.done_tick` against `seen_tick`).

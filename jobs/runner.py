@@ -1,4 +1,4 @@
-"""Runs a job by name and records the run in `dvc_runs`: counts, requests, outcome, error.
+"""Runs a job by name and records the run in `dvc_runs`: counts, requests, 429s, outcome, error.
 
 The CLI's `run` and the scheduler both come through here, so every run is recorded the same
 way. `all` runs every job in the contract's order, with a second sync after the jobs that
@@ -165,6 +165,8 @@ JOBS: dict[str, Job] = {
 JOB_CHOICES = (*JOBS, "all")
 # `all`: the write jobs work from a fresh sync, and a second sync reads their writes back
 # before segments are evaluated (only the sync writes the synced tables).
+# In `dvc_runs.counts`, beside the job's own counts: the run's responses refused with 429.
+HTTP_COUNTS = "_http"
 ALL = ("sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys", "scoring")
 
 
@@ -201,10 +203,16 @@ def run_job(ctx: Context, job: str) -> JobResult:
     run_id = ctx.store.start_run(job)
     ctx.run_id = run_id
     sent_before = ctx.dataverse.requests_sent if ctx.dataverse else 0
+    throttled_before = ctx.dataverse.throttled if ctx.dataverse else 0
     started = time.monotonic()
 
     def requests() -> int:
         return (ctx.dataverse.requests_sent if ctx.dataverse else 0) - sent_before
+
+    def recorded(counts: dict[str, Any]) -> dict[str, Any]:
+        """The counts as `dvc_runs` keeps them: with the run's 429s (what the report charts)."""
+        throttled = (ctx.dataverse.throttled if ctx.dataverse else 0) - throttled_before
+        return {**counts, HTTP_COUNTS: {"throttled": throttled}}
 
     try:
         counts = JOBS[job].run(ctx)
@@ -212,7 +220,7 @@ def run_job(ctx: Context, job: str) -> JobResult:
         reason = failure_reason(exc, ctx.settings.database_url)
         outcome = "not run" if getattr(exc, "exit_code", None) == 4 else "failed"
         with suppress(SQLAlchemyError):  # the store itself failed: the raise says why
-            ctx.store.finish_run(run_id, outcome, {}, requests(), reason)
+            ctx.store.finish_run(run_id, outcome, recorded({}), requests(), reason)
         log.error("%s %s after %d requests: %s", job, outcome, requests(), reason)
         raise
     finally:
@@ -222,7 +230,7 @@ def run_job(ctx: Context, job: str) -> JobResult:
         outcome = "partial"
     if _flag(counts, "interrupted") or ctx.stop.is_set():
         outcome = "interrupted"
-    ctx.store.finish_run(run_id, outcome, counts, requests(), None)
+    ctx.store.finish_run(run_id, outcome, recorded(counts), requests(), None)
     seconds = time.monotonic() - started
     log.info("%s %s in %.1fs, %d requests: %s", job, outcome, seconds, requests(), counts)
     return JobResult(job, run_id, outcome, counts, requests(), round(seconds, 3), None)

@@ -242,7 +242,7 @@ def test_retry_after_on_429_is_honoured(
     transport.send("GET", "leads")
 
     assert clock.waits() == [30.0]
-    assert transport.requests_sent == 2
+    assert (transport.requests_sent, transport.throttled) == (2, 1)
 
 
 def test_a_503_with_retry_after_then_200_is_retried_after_the_wait(
