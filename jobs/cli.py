@@ -708,6 +708,22 @@ def cmd_scoring_preview(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.report import html_report, parse_since, report_document, text_lines
+
+    ctx = build_context(settings)
+    document = report_document(ctx, parse_since(args.since, ctx.clock.now()))
+    if args.html:
+        with _output(args.html) as out:
+            out.write(html_report(document))
+        print(f"report written to {args.html}", file=sys.stderr)
+    if args.json:
+        _print_json(document)
+    elif not args.html:
+        print("\n".join(text_lines(document)))
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
 
@@ -877,6 +893,16 @@ def _parser() -> argparse.ArgumentParser:
     look.add_argument("name")
     look.add_argument("--json", action="store_true", help="print one JSON document")
     look.set_defaults(handler=cmd_scoring_preview)
+
+    insights = commands.add_parser(
+        "report", help="sync, segments, journeys, activities, API use, scores: tables or charts"
+    )
+    insights.add_argument("--html", metavar="FILE", help="write the charts to FILE (one page, "
+                          "no network needed to view it)")  # fmt: skip
+    insights.add_argument("--since", help="only what happened since: a date or time (ISO-8601), "
+                          "or 7d, 12h before now")  # fmt: skip
+    insights.add_argument("--json", action="store_true", help="print one JSON document")
+    insights.set_defaults(handler=cmd_report)
 
     views = commands.add_parser("views", help="contact views for sales and marketing in Dataverse")
     view_commands = views.add_subparsers(dest="views_command", required=True, metavar="ACTION")

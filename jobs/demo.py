@@ -11,7 +11,8 @@ The sample journeys run on a simulated week: the emulator's clock and dvconnect'
 Day 0 runs every job (both journeys started first); then some recipients open the launch e-mail,
 and the journeys, then the lead scoring, run on day 1 and day 5 (when the launch e-mail's five
 days are up) after a sync: a third of the readers also clicked, so their leads turn hot and are
-handed to their owners. The next demo continues a week later.
+handed to their owners. Last, the HTML report of all the demos ran is written beside the store.
+The next demo continues a week later.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import Context, build_context
 from jobs.journeys.inspect import journey_show
 from jobs.journeys.lifecycle import change_state, journey_state
+from jobs.report import html_report, report_document
 from jobs.runner import JOBS, JobResult, run_named
 from jobs.scoring import scoring_status
 
 DEMO_DIR = Path("var/demo")
 DATA_DIR = DEMO_DIR / "emulator"
 STORE = DEMO_DIR / "dvconnect.sqlite3"
+REPORT = DEMO_DIR / "report.html"
 SEED = 42
 ACTIVITY = {"creates": 40, "updates": 120, "deletes": 15}
 SUMMARY_LINES = 8  # per job; the rest is in `dvconnect status --json`
@@ -130,10 +133,17 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
 
     failed = _journeys_week(demo_settings, emulator, day0)
     CLOCK.write_text(stamp(day0 + timedelta(days=7)))
-    matches = _matches_org(
-        _at(demo_settings, emulator, day0 + timedelta(days=LATER_RUNS[-1])), emulator
-    )
+    final = _at(demo_settings, emulator, day0 + timedelta(days=LATER_RUNS[-1]))
+    matches = _matches_org(final, emulator)
+    _write_report(final)
     return 0 if matches and not orphans and not failed else 1
+
+
+def _write_report(ctx: Context) -> None:
+    """The HTML report of everything the demos recorded, and where it is."""
+    REPORT.write_text(html_report(report_document(ctx)), encoding="utf-8")
+    print(f"\nreport:   {REPORT} (charts, viewable offline; the same numbers as tables: "
+          f"DVCONNECT_DATABASE_URL=sqlite:///{STORE} dvconnect report)")  # fmt: skip
 
 
 def _at(settings: Settings, emulator: EmulatorProcess, moment: datetime) -> Context:
