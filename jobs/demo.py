@@ -11,8 +11,8 @@ The sample journeys run on a simulated week: the emulator's clock and dvconnect'
 Day 0 runs every job (both journeys started first); then some recipients open the launch e-mail,
 and the journeys, then the lead scoring, run on day 1 and day 5 (when the launch e-mail's five
 days are up) after a sync: a third of the readers also clicked, so their leads turn hot and are
-handed to their owners. Last, the HTML report of all the demos ran is written beside the store.
-The next demo continues a week later.
+handed to their owners. Last, the HTML report of what every demo so far recorded is written
+beside the store. The next demo continues a week later.
 """
 
 from __future__ import annotations

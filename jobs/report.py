@@ -204,7 +204,8 @@ def _sync(ctx: Context, conn: Connection, start: str, length: int) -> dict[str, 
         hours = None
         if state.last_sync_at:
             elapsed = ctx.clock.now() - parse_stamp(state.last_sync_at)
-            hours = round(elapsed.total_seconds() / 3600, 2)
+            if elapsed >= timedelta(0):  # a store synced at a later simulated time: unknown
+                hours = round(elapsed.total_seconds() / 3600, 2)
         tables[table] = {"last_sync_at": state.last_sync_at, "hours_since": hours}
     return {"volume": volume, "lag": lag, "tables": tables}
 
@@ -522,6 +523,8 @@ def _time_axis(figure: Any, period: str) -> None:
     if not moments:
         return
     figure.update_xaxes(type="date", range=[moments[0] - step * 0.7, moments[-1] + step * 0.7])
+    if period == "day" and moments[-1] - moments[0] <= timedelta(days=14):
+        figure.update_xaxes(dtick=86_400_000, tickformat="%b %-d")  # one tick a day, no hours
     figure.update_traces(width=step.total_seconds() * 1000 * 0.8, selector={"type": "bar"})
 
 
@@ -601,6 +604,10 @@ def html_report(document: dict[str, Any]) -> str:
     for s in document["segments"]:
         per_segment[s["segment"]].append(s)
     for segment, values in per_segment.items():
+        if not any(v["size"] or v["entered"] or v["exited"] for v in values):
+            charts.append(empty(f"Segment {segment}", "no member at any evaluation in this "
+                                "period (nothing to draw)"))  # fmt: skip
+            continue
         figure = make_subplots(specs=[[{"secondary_y": True}]])
         x = [_moment(v["bucket"]) for v in values]
         figure.add_bar(name="entered", x=x, y=[v["entered"] for v in values],
@@ -707,7 +714,9 @@ def html_report(document: dict[str, Any]) -> str:
                            line_color="#d62728", secondary_y=True)  # fmt: skip
         figure.update_layout(barmode="stack")
         figure.update_yaxes(title_text="requests", secondary_y=False)
-        figure.update_yaxes(title_text="429s", rangemode="tozero", secondary_y=True)
+        most = max(throttled.values())
+        figure.update_yaxes(title_text="429s", range=[0, max(most, 1) * 1.15],
+                            dtick=max(1, math.ceil(most / 5)), secondary_y=True)  # fmt: skip
         charts.append(
             chart(
                 figure,

@@ -247,9 +247,7 @@ def test_the_html_is_self_contained_has_every_chart_and_no_personal_data(ctx: Co
         "API requests per job and day, and 429s", f"Lead scores, {MODEL}",
         "Hand-offs to owners per day",
     ]  # fmt: skip
-    assert re.findall(r'data-empty="([^"]+)"', page) == [
-        "Journey conference-follow-up"
-    ]
+    assert re.findall(r'data-empty="([^"]+)"', page) == ["Journey conference-follow-up"]
     assert SECRET_NAME not in page
     assert SECRET_EMAIL not in page
     assert "Secretperson" not in page
@@ -270,6 +268,7 @@ def test_an_empty_store_gives_an_empty_report(tmp_path: Any) -> None:
 
     document = report_document(empty)
 
-    assert document["sync"]["volume"] == [] and document["journeys"] == {}
+    assert document["sync"]["volume"] == []
+    assert document["journeys"] == {}
     assert "sync volume: nothing recorded" in text_lines(document)
     assert 'data-empty="Sync volume"' in html_report(document)
