@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -32,7 +33,7 @@ from connector.errors import ConfigError, DvconnectError
 from connector.mapping import Segment, load_mapping
 from connector.settings import Settings, load_settings
 from connector.store import store_error
-from jobs.context import Context, build_context
+from jobs.context import LOG_FIELDS, Context, build_context
 from jobs.segments import last_evaluation, preview_segment, segment_history
 
 log = logging.getLogger("dvconnect")
@@ -40,17 +41,25 @@ INTERRUPTED = 130
 UNEXPECTED = 70  # a bug of ours (EX_SOFTWARE): the log at DEBUG level holds the traceback
 
 
+_RECORD_ATTRIBUTES = {*logging.makeLogRecord({}).__dict__, "message", "asctime", "taskName"}
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the line's fields as keys
+    (the run under way — job, run_id — and what the line passed in `extra`: table, counts, …)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(LOG_FIELDS.get())
+        entry.update((k, v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRIBUTES)
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -710,9 +719,39 @@ def cmd_scoring_preview(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
+    from jobs.service import Service
 
-    serve(build_context(settings, online=True, prepare=True), run_now=args.now)
+    service = Service(settings) if settings.metrics_port else None  # a port in use: exit 2 now
+    try:
+        serve(build_context(settings, online=True, prepare=True), run_now=args.now, service=service)
+    finally:
+        if service is not None:
+            service.stop()
     return 0
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a running `dvconnect schedule` for its /healthz (the container's health check)."""
+    import requests
+
+    url = args.url
+    if url is None:
+        if settings.metrics_port is None:
+            raise ConfigError(
+                "DVCONNECT_METRICS_PORT is not set: `dvconnect schedule` serves no /healthz "
+                "(or give --url)"
+            )
+        host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host  # noqa: S104
+        url = f"http://{host}:{settings.metrics_port}/healthz"
+    session = requests.Session()
+    session.trust_env = False  # a local endpoint: no proxy from the environment
+    try:
+        response = session.get(url, timeout=args.timeout)
+    except requests.RequestException as exc:
+        print(f"dvconnect: {url} unreachable: {type(exc).__name__}", file=sys.stderr)
+        return 3
+    sys.stdout.write(response.text)
+    return 0 if response.status_code == 200 else 1
 
 
 def cmd_emulator_twin(settings: Settings, args: argparse.Namespace) -> int:
@@ -733,6 +772,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dvconnect", description="Dataverse leads and contacts, synced and marketed."
     )
+    parser.add_argument("--version", action="version", version=f"dvconnect {version('dvconnect')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="validate settings and mappings (and Dataverse)")
@@ -748,6 +788,13 @@ def _parser() -> argparse.ArgumentParser:
     schedule = commands.add_parser("schedule", help="run every job on its cron until stopped")
     schedule.add_argument("--now", action="store_true", help="also run every job once at start")
     schedule.set_defaults(handler=cmd_schedule)
+
+    health = commands.add_parser(
+        "health", help="ask the running `schedule` for /healthz: exit 0 healthy, 1 not, 3 no answer"
+    )
+    health.add_argument("--url", help="default: http://127.0.0.1:$DVCONNECT_METRICS_PORT/healthz")
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    health.set_defaults(handler=cmd_health)
 
     status = commands.add_parser("status", help="last runs and the sync state of each table")
     status.add_argument("--json", action="store_true", help="print one JSON document")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from connector.auth import DataverseAuth
 from connector.clock import Clock
@@ -20,6 +22,9 @@ from connector.settings import Settings
 from connector.store import Store
 
 Progress = Callable[[str, int], None]
+# The run under way in this thread (`job`, `run_id`): JSON log lines carry them as keys. The
+# default is never mutated: a run sets a new dict.
+LOG_FIELDS: ContextVar[dict[str, Any]] = ContextVar("log_fields", default={})  # noqa: B039
 
 
 @dataclass
