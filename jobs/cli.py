@@ -218,12 +218,16 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def status_document(ctx: Context) -> dict[str, Any]:
-    """Last runs, the sync state of each table, segment sizes, journeys' states and members,
-    and writes waiting to be sent."""
+    """Each job's latest run, next run and health; the sync state, lag and latest read of each
+    table; segment sizes and their change; journeys' states, members per step and failed;
+    scoring; recent runs; writes waiting to be sent."""
     from connector.outbox import pending_by_job
     from jobs.journeys.inspect import journey_list
+    from jobs.runner import JOBS
     from jobs.scoring import scoring_status
+    from jobs.status import jobs_status, journey_steps, lag_seconds, last_reads, previous_size
 
+    reads = last_reads(ctx)
     tables = {}
     for name in ctx.mapping.tables:
         state = ctx.store.load_state(name)
@@ -236,44 +240,91 @@ def status_document(ctx: Context) -> dict[str, Any]:
             "last_full_sync_at": state.last_full_sync_at,
             "watermark": state.watermark,
             "rejected": [asdict(r) for r in ctx.store.rejects(name)],
+            "lag_seconds": lag_seconds(ctx, state.last_sync_at),
+            "last_read": reads.get(name),
         }
     runs = [asdict(r) for r in ctx.store.recent_runs()]
-    segments = {name: last_evaluation(ctx, name) for name in ctx.mapping.segments}
+    segments = {}
+    for name in ctx.mapping.segments:
+        last = last_evaluation(ctx, name)
+        if last is not None:
+            before = previous_size(ctx, name)
+            last = {**last, "change": None if before is None else last["size"] - before}
+        segments[name] = last
+    journeys = journey_list(ctx)
+    for entry in journeys:
+        if entry["state"] != "invalid":
+            entry["steps"] = journey_steps(ctx, entry["journey"])
+            entry["failed"] = entry["members"].get("failed", 0)
     return {
         "store": "empty" if not ctx.store.exists else "ready",
+        "jobs": jobs_status(ctx, list(JOBS)),
         "tables": tables,
         "runs": runs,
         "segments": segments,
-        "journeys": journey_list(ctx),
+        "journeys": journeys,
         "scoring": scoring_status(ctx),
         "pending_writes": pending_by_job(ctx.store),
     }
 
 
+def _span(seconds: float) -> str:
+    """A duration in words, to the minute: `42s`, `15m`, `3h05m`, `2d04h`."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    if minutes < 24 * 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes // 1440}d{minutes % 1440 // 60:02d}h"
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.runner import JOBS
+
     document = status_document(build_context(settings))
     if args.json:
         _print_json(document)
         return 0
     if document["store"] == "empty":
         print(f"the store is empty: nothing synced yet ({settings.database_url})")
+    print("jobs:")
+    for job, j in document["jobs"].items():
+        last = j["last_run"]
+        ran = "never run"
+        if last:
+            took = f", {last['seconds']:.0f}s" if last["seconds"] is not None else ""
+            ran = (f"#{last['run_id']} {last['outcome']} {last['started_at']}{took}, "
+                   f"{last['requests']} requests")  # fmt: skip
+        nxt = f"; next {j['next_run']} ({j['cron']})" if j["next_run"] else "; not scheduled"
+        print(f"  {job}: {ran}{nxt}")
+        if last and last["counts"] and last["outcome"] in ("succeeded", "partial"):
+            for line in JOBS[job].summary(last["counts"]):
+                print(f"    {line}")
+        if j["problem"]:
+            print(f"    unhealthy: {j['problem']}")
     follows = {"delta": "follows change tracking", "watermark": "follows modifiedon"}
     print("tables:")
     for name, t in document["tables"].items():
         follow = follows.get(t["mode"], "not synced yet")
         extra = ", next run resumes a read under way" if t["resumable"] else ""
         when = t["last_sync_at"] or "never"
-        print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{extra}")
+        lag = f" (lag {_span(t['lag_seconds'])})" if t["lag_seconds"] is not None else ""
+        print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{lag}{extra}")
+        if t["last_read"]:
+            print(f"    last read: {t['last_read']['why']}")
         for reject in t["rejected"]:
             print(f"    not stored: {reject['record_id']}: {reject['reason']}")
     if document["segments"]:
         print("segments:")
         for name, last in document["segments"].items():
-            size = (
-                f"{last['size']:,} members at {last['evaluated_at']}"
-                if last
-                else "not evaluated yet"
-            )
+            size = "not evaluated yet"
+            if last:
+                size = f"{last['size']:,} members at {last['evaluated_at']}"
+                if last["change"] is not None:
+                    size += (f" ({last['change']:+,} since the previous evaluation: "
+                             f"{last['entered']:,} in, {last['exited']:,} out)")  # fmt: skip
             print(f"  {name}: {size}")
     if document["journeys"]:
         print("journeys:")
@@ -285,6 +336,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             version = f" (version {entry['version']})" if entry["version"] else ""
             print(f"  {entry['journey']}: {entry['state']}{version}"
                   + (f", members {members}" if members else ""))  # fmt: skip
+            if entry["steps"]:
+                steps = ", ".join(f"{step} {n:,}" for step, n in entry["steps"].items())
+                print(f"    active at: {steps}")
     if document["scoring"]:
         print("scoring:")
         for name, model in document["scoring"].items():
