@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -74,18 +73,6 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     logging.getLogger("msal").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-class _Progress:
-    """A progress line on stderr while long reads run, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-
-    def __call__(self, table: str, rows: int) -> None:
-        rate = rows / max(time.monotonic() - self._started, 1e-6)
-        sys.stderr.write(f"\r{table}: {rows:,} rows ({rate:,.0f}/s)\x1b[K")
-        sys.stderr.flush()
 
 
 GRADES = ("hot", "warm", "cold")
@@ -184,6 +171,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.progress import bars, on_terminal
     from jobs.runner import JOBS, plan_named, run_named
 
     ctx = build_context(settings, online=True, prepare=not args.dry_run)
@@ -196,12 +184,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 for step in steps:
                     print(f"{job}: " + ", ".join(f"{k} {_plain(v)}" for k, v in step.items()))
         return 0
-    if sys.stderr.isatty() and not args.json:
-        ctx.progress = _Progress()
-    with _stop_on_signals(ctx):
+    with _stop_on_signals(ctx), bars(on_terminal() and not args.json) as progress:
+        ctx.progress = progress
         results = run_named(ctx, args.job)
-    if ctx.progress is not None:
-        sys.stderr.write("\n")
     if args.json:
         _print_json({"runs": [asdict(r) for r in results]})
     else:

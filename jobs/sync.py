@@ -167,7 +167,7 @@ def _read(
         counts.read += len(page.rows) + len(page.deleted_ids)
         counts.pages += 1
         if ctx.progress is not None:
-            ctx.progress(table.name, counts.read)
+            ctx.progress(f"sync {table.name}", counts.read)
         if ctx.stop.is_set() and not page.is_last:
             counts.interrupted = True
             log.info("%s: stop requested; the next run resumes from the saved page", table.name)
