@@ -56,3 +56,17 @@ def test_status_shows_each_job_table_segment_and_journey(cli: Cli) -> None:
 def test_version_comes_from_the_package_metadata(cli: Cli) -> None:
     result = cli.run("--version")
     assert (result.returncode, result.stdout) == (0, f"dvconnect {version('dvconnect')}\n")
+
+
+def test_json_logs_carry_the_run_and_its_counts_as_keys(cli: Cli) -> None:
+    result = cli.popen("run", "sync", DVCONNECT_LOG_FORMAT="json")
+    _, stderr = result.communicate(timeout=120)
+    assert result.returncode == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    summary = next(line for line in lines if line.get("outcome") == "succeeded")
+    assert (summary["job"], summary["counts"]["lead"]["read"]) == ("sync", 300)
+    assert summary["requests"] == sum(1 for line in lines if "request_id" in line)
+    request = next(line for line in lines if line.get("path") == "leads")
+    assert (request["job"], request["run_id"], request["status"]) == ("sync", 1, 200)
+    read = next(line for line in lines if line.get("table") == "lead")
+    assert (read["read_kind"], read["run_id"]) == ("full", 1)
