@@ -9,6 +9,7 @@ the database and the network work at the same time and memory stays at two pages
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -93,13 +94,15 @@ class Dataverse:
         guard = LinkGuard(table.name)
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{table.name}")
         try:
-            pending: Future[Page] | None = ahead.submit(self._page, table, url, prefer)
+            # in the caller's context: its log lines' fields (the run) follow the read ahead
+            context = contextvars.copy_context()
+            pending: Future[Page] | None = ahead.submit(context.run, self._page, table, url, prefer)
             while pending is not None:
                 page = pending.result()
                 pending = None
                 if page.next_link is not None:
                     guard.check(page.next_link, page.request_id)
-                    pending = ahead.submit(self._page, table, page.next_link, prefer)
+                    pending = ahead.submit(context.run, self._page, table, page.next_link, prefer)
                 yield page
         finally:  # a caller that stops early does not wait for the page read ahead
             ahead.shutdown(wait=False, cancel_futures=True)

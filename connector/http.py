@@ -10,6 +10,7 @@ and the retry policy, declared once with tenacity:
 * A server-sent wait holds back every send of the process (`ThrottleGate`), not only the thread
   that was told, since service protection limits count per user.
 * A 401 renews the token once and repeats the request once; a second 401 is `UnauthorizedError`.
+* Each request sent and each wait is counted for `/metrics` (`connector.telemetry`).
 
 `send` returns successful responses only; every failure raises from `connector.errors`. Each
 request sent gives one log line (method, path without query, status, ms, request id): never
@@ -37,6 +38,7 @@ from connector.errors import (
     request_id,
 )
 from connector.settings import Connection
+from connector.telemetry import HTTP_REQUESTS, waited
 
 log = logging.getLogger("dvconnect.http")
 
@@ -219,6 +221,7 @@ class Transport:
             log.info(
                 "%s %s waits %.1f s: Dataverse asked to pause", request.method, request.path, pause
             )
+            waited("held", pause)
             self._sleep(pause)
         response = self._exchange(request)
         if response.status_code == 401:
@@ -255,6 +258,7 @@ class Transport:
         with self._sent_lock:
             self._sent += 1
             self._throttled += outcome == 429
+        HTTP_REQUESTS.labels(request.method, str(outcome)).inc()
         elapsed_ms = round((time.perf_counter() - started) * 1000)
         log.info(
             "%s %s %s %d ms request_id=%s",
@@ -294,11 +298,14 @@ class Transport:
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         request: _Request = state.args[0]
+        exc = _failure(state)
+        told = isinstance(exc, DataverseError) and exc.retry_after is not None
+        waited("throttled" if told else "backoff", state.upcoming_sleep)
         log.warning(
             "%s %s %s (attempt %d of %d), retrying in %.1f s",
             request.method,
             request.path,
-            _describe(_failure(state)),
+            _describe(exc),
             state.attempt_number,
             self._max_attempts,
             state.upcoming_sleep,

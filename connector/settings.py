@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(default=1.0, gt=0, le=60)  # the first backoff wait, seconds
     journey_grace: timedelta = timedelta(hours=1)  # how late a due member may be before it is
     # reported as overdue (seconds, `HH:MM:SS` or ISO-8601 `PT1H`)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # /metrics, /healthz; None: off
+    metrics_host: str = "127.0.0.1"  # the address they listen on (0.0.0.0: every interface)
+    health_failures: int = Field(default=3, ge=1)  # this many failed runs in a row: unhealthy
+    health_max_run: timedelta = timedelta(hours=2)  # a run still going after this long is stuck
     now: datetime | None = None  # for tests and rehearsals only: every command's clock
     requests_ca_bundle: Path | None = Field(
         default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")
@@ -70,7 +74,7 @@ class Settings(BaseSettings):
             raise ValueError("must give its offset, e.g. 2027-01-04T09:00:00Z or +01:00")
         return value.astimezone(UTC).replace(microsecond=0)
 
-    @field_validator("journey_grace", mode="before")
+    @field_validator("journey_grace", "health_max_run", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         """Seconds, `HH:MM:SS` or ISO-8601 (pydantic alone reads no plain number from text)."""
@@ -85,7 +89,7 @@ class Settings(BaseSettings):
         except ValidationError:
             raise ValueError(GRACE_FORMS) from None
 
-    @field_validator("journey_grace")
+    @field_validator("journey_grace", "health_max_run")
     @classmethod
     def _grace(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):

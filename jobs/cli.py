@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -32,7 +32,7 @@ from connector.errors import ConfigError, DvconnectError
 from connector.mapping import Segment, load_mapping
 from connector.settings import Settings, load_settings
 from connector.store import store_error
-from jobs.context import Context, build_context
+from jobs.context import LOG_FIELDS, Context, build_context
 from jobs.segments import last_evaluation, preview_segment, segment_history
 
 log = logging.getLogger("dvconnect")
@@ -40,17 +40,25 @@ INTERRUPTED = 130
 UNEXPECTED = 70  # a bug of ours (EX_SOFTWARE): the log at DEBUG level holds the traceback
 
 
+_RECORD_ATTRIBUTES = {*logging.makeLogRecord({}).__dict__, "message", "asctime", "taskName"}
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the line's fields as keys
+    (the run under way — job, run_id — and what the line passed in `extra`: table, counts, …)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(LOG_FIELDS.get())
+        entry.update((k, v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRIBUTES)
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -65,18 +73,6 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     logging.getLogger("msal").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-class _Progress:
-    """A progress line on stderr while long reads run, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-
-    def __call__(self, table: str, rows: int) -> None:
-        rate = rows / max(time.monotonic() - self._started, 1e-6)
-        sys.stderr.write(f"\r{table}: {rows:,} rows ({rate:,.0f}/s)\x1b[K")
-        sys.stderr.flush()
 
 
 GRADES = ("hot", "warm", "cold")
@@ -175,6 +171,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.progress import bars, on_terminal
     from jobs.runner import JOBS, plan_named, run_named
 
     ctx = build_context(settings, online=True, prepare=not args.dry_run)
@@ -187,12 +184,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 for step in steps:
                     print(f"{job}: " + ", ".join(f"{k} {_plain(v)}" for k, v in step.items()))
         return 0
-    if sys.stderr.isatty() and not args.json:
-        ctx.progress = _Progress()
-    with _stop_on_signals(ctx):
+    with _stop_on_signals(ctx), bars(on_terminal() and not args.json) as progress:
+        ctx.progress = progress
         results = run_named(ctx, args.job)
-    if ctx.progress is not None:
-        sys.stderr.write("\n")
     if args.json:
         _print_json({"runs": [asdict(r) for r in results]})
     else:
@@ -209,12 +203,16 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def status_document(ctx: Context) -> dict[str, Any]:
-    """Last runs, the sync state of each table, segment sizes, journeys' states and members,
-    and writes waiting to be sent."""
+    """Each job's latest run, next run and health; the sync state, lag and latest read of each
+    table; segment sizes and their change; journeys' states, members per step and failed;
+    scoring; recent runs; writes waiting to be sent."""
     from connector.outbox import pending_by_job
     from jobs.journeys.inspect import journey_list
+    from jobs.runner import JOBS
     from jobs.scoring import scoring_status
+    from jobs.status import jobs_status, journey_steps, lag_seconds, last_reads, previous_size
 
+    reads = last_reads(ctx)
     tables = {}
     for name in ctx.mapping.tables:
         state = ctx.store.load_state(name)
@@ -227,44 +225,91 @@ def status_document(ctx: Context) -> dict[str, Any]:
             "last_full_sync_at": state.last_full_sync_at,
             "watermark": state.watermark,
             "rejected": [asdict(r) for r in ctx.store.rejects(name)],
+            "lag_seconds": lag_seconds(ctx, state.last_sync_at),
+            "last_read": reads.get(name),
         }
     runs = [asdict(r) for r in ctx.store.recent_runs()]
-    segments = {name: last_evaluation(ctx, name) for name in ctx.mapping.segments}
+    segments = {}
+    for name in ctx.mapping.segments:
+        last = last_evaluation(ctx, name)
+        if last is not None:
+            before = previous_size(ctx, name)
+            last = {**last, "change": None if before is None else last["size"] - before}
+        segments[name] = last
+    journeys = journey_list(ctx)
+    for entry in journeys:
+        if entry["state"] != "invalid":
+            entry["steps"] = journey_steps(ctx, entry["journey"])
+            entry["failed"] = entry["members"].get("failed", 0)
     return {
         "store": "empty" if not ctx.store.exists else "ready",
+        "jobs": jobs_status(ctx, list(JOBS)),
         "tables": tables,
         "runs": runs,
         "segments": segments,
-        "journeys": journey_list(ctx),
+        "journeys": journeys,
         "scoring": scoring_status(ctx),
         "pending_writes": pending_by_job(ctx.store),
     }
 
 
+def _span(seconds: float) -> str:
+    """A duration in words, to the minute: `42s`, `15m`, `3h05m`, `2d04h`."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    if minutes < 24 * 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes // 1440}d{minutes % 1440 // 60:02d}h"
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.runner import JOBS
+
     document = status_document(build_context(settings))
     if args.json:
         _print_json(document)
         return 0
     if document["store"] == "empty":
         print(f"the store is empty: nothing synced yet ({settings.database_url})")
+    print("jobs:")
+    for job, j in document["jobs"].items():
+        last = j["last_run"]
+        ran = "never run"
+        if last:
+            took = f", {last['seconds']:.0f}s" if last["seconds"] is not None else ""
+            ran = (f"#{last['run_id']} {last['outcome']} {last['started_at']}{took}, "
+                   f"{last['requests']} requests")  # fmt: skip
+        nxt = f"; next {j['next_run']} ({j['cron']})" if j["next_run"] else "; not scheduled"
+        print(f"  {job}: {ran}{nxt}")
+        if last and last["counts"] and last["outcome"] in ("succeeded", "partial"):
+            for line in JOBS[job].summary(last["counts"]):
+                print(f"    {line}")
+        if j["problem"]:
+            print(f"    unhealthy: {j['problem']}")
     follows = {"delta": "follows change tracking", "watermark": "follows modifiedon"}
     print("tables:")
     for name, t in document["tables"].items():
         follow = follows.get(t["mode"], "not synced yet")
         extra = ", next run resumes a read under way" if t["resumable"] else ""
         when = t["last_sync_at"] or "never"
-        print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{extra}")
+        lag = f" (lag {_span(t['lag_seconds'])})" if t["lag_seconds"] is not None else ""
+        print(f"  {name}: {t['rows']:,} rows, {follow}, last sync {when}{lag}{extra}")
+        if t["last_read"]:
+            print(f"    last read: {t['last_read']['why']}")
         for reject in t["rejected"]:
             print(f"    not stored: {reject['record_id']}: {reject['reason']}")
     if document["segments"]:
         print("segments:")
         for name, last in document["segments"].items():
-            size = (
-                f"{last['size']:,} members at {last['evaluated_at']}"
-                if last
-                else "not evaluated yet"
-            )
+            size = "not evaluated yet"
+            if last:
+                size = f"{last['size']:,} members at {last['evaluated_at']}"
+                if last["change"] is not None:
+                    size += (f" ({last['change']:+,} since the previous evaluation: "
+                             f"{last['entered']:,} in, {last['exited']:,} out)")  # fmt: skip
             print(f"  {name}: {size}")
     if document["journeys"]:
         print("journeys:")
@@ -276,6 +321,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             version = f" (version {entry['version']})" if entry["version"] else ""
             print(f"  {entry['journey']}: {entry['state']}{version}"
                   + (f", members {members}" if members else ""))  # fmt: skip
+            if entry["steps"]:
+                steps = ", ".join(f"{step} {n:,}" for step, n in entry["steps"].items())
+                print(f"    active at: {steps}")
     if document["scoring"]:
         print("scoring:")
         for name, model in document["scoring"].items():
@@ -726,9 +774,39 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
+    from jobs.service import Service
 
-    serve(build_context(settings, online=True, prepare=True), run_now=args.now)
+    service = Service(settings) if settings.metrics_port else None  # a port in use: exit 2 now
+    try:
+        serve(build_context(settings, online=True, prepare=True), run_now=args.now, service=service)
+    finally:
+        if service is not None:
+            service.stop()
     return 0
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a running `dvconnect schedule` for its /healthz (the container's health check)."""
+    import requests
+
+    url = args.url
+    if url is None:
+        if settings.metrics_port is None:
+            raise ConfigError(
+                "DVCONNECT_METRICS_PORT is not set: `dvconnect schedule` serves no /healthz "
+                "(or give --url)"
+            )
+        host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host  # noqa: S104
+        url = f"http://{host}:{settings.metrics_port}/healthz"
+    session = requests.Session()
+    session.trust_env = False  # a local endpoint: no proxy from the environment
+    try:
+        response = session.get(url, timeout=args.timeout)
+    except requests.RequestException as exc:
+        print(f"dvconnect: {url} unreachable: {type(exc).__name__}", file=sys.stderr)
+        return 3
+    sys.stdout.write(response.text)
+    return 0 if response.status_code == 200 else 1
 
 
 def cmd_emulator_twin(settings: Settings, args: argparse.Namespace) -> int:
@@ -749,6 +827,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dvconnect", description="Dataverse leads and contacts, synced and marketed."
     )
+    parser.add_argument("--version", action="version", version=f"dvconnect {version('dvconnect')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="validate settings and mappings (and Dataverse)")
@@ -764,6 +843,13 @@ def _parser() -> argparse.ArgumentParser:
     schedule = commands.add_parser("schedule", help="run every job on its cron until stopped")
     schedule.add_argument("--now", action="store_true", help="also run every job once at start")
     schedule.set_defaults(handler=cmd_schedule)
+
+    health = commands.add_parser(
+        "health", help="ask the running `schedule` for /healthz: exit 0 healthy, 1 not, 3 no answer"
+    )
+    health.add_argument("--url", help="default: http://127.0.0.1:$DVCONNECT_METRICS_PORT/healthz")
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    health.set_defaults(handler=cmd_health)
 
     status = commands.add_parser("status", help="last runs and the sync state of each table")
     status.add_argument("--json", action="store_true", help="print one JSON document")

@@ -8,8 +8,9 @@ from `ctx.clock` only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from connector.auth import DataverseAuth
 from connector.clock import Clock
@@ -19,7 +20,16 @@ from connector.mapping import Mapping, load_mapping
 from connector.settings import Settings
 from connector.store import Store
 
-Progress = Callable[[str, int], None]
+
+class Progress(Protocol):
+    """Where a job reports progress: `done` of `total` (None: unknown) for a task label."""
+
+    def __call__(self, task: str, done: int, total: int | None = None) -> None: ...
+
+
+# The run under way in this thread (`job`, `run_id`): JSON log lines carry them as keys. The
+# default is never mutated: a run sets a new dict.
+LOG_FIELDS: ContextVar[dict[str, Any]] = ContextVar("log_fields", default={})  # noqa: B039
 
 
 @dataclass

@@ -34,6 +34,7 @@ from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import Context, build_context
 from jobs.journeys.inspect import journey_show
 from jobs.journeys.lifecycle import change_state, journey_state
+from jobs.progress import bars, on_terminal, spinner
 from jobs.report import html_report, report_document
 from jobs.runner import JOBS, JobResult, run_named
 from jobs.scoring import scoring_status
@@ -79,7 +80,9 @@ def _start_emulator(leads: int, contacts: int, secret: str) -> EmulatorProcess:
 def run_demo(settings: Settings, leads: int, contacts: int) -> int:
     """Run the demo; returns 0 when the store holds as many rows as the org, table by table."""
     secret = secrets.token_urlsafe(24)  # this run's emulator secret: never printed
-    emulator = _start_emulator(leads, contacts, secret)
+    seeding = f"emulator: seeding {leads:,} leads and {contacts:,} contacts"
+    with spinner(seeding, on_terminal()):
+        emulator = _start_emulator(leads, contacts, secret)
     try:
         return _demo(settings, emulator, secret)
     finally:
@@ -117,7 +120,10 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
         if state is None or state["state"] == "draft":
             change_state(ctx, name, "start")
     started = time.monotonic()
-    results = run_named(ctx, "all")
+    with bars(on_terminal()) as progress:
+        ctx.progress = progress
+        results = run_named(ctx, "all")
+    ctx.progress = None
     seconds = time.monotonic() - started
 
     _print_syncs(results)

@@ -359,12 +359,16 @@ def run_link_orphans(ctx: Context) -> LinkCounts:
         earlier = outbox.drain(LINK_JOB, ctx.stop.is_set)  # what an interrupted run recorded
         counts.resumed = sum(earlier.done.values())
         failures = list(earlier.failed)
+        done = 0
         for chunk in chunked(_links(ctx, counts), config.batch_size):
             if ctx.stop.is_set():
                 counts.interrupted = True
                 break
             _record_links(ctx, chunk)
             failures += outbox.drain(LINK_JOB, ctx.stop.is_set).failed
+            done += len(chunk)
+            if ctx.progress is not None:
+                ctx.progress("link-orphans: leads", done)
         _tally(ctx, counts, failures)
     return counts
 

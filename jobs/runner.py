@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import DvconnectError, NotRunError
 from connector.store import store_error
-from jobs.context import Context
+from jobs.context import LOG_FIELDS, Context
 from jobs.journeys.engine import plan_journeys, run_journeys
 from jobs.journeys.watchdog import describe
 from jobs.orphans import (
@@ -202,6 +202,7 @@ def run_job(ctx: Context, job: str) -> JobResult:
     """Run one job now, record it, and return what it did; errors are recorded, then raised."""
     run_id = ctx.store.start_run(job)
     ctx.run_id = run_id
+    fields = LOG_FIELDS.set({"job": job, "run_id": run_id})
     sent_before = ctx.dataverse.requests_sent if ctx.dataverse else 0
     throttled_before = ctx.dataverse.throttled if ctx.dataverse else 0
     started = time.monotonic()
@@ -221,10 +222,12 @@ def run_job(ctx: Context, job: str) -> JobResult:
         outcome = "not run" if getattr(exc, "exit_code", None) == 4 else "failed"
         with suppress(SQLAlchemyError):  # the store itself failed: the raise says why
             ctx.store.finish_run(run_id, outcome, recorded({}), requests(), reason)
-        log.error("%s %s after %d requests: %s", job, outcome, requests(), reason)
+        log.error("%s %s after %d requests: %s", job, outcome, requests(), reason,
+                  extra={"outcome": outcome, "requests": requests(), "error": reason})  # fmt: skip
         raise
     finally:
         ctx.run_id = None
+        LOG_FIELDS.reset(fields)
     outcome = "succeeded"
     if _flag(counts, "failed"):
         outcome = "partial"
@@ -232,7 +235,11 @@ def run_job(ctx: Context, job: str) -> JobResult:
         outcome = "interrupted"
     ctx.store.finish_run(run_id, outcome, recorded(counts), requests(), None)
     seconds = time.monotonic() - started
-    log.info("%s %s in %.1fs, %d requests: %s", job, outcome, seconds, requests(), counts)
+    log.info(
+        "%s %s in %.1fs, %d requests: %s", job, outcome, seconds, requests(), counts,
+        extra={"job": job, "run_id": run_id, "outcome": outcome, "seconds": round(seconds, 3),
+               "requests": requests(), "counts": counts},
+    )  # fmt: skip
     return JobResult(job, run_id, outcome, counts, requests(), round(seconds, 3), None)
 
 

@@ -4,7 +4,8 @@ APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one
 runs every scheduled job once at start, one after the other in the order of `run all` (a job
 that works from the store must not start before the sync has filled it; the sync reads back
 what the write jobs wrote before segments are evaluated). SIGTERM or SIGINT asks
-running jobs to stop after their current page (state saved) and then exits.
+running jobs to stop after their current page (state saved) and then exits. With
+`DVCONNECT_METRICS_PORT` set, `/metrics` and `/healthz` are served meanwhile (`jobs.service`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from connector.errors import ConfigError
 from jobs.context import Context
 from jobs.runner import ALL, run_job
+from jobs.service import Service
 
 log = logging.getLogger("dvconnect.scheduler")
 
@@ -40,10 +42,11 @@ def _run_in_order(ctx: Context, jobs: list[str]) -> None:
         _run(ctx, job)
 
 
-def serve(ctx: Context, run_now: bool = False) -> None:
+def serve(ctx: Context, run_now: bool = False, service: Service | None = None) -> None:
     """Run the scheduler until SIGTERM/SIGINT; returns after running jobs have stopped.
 
     With `run_now`, every scheduled job also runs once at start, in order, then follows its cron.
+    `service` (/metrics, /healthz) is served while the scheduler runs; the caller closes it.
     """
     schedule = ctx.mapping.schedule
     if not schedule.jobs:
@@ -77,5 +80,7 @@ def serve(ctx: Context, run_now: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    if service is not None:
+        service.start(ctx)
     scheduler.start()  # returns after shutdown()
     log.info("scheduler stopped")

@@ -213,7 +213,8 @@ def run_segments(ctx: Context) -> dict[str, Any]:
             log.error("segment %s not evaluated: %s", segment.name, reason)
             results[segment.name] = {"failed": 1, "error": f"{segment.path}: {reason}"}
             continue
-        log.info("segment %s: %s", segment.name, evaluation)
+        log.info("segment %s: %s", segment.name, evaluation,
+                 extra={"segment": segment.name, **evaluation.__dict__})  # fmt: skip
         results[segment.name] = {"failed": 0, "error": None, **evaluation.__dict__}
     for file, error in ctx.mapping.segment_errors.items():
         results[file] = {"failed": 1, "error": str(error)}

@@ -46,6 +46,7 @@ class TableCounts:
     deleted: int = 0
     pages: int = 0
     full: bool = False
+    how: str = ""  # the first read's kind (`ReadPlan.kind`); `resyncs`: a full one followed
     resyncs: int = 0
     failed: int = 0  # rows the store could not hold, each in `rejects`
     changes: int = 0  # real value changes recorded for journeys' triggers
@@ -113,7 +114,9 @@ def _sync_table(ctx: Context, table: TableMapping) -> TableCounts:
     while True:
         plan = plan_read(dataverse, table, ctx.store.load_state(table.name), ctx.clock.now())
         counts.full = counts.full or plan.state.phase == "full"
-        log.info("%s: %s read", table.name, plan.kind)
+        counts.how = counts.how or plan.kind
+        log.info("%s: %s read", table.name, plan.kind,
+                 extra={"table": table.name, "read_kind": plan.kind})  # fmt: skip
         try:
             _read(ctx, dataverse, table, plan, counts)
         except BadRequestError as exc:
@@ -157,13 +160,14 @@ def _read(
                 raise
             state = _save_page(ctx, table, state, page, good, rejected, True, counts, watch)
             for reject in rejected:
-                log.warning("%s %s not stored: %s", table.name, reject.record_id, reject.reason)
+                log.warning("%s %s not stored: %s", table.name, reject.record_id, reject.reason,
+                            extra={"table": table.name, "record": reject.record_id})  # fmt: skip
                 counts.rejects.append({"record": reject.record_id, "reason": reject.reason})
             counts.failed += len(rejected)
         counts.read += len(page.rows) + len(page.deleted_ids)
         counts.pages += 1
         if ctx.progress is not None:
-            ctx.progress(table.name, counts.read)
+            ctx.progress(f"sync {table.name}", counts.read)
         if ctx.stop.is_set() and not page.is_last:
             counts.interrupted = True
             log.info("%s: stop requested; the next run resumes from the saved page", table.name)

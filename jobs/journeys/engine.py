@@ -762,7 +762,9 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
         if outbox is not None:
             _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
         with sink.session():
-            for name, journey in ctx.mapping.journeys.items():
+            for done, (name, journey) in enumerate(ctx.mapping.journeys.items()):
+                if ctx.progress is not None:
+                    ctx.progress("journeys", done, len(ctx.mapping.journeys))
                 with sink.read() as conn:
                     state = journey_state(conn, name)
                 if state is None or state["state"] != "live":
@@ -783,6 +785,8 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                     results[name] = {"failed": 1, "error": reason}
                     continue
                 results[name] = counts.__dict__
+            if ctx.progress is not None:
+                ctx.progress("journeys", len(ctx.mapping.journeys), len(ctx.mapping.journeys))
         if outbox is not None:
             _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
     for file, error in ctx.mapping.journey_errors.items():

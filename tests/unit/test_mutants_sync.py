@@ -68,4 +68,4 @@ def test_counts_and_progress_add_up_over_pages_with_deletions(
     ctx.progress = lambda table, read: seen.append((table, read))
     counts = sync_lead(ctx)
     assert (counts.read, counts.deleted, counts.upserted, counts.pages) == (4, 3, 1, 2)
-    assert seen == [("lead", 2), ("lead", 4)]
+    assert seen == [("sync lead", 2), ("sync lead", 4)]
