@@ -145,7 +145,8 @@ def _fill(store: Path, leads: int) -> None:
             db.executemany(
                 "INSERT INTO email (activityid, subject, statecode, statuscode, opencount, "
                 "linksclickedcount, _regardingobjectid_value, regardingobjectidtype, "
-                "createdon, modifiedon) VALUES (?, 'Meet the toolkit', 1, 3, ?, ?, ?, 'lead', ?, ?)",
+                "createdon, modifiedon) "
+                "VALUES (?, 'Meet the toolkit', 1, 3, ?, ?, ?, 'lead', ?, ?)",
                 [(_id(3 + copy, n), n // 5 % 3, int(n // 5 % 4 == 0), _id(1, n),
                   _wire(NOW - timedelta(days=n // 5 % 120)),
                   _wire(NOW - timedelta(days=n // 5 % 120))) for n, copy in emails],
@@ -235,9 +236,7 @@ def write_back(leads: int) -> dict[str, Any]:
         "requests": len(calls),
         "rating_requests": ratings,
         "requests_per_100_ratings": round(100 * ratings / counts["rated"], 3),
-        "all_per_100_writes": round(
-            100 * len(calls) / (counts["rated"] + counts["handed_off"]), 3
-        ),  # fmt: skip
+        "all_per_100_writes": round(100 * len(calls) / (counts["rated"] + counts["handed_off"]), 3),
         "wall_s": measured.wall_s,
         "cpu_s": measured.cpu_s,
         "peak_rss_mb": measured.peak_rss_mb,
