@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, journeys, orphans, segments, sync, throttled
+from benchmarks import emulator, journeys, orphans, scoring, segments, sync, throttled
 
 BENCHMARKS = {
     "sync": sync.run,
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "orphans": orphans.run,
     "segments": segments.run,
     "journeys": journeys.run,
+    "scoring": scoring.run,
     "emulator": emulator.run,
 }
 

@@ -98,15 +98,14 @@ class Decided:
 def decide(model: Model, kept: Kept | None, score: float, now: datetime) -> Decided:
     """The new state of a lead scored `score` at `now` (pure: tested by tables)."""
     grade = model.grades.of(score)
-    ready = score >= model.sales_ready
-    at = stamp(now)
-    if not ready:
+    if score < model.sales_ready:
         return Decided(score, grade, None, None, crossed=False)
     if kept is not None and kept.ready_since is not None:  # still ready: nothing new is owed
         return Decided(score, grade, kept.ready_since, kept.handoff_due, crossed=False)
     quiet = True
     if model.hand_off is not None and kept is not None and kept.handed_off_at is not None:
         quiet = parse_stamp(kept.handed_off_at) + _span(model.hand_off.quiet) <= now
+    at = stamp(now)
     owed = at if model.hand_off is not None and quiet else None
     return Decided(score, grade, at, owed, crossed=True)
 
@@ -489,9 +488,9 @@ class Scoring:
     # -- hand-offs ------------------------------------------------------------------------------
 
     def _hand_off(self) -> None:
-        hand_off = self.model.hand_off
-        if hand_off is None:
+        if self.model.hand_off is None or self.calendar is None:
             return
+        next_day = stamp(self.calendar.next_day_opening(self.now))  # for owners over their cap
         k, lead = dvc.scores, self.lead
         columns = [lead.c[c] for c in self.ctx.mapping.tables["lead"].columns]
         query = (
@@ -510,27 +509,29 @@ class Scoring:
                     return
                 after = rows[-1]["leadid"]
                 reasons = self._reasons(conn, [row["leadid"] for row in rows])
-                intents = []
+                intents, waiting = [], []
                 for row in rows:
                     intent = self._one_hand_off(conn, dict(row), reasons.get(row["leadid"], []))
-                    if intent is not None:
+                    if intent is None:
+                        waiting.append({"lead": row["leadid"]})
+                    else:
                         intents.append(intent)
+                if waiting:  # their owner's cap is reached: the next business day
+                    conn.execute(update(k).where(
+                        k.c.model == self.model.name, k.c.leadid == bindparam("lead")
+                    ).values(handoff_due=next_day), waiting)  # fmt: skip
                 if intents and not self.session.dry:
                     record(conn, intents, now=self.at, run_id=self.ctx.run_id)
 
     def _one_hand_off(self, conn: Connection, row: dict[str, Any],
                       reasons: list[str]) -> Intent | None:  # fmt: skip
+        """The hand-off of one lead, or None when its owner's cap for the day is reached."""
         hand_off, calendar = self.model.hand_off, self.calendar
         assert hand_off is not None
         assert calendar is not None
-        k = dvc.scores
-        mine = and_(k.c.model == self.model.name, k.c.leadid == row["leadid"])
         owner, owner_type = row.get("_ownerid_value"), row.get("owneridtype") or "systemuser"
         day = calendar.day(self.now).isoformat()
         if owner and self._capped(conn, owner, day):
-            conn.execute(update(k).where(mine).values(
-                handoff_due=stamp(calendar.next_day_opening(self.now))
-            ))  # fmt: skip
             self.counts.capped += 1
             return None
         table = hand_off.activity
@@ -562,6 +563,8 @@ class Scoring:
             at=self.at, table_name=table, record_id=record_id, owner_id=owner, day=day,
             score=row["score"], reasons=json.dumps(reasons),
         ))  # fmt: skip
+        k = dvc.scores
+        mine = and_(k.c.model == self.model.name, k.c.leadid == row["leadid"])
         conn.execute(update(k).where(mine).values(handoff_due=None, handed_off_at=self.at))
         if owner:
             self._caps[(owner, day)] += 1
