@@ -126,7 +126,7 @@ class SchemaState:
 
     def describe(self) -> str:
         """One line for `dvconnect db current`."""
-        made = f", made by dvconnect {self.release}" if self.release else ""
+        made = f" (schema written by dvconnect {self.release})" if self.release else ""
         return {
             "empty": f"no dvconnect tables yet: the first run creates them at revision {self.head}",
             "current": f"at revision {self.revision}, the newest this release knows{made}",

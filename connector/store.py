@@ -59,7 +59,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
@@ -78,6 +78,7 @@ from connector.mapping import ColumnType, Mapping, TableMapping
 
 GENERATION_COLUMN = "dvc_generation"
 KEY_PREFIX = "dvc_key_"
+CONNECT_TIMEOUT = 10  # seconds: PostgreSQL unreachable at start
 LEASE_SECONDS = 600  # renewed with every page; a holder silent this long is taken over
 _DELETE_CHUNK = 500
 _KEY_CHUNK = 5000
@@ -708,6 +709,14 @@ def _missing_file(engine: Engine) -> bool:
     return file and not Path(str(database)).exists()
 
 
+def _connect_args(url: URL) -> dict[str, Any]:
+    """A PostgreSQL server that does not answer fails the command in seconds, not when the
+    kernel gives up on the connection (minutes), unless the URL says `?connect_timeout=S`."""
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        return {"connect_timeout": CONNECT_TIMEOUT}
+    return {}
+
+
 def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -730,6 +739,7 @@ def _create_engine(url: str) -> Engine:
                 parsed,
                 paramstyle="format" if backend == "postgresql" else None,
                 hide_parameters=True,  # errors never print row values
+                connect_args=_connect_args(parsed),
             )
     except NoSuchModuleError as exc:
         raise ConfigError(f"DVCONNECT_DATABASE_URL: driver not installed ({exc})") from None
