@@ -241,34 +241,36 @@ class Store:
                             f"{name!r} that dvconnect did not make (it has no {GENERATION_COLUMN} "
                             "column); use a database of dvconnect's own"
                         )
-            state = schema.read_state(conn)
-        refusal = state.refusal(masked(self.url))
-        if refusal is not None:
-            raise refusal
-        if state.state == "empty":
-            migrate_store(self.url, upgrade=False)
+        engine = migration_engine(self.url)  # one transaction, DDL included, under the lock
+        try:
+            with engine.begin() as conn:
+                schema.migrate(conn, masked(self.url), upgrade=False)
+                self._prepare_mapped(conn)
+        finally:
+            engine.dispose()
         if self.engine.dialect.name == "sqlite":  # readers never block the writer
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        with self.engine.begin() as conn:
-            self.metadata.create_all(conn)
-            existing = inspect(conn)
-            for table in self.tables.values():
-                present = {c["name"] for c in existing.get_columns(table.name)}
-                missing = [c for c in table.columns if c.name not in present]
-                for column in missing:
-                    ddl = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(
-                        text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}')
-                    )
-                if [c for c in missing if not c.name.startswith("dvc_")]:
-                    self.save_state(conn, self._load_state(conn, table.name).start_full())
-            if (
-                conn.execute(select(dvc.ticks.c.value).where(dvc.ticks.c.name == "clock")).first()
-                is None
-            ):
-                conn.execute(dvc.ticks.insert().values(name="clock", value=0))
-            self._refresh_keys(conn)
+
+    def _prepare_mapped(self, conn: Connection) -> None:
+        """The mapped tables and their new columns (such tables then resync in full), the
+        event counter, and the match keys."""
+        self.metadata.create_all(conn)
+        existing = inspect(conn)
+        for table in self.tables.values():
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            missing = [c for c in table.columns if c.name not in present]
+            for column in missing:
+                ddl = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}'))
+            if [c for c in missing if not c.name.startswith("dvc_")]:
+                self.save_state(conn, self._load_state(conn, table.name).start_full())
+        if (
+            conn.execute(select(dvc.ticks.c.value).where(dvc.ticks.c.name == "clock")).first()
+            is None
+        ):
+            conn.execute(dvc.ticks.insert().values(name="clock", value=0))
+        self._refresh_keys(conn)
 
     def _refresh_keys(self, conn: Connection) -> None:
         """(Re)compute `dvc_key_*` columns when the normal form or the matched columns changed."""
