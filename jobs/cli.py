@@ -4,10 +4,10 @@ Exit codes: 0 success; 1 a job ran but some records failed; 2 bad configuration,
 usage (nothing written); 3 Dataverse or the store unreachable or unusable (a store behind this
 release's schema revision: `dvconnect db upgrade`; one made by a newer release), or
 authentication refused; 4 the job did not run (another run holds its lease, or a precondition
-is unmet); 130 a run stopped by
-Ctrl-C or SIGTERM (what it saved is kept; the next run continues from there). `--json` prints
-one JSON document on stdout, errors included; logs go to stderr. Read-only commands (`status`,
-`check`, every `--dry-run`, listings) never create or change anything in the store.
+is unmet); 130 a run stopped by Ctrl-C or SIGTERM (what it saved is kept; the next run
+continues from there). `--json` prints one JSON document on stdout, errors included; logs go to
+stderr. Read-only commands (`status`, `check`, every `--dry-run`, listings) never create or
+change anything in the store.
 """
 
 from __future__ import annotations
