@@ -6,14 +6,20 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, select, text
 
 from connector import schema, tables
+from connector.clock import Clock
+from connector.errors import StoreError
 from connector.mapping import load_mapping
+from connector.settings import Settings
 from connector.store import Store, migration_engine, schema_state
+from jobs.context import Context
+from jobs.runner import run_named
 from tests.paths import MAPPINGS
 
 
@@ -96,3 +102,17 @@ def test_the_migrations_ship_with_the_package() -> None:
     shipped = {p.name for p in schema.MIGRATIONS.iterdir()}
     assert {"env.py", "script.py.mako", "versions"} <= shipped
     assert Path(schema.script().get_revision(schema.BASELINE).path).parent.name == "versions"
+
+
+def test_a_process_started_before_a_newer_release_upgraded_the_store_runs_no_job_on_it(
+    database_url: str,
+) -> None:
+    store = Store(database_url, load_mapping(MAPPINGS))
+    store.prepare()
+    ctx = Context(settings=Settings(), mapping=store.mapping, store=store, clock=Clock())
+    with store.engine.begin() as conn:  # another host ran `db upgrade` of a newer release
+        conn.execute(text(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0042'"))
+    with pytest.raises(StoreError, match="was made by a newer release of dvconnect"):
+        run_named(ctx, "segments")
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.runs)).scalar() == 0
