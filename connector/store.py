@@ -11,8 +11,12 @@ Only the sync writes the data tables; jobs record what they wrote to Dataverse i
 and a later sync reads it back. dvconnect's own tables are declared in `connector.tables`.
 
 Opening a store changes nothing: `status`, `check` and dry runs read it (a missing SQLite file
-is an empty store, never created). `prepare()`, called by runs, creates the tables, adds the
-columns the mapping gained (such tables then resync in full) and computes missing match keys.
+is an empty store, never created); `check_schema()` refuses a store whose `dvc_` tables are not
+at this release's revision (`connector.schema`). `prepare()`, called by runs, creates the `dvc_`
+tables of a brand-new store at the newest revision, creates the mapped tables, adds the columns
+the mapping gained (such tables then resync in full) and computes missing match keys. Only
+`migrate_store(url, upgrade=True)` (`dvconnect db upgrade`) changes the `dvc_` tables of a store
+that has them.
 Database errors never print row values (`hide_parameters`); `store_error` turns them into one
 line naming the store, its password masked.
 """
@@ -55,7 +59,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
@@ -65,6 +69,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.types import TypeEngine
 
+from connector import schema
 from connector import tables as dvc
 from connector.clock import Clock
 from connector.errors import ConfigError, NotRunError, StoreError
@@ -73,6 +78,7 @@ from connector.mapping import ColumnType, Mapping, TableMapping
 
 GENERATION_COLUMN = "dvc_generation"
 KEY_PREFIX = "dvc_key_"
+CONNECT_TIMEOUT = 10  # seconds: PostgreSQL unreachable at start
 LEASE_SECONDS = 600  # renewed with every page; a holder silent this long is taken over
 _DELETE_CHUNK = 500
 _KEY_CHUNK = 5000
@@ -201,16 +207,26 @@ class Store:
     @property
     def exists(self) -> bool:
         """Whether the store holds dvconnect's tables (a missing SQLite file is never created)."""
-        database = self.engine.url.database
-        file = self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
-        if file and not Path(str(database)).exists():
+        if _missing_file(self.engine):
             return False
         with self.engine.connect() as conn:
             return inspect(conn).has_table(dvc.sync_state.name)
 
+    def check_schema(self) -> None:
+        """Refuse (StoreError) a store whose `dvc_` tables are behind or ahead of this release;
+        an empty store is fine. Reads only: every command that opens the store calls it."""
+        if _missing_file(self.engine):
+            return
+        with self.engine.connect() as conn:
+            refusal = schema.read_state(conn).refusal(masked(self.url))
+        if refusal is not None:
+            raise refusal
+
     def prepare(self) -> None:
-        """Create missing tables and columns (tables that gained columns resync in full), and
-        compute match keys missing or made in another normal form. Runs call it; nothing else."""
+        """Create the `dvc_` tables of a brand-new store at the newest revision (refuse a store
+        behind or ahead of it), create missing mapped tables and columns (tables that gained
+        columns resync in full), and compute match keys missing or made in another normal form.
+        Runs call it; nothing else."""
         url = self.engine.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -225,29 +241,36 @@ class Store:
                             f"{name!r} that dvconnect did not make (it has no {GENERATION_COLUMN} "
                             "column); use a database of dvconnect's own"
                         )
-            if self.engine.dialect.name == "sqlite":  # readers never block the writer
+        engine = migration_engine(self.url)  # one transaction, DDL included, under the lock
+        try:
+            with engine.begin() as conn:
+                schema.migrate(conn, masked(self.url), upgrade=False)
+                self._prepare_mapped(conn)
+        finally:
+            engine.dispose()
+        if self.engine.dialect.name == "sqlite":  # readers never block the writer
+            with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        with self.engine.begin() as conn:
-            dvc.METADATA.create_all(conn)
-            self.metadata.create_all(conn)
-            existing = inspect(conn)
-            for table in [*dvc.METADATA.sorted_tables, *self.tables.values()]:
-                present = {c["name"] for c in existing.get_columns(table.name)}
-                missing = [c for c in table.columns if c.name not in present]
-                for column in missing:
-                    ddl = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(
-                        text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}')
-                    )
-                mapped = [c for c in missing if not c.name.startswith("dvc_")]
-                if table.name in self.tables and mapped:
-                    self.save_state(conn, self._load_state(conn, table.name).start_full())
-            if (
-                conn.execute(select(dvc.ticks.c.value).where(dvc.ticks.c.name == "clock")).first()
-                is None
-            ):
-                conn.execute(dvc.ticks.insert().values(name="clock", value=0))
-            self._refresh_keys(conn)
+
+    def _prepare_mapped(self, conn: Connection) -> None:
+        """The mapped tables and their new columns (such tables then resync in full), the
+        event counter, and the match keys."""
+        self.metadata.create_all(conn)
+        existing = inspect(conn)
+        for table in self.tables.values():
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            missing = [c for c in table.columns if c.name not in present]
+            for column in missing:
+                ddl = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}'))
+            if [c for c in missing if not c.name.startswith("dvc_")]:
+                self.save_state(conn, self._load_state(conn, table.name).start_full())
+        if (
+            conn.execute(select(dvc.ticks.c.value).where(dvc.ticks.c.name == "clock")).first()
+            is None
+        ):
+            conn.execute(dvc.ticks.insert().values(name="clock", value=0))
+        self._refresh_keys(conn)
 
     def _refresh_keys(self, conn: Connection) -> None:
         """(Re)compute `dvc_key_*` columns when the normal form or the matched columns changed."""
@@ -637,6 +660,65 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wait: bool) -> None:
     cursor.close()
 
 
+def migrate_store(url: str, *, upgrade: bool) -> schema.Migrated:
+    """Create the `dvc_` tables of a brand-new store at the newest revision, or (`upgrade`:
+    `dvconnect db upgrade`) bring an older store there; one transaction, DDL included."""
+    engine = migration_engine(url)
+    try:
+        if _missing_file(engine):
+            Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
+        with engine.begin() as conn:
+            return schema.migrate(conn, masked(url), upgrade=upgrade)
+    finally:
+        engine.dispose()
+
+
+def schema_state(url: str) -> schema.SchemaState:
+    """Where the store's `dvc_` tables stand (`dvconnect db current`); creates nothing."""
+    engine = _create_engine(url)
+    try:
+        if _missing_file(engine):
+            return schema.SchemaState("empty", None, schema.head(), None)
+        with engine.connect() as conn:
+            return schema.read_state(conn)
+    finally:
+        engine.dispose()
+
+
+def migration_engine(url: str) -> Engine:
+    """An engine for schema changes: on SQLite, every transaction begins with BEGIN IMMEDIATE
+    and holds its DDL too (pysqlite would commit each CREATE or ALTER on its own), so a
+    migration that fails leaves nothing behind and two first runs do not race."""
+    engine = _create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _driver_transactions_off)
+        event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def _driver_transactions_off(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event says BEGIN instead
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _missing_file(engine: Engine) -> bool:
+    """Whether the store is a SQLite file that does not exist (yet)."""
+    database = engine.url.database
+    file = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    return file and not Path(str(database)).exists()
+
+
+def _connect_args(url: URL) -> dict[str, Any]:
+    """A PostgreSQL server that does not answer fails the command in seconds, not when the
+    kernel gives up on the connection (minutes), unless the URL says `?connect_timeout=S`."""
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        return {"connect_timeout": CONNECT_TIMEOUT}
+    return {}
+
+
 def _create_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -659,6 +741,7 @@ def _create_engine(url: str) -> Engine:
                 parsed,
                 paramstyle="format" if backend == "postgresql" else None,
                 hide_parameters=True,  # errors never print row values
+                connect_args=_connect_args(parsed),
             )
     except NoSuchModuleError as exc:
         raise ConfigError(f"DVCONNECT_DATABASE_URL: driver not installed ({exc})") from None

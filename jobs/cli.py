@@ -1,11 +1,13 @@
 """The `dvconnect` command line: the composition root that builds a Context once per command.
 
 Exit codes: 0 success; 1 a job ran but some records failed; 2 bad configuration, mappings or
-usage (nothing written); 3 Dataverse or the store unreachable, or authentication refused; 4 the
-job did not run (another run holds its lease, or a precondition is unmet); 130 a run stopped by
-Ctrl-C or SIGTERM (what it saved is kept; the next run continues from there). `--json` prints
-one JSON document on stdout, errors included; logs go to stderr. Read-only commands (`status`,
-`check`, every `--dry-run`, listings) never create or change anything in the store.
+usage (nothing written); 3 Dataverse or the store unreachable or unusable (a store behind this
+release's schema revision: `dvconnect db upgrade`; one made by a newer release), or
+authentication refused; 4 the job did not run (another run holds its lease, or a precondition
+is unmet); 130 a run stopped by Ctrl-C or SIGTERM (what it saved is kept; the next run
+continues from there). `--json` prints one JSON document on stdout, errors included; logs go to
+stderr. Read-only commands (`status`, `check`, every `--dry-run`, listings) never create or
+change anything in the store.
 """
 
 from __future__ import annotations
@@ -772,6 +774,41 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_current(settings: Settings, args: argparse.Namespace) -> int:
+    from connector.store import masked, schema_state
+
+    state = schema_state(settings.database_url)
+    if args.json:
+        _print_json({"store": masked(settings.database_url), **asdict(state)})
+    else:
+        print(f"{masked(settings.database_url)}: {state.describe()}")
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from connector.schema import BASELINE, BASELINE_RELEASE
+    from connector.store import masked, migrate_store
+
+    done = migrate_store(settings.database_url, upgrade=True)
+    store = masked(settings.database_url)
+    if args.json:
+        _print_json({"store": store, **asdict(done)})
+        return 0
+    if done.created:
+        print(f"{store}: created at revision {done.after.revision}")
+    elif done.before.state == "unversioned":
+        print(f"{store}: made by dvconnect {BASELINE_RELEASE} before schema versions; "
+              f"stamped with its revision {BASELINE}")  # fmt: skip
+        if done.adopted:
+            print(f"  added what that release's tables lacked: {', '.join(done.adopted)}")
+    elif not done.ran:
+        print(f"{store}: at revision {done.after.revision}, the newest; nothing to do")
+    if done.ran:
+        print(f"{store}: ran revisions {', '.join(done.ran)}; now at revision "
+              f"{done.after.revision}")  # fmt: skip
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scheduler import serve
     from jobs.service import Service
@@ -860,6 +897,17 @@ def _parser() -> argparse.ArgumentParser:
     reset = state_commands.add_parser("reset", help="forget a table's cursor: next sync is full")
     reset.add_argument("table")
     reset.set_defaults(handler=cmd_state_reset)
+
+    db = commands.add_parser("db", help="the version of the store's dvc_ tables (migrations)")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser(
+        "upgrade", help="migrate the dvc_ tables to this release's revision, keeping every row"
+    )
+    upgrade.add_argument("--json", action="store_true", help="print one JSON document")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+    current = db_commands.add_parser("current", help="the store's revision and what it needs")
+    current.add_argument("--json", action="store_true", help="print one JSON document")
+    current.set_defaults(handler=cmd_db_current)
 
     segments = commands.add_parser("segments", help="list, preview and follow segments")
     segment_commands = segments.add_subparsers(

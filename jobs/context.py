@@ -60,6 +60,8 @@ def build_context(settings: Settings, *, online: bool = False, prepare: bool = F
     `online` also builds the Dataverse client first, so that bad connection settings or an
     unreadable certificate stop the command before the store is touched. `prepare` creates and
     updates the store's tables: runs do, read-only commands (status, check, dry runs) never.
+    Either way a store whose `dvc_` tables are behind or ahead of this release is refused
+    (`dvconnect db upgrade` moves it forward).
     """
     mapping = load_mapping(settings.mappings_dir)
     clock = settings.clock
@@ -69,4 +71,6 @@ def build_context(settings: Settings, *, online: bool = False, prepare: bool = F
         ctx.online()
     if prepare:
         store.prepare()
+    else:
+        store.check_schema()
     return ctx

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 from connector.clock import stamp
 from connector.settings import Settings
+from connector.store import migrate_store
 from emulator.process import EmulatorError, EmulatorProcess
 from jobs.context import Context, build_context
 from jobs.journeys.inspect import journey_show
@@ -104,10 +105,13 @@ def _demo(settings: Settings, emulator: EmulatorProcess, secret: str) -> int:
             "database_url": f"sqlite:///{STORE}",
         }
     )
+    upgraded = migrate_store(demo_settings.database_url, upgrade=True)  # the demo's own store
     day0 = datetime.fromisoformat(CLOCK.read_text().strip()) if CLOCK.exists() else JOURNEYS_START
     ctx = _at(demo_settings, emulator, day0)
     print(f"emulator: {emulator.base_url} (data in {DATA_DIR}/)")
     print(f"store:    {STORE}")
+    if upgraded.ran or upgraded.before.state == "unversioned":
+        print(f"          upgraded to schema revision {upgraded.after.revision}, every row kept")
     print(f"clock:    {stamp(day0)} (simulated; the emulator's and dvconnect's together)")
     if all(ctx.store.load_state(table).mode for table in ctx.mapping.tables):
         for table in ("lead", "contact"):

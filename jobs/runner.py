@@ -199,7 +199,11 @@ def failure_reason(exc: BaseException, database_url: str) -> str:
 
 
 def run_job(ctx: Context, job: str) -> JobResult:
-    """Run one job now, record it, and return what it did; errors are recorded, then raised."""
+    """Run one job now, record it, and return what it did; errors are recorded, then raised.
+
+    A store upgraded by a newer release since the process started is refused before anything
+    is written (a `schedule` left running through an upgrade elsewhere stops writing)."""
+    ctx.store.check_schema()
     run_id = ctx.store.start_run(job)
     ctx.run_id = run_id
     fields = LOG_FIELDS.set({"job": job, "run_id": run_id})

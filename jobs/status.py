@@ -19,6 +19,7 @@ from connector import tables as dvc
 from connector.clock import parse_stamp
 from jobs.context import Context
 from jobs.health import job_problems
+from jobs.runner import HTTP_COUNTS
 
 READS = {
     "full": "full: the first read, a reset, or the mapping gained columns",
@@ -68,7 +69,8 @@ def _run(row: Any) -> dict[str, Any]:
     return {
         "run_id": row["run_id"], "outcome": row["outcome"], "started_at": row["started_at"],
         "finished_at": row["finished_at"], "seconds": seconds, "requests": row["requests"],
-        "counts": json.loads(row["counts"]), "error": row["error"],
+        "counts": {k: v for k, v in json.loads(row["counts"]).items() if k != HTTP_COUNTS},
+        "error": row["error"],
     }  # fmt: skip
 
 
@@ -87,7 +89,12 @@ def last_reads(ctx: Context) -> dict[str, dict[str, Any]]:
     reads: dict[str, dict[str, Any]] = {}
     for run_id, started_at, counts in rows:
         for table, c in json.loads(counts).items():
-            if table in reads or not isinstance(c, dict) or not c.get("how"):
+            if (
+                table == HTTP_COUNTS
+                or table in reads
+                or not isinstance(c, dict)
+                or not c.get("how")
+            ):
                 continue
             why = READS.get(c["how"], str(c["how"]))
             if c.get("resyncs"):

@@ -5,16 +5,20 @@
   request log, faults, clock and configuration cleared; tokens stay valid).
 * `api` (function): a `requests.Session` for the Web API of `fresh_emulator`, with a bearer token
   and the CA bundle set.
+* `postgres` (session): one PostgreSQL server started by the tests themselves, for the unit
+  tests' stores and the migration tests.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import requests
 
 from emulator.process import EmulatorProcess
+from tests.postgres_server import PostgresServer, available
 
 SEED_LEADS = 300
 SEED_CONTACTS = 150
@@ -48,6 +52,18 @@ def api(fresh_emulator: EmulatorProcess) -> Iterator[requests.Session]:
     )
     with session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started by the tests themselves."""
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are missing (.ci/run installs them)")
+        pytest.skip("PostgreSQL server binaries are not installed")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -4,10 +4,13 @@ code, and nothing written; read-only commands never create or change anything in
 from __future__ import annotations
 
 import hashlib
+import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from tests.inputs.conftest import Cli
@@ -158,3 +161,132 @@ def test_a_second_process_of_the_same_job_exits_4(workdir: Path, dvconnect: Cli)
         holder.join()
     assert code == 4
     assert err.strip().splitlines()[-1].startswith("dvconnect: sync lead is already running (pid ")
+
+
+# Every command that opens a store checks its schema version (connector.schema).
+OPENING = (["status"], ["run", "sync"], ["segments", "list"], ["journeys", "list"],
+           ["check", "--offline"], ["state", "reset", "lead"])  # fmt: skip
+
+
+def _prepared(workdir: Path, dvconnect: Cli) -> Path:
+    """A store made by a run of this release (the org unreachable: the store is made first)."""
+    code, _, _ = dvconnect("run", "sync", DVCONNECT_DATAVERSE_URL="https://127.0.0.1:9")
+    assert code == 3
+    return workdir / "store.sqlite3"
+
+
+def test_a_store_made_by_a_newer_release_is_refused_naming_it_and_left_as_it_is(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    from connector.schema import head, release
+
+    store = _prepared(workdir, dvconnect)
+    with sqlite3.connect(store) as database:
+        database.execute("UPDATE dvc_alembic_version SET version_num = '0042'")
+        database.execute("UPDATE dvc_meta SET value = '0.7.0' WHERE key = 'schema_release'")
+    before = _digest(store)
+    for args in [*OPENING, ["db", "upgrade"]]:
+        code, _, err = dvconnect(*args)
+        assert (code, err.strip()) == (
+            3,
+            "dvconnect: the store sqlite:///store.sqlite3 was made by a newer release of "
+            "dvconnect (dvconnect 0.7.0, schema revision 0042) than this one "
+            f"({release()}, newest revision {head()}): upgrade dvconnect to use it; nothing was "
+            "changed",
+        ), args
+    code, out, _ = dvconnect("db", "current")
+    assert (code, out.strip()) == (
+        0,
+        "sqlite:///store.sqlite3: at revision 0042 (schema written by dvconnect 0.7.0), newer "
+        f"than this release's {head()}: upgrade dvconnect",
+    )
+    assert _digest(store) == before
+
+
+def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_keeps_it(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    from connector.schema import head, release
+
+    store = _prepared(workdir, dvconnect)
+    with sqlite3.connect(store) as database:  # what release 0.1.0 made: no version, no release
+        database.execute("DROP TABLE dvc_alembic_version")
+        database.execute("DELETE FROM dvc_meta WHERE key = 'schema_release'")
+        database.execute("INSERT INTO dvc_segment_events (segment, contactid, event, at) "
+                         "VALUES ('s', 'c', 'entered', '2027-01-04T08:00:00Z')")  # fmt: skip
+    before = _digest(store)
+    for args in OPENING:
+        code, _, err = dvconnect(*args)
+        assert (code, err.strip()) == (
+            3,
+            "dvconnect: the store sqlite:///store.sqlite3 was made by dvconnect 0.1.0, before "
+            "schema versions: run `dvconnect db upgrade` (it keeps every row)",
+        ), args
+    assert _digest(store) == before
+    code, out, err = dvconnect("db", "upgrade")
+    assert (code, out.splitlines()[0]) == (
+        0,
+        "sqlite:///store.sqlite3: made by dvconnect 0.1.0 before schema versions; stamped with "
+        "its revision 0001",  # the baseline; later revisions are listed as run after it
+    ), err
+    code, out, _ = dvconnect("db", "current")
+    assert out.strip() == (
+        f"sqlite:///store.sqlite3: at revision {head()}, the newest this release knows (schema "
+        f"written by dvconnect {release()})"
+    )
+    with sqlite3.connect(store) as database:
+        assert database.execute("SELECT segment, event FROM dvc_segment_events").fetchall() == [
+            ("s", "entered")
+        ]
+    code, _, err = dvconnect("status")
+    assert code == 0, err
+
+
+def test_db_current_on_a_fresh_store_says_what_the_first_run_does_and_creates_nothing(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    from connector.schema import head
+
+    code, out, _ = dvconnect("db", "current")
+    assert (code, out.strip()) == (
+        0,
+        "sqlite:///store.sqlite3: no dvconnect tables yet: the first run creates them at "
+        f"revision {head()}",
+    )
+    assert not (workdir / "store.sqlite3").exists()
+
+
+def test_an_unreachable_database_exits_3_naming_it_with_the_password_masked(
+    workdir: Path, dvconnect: Cli
+) -> None:
+    url = "postgresql://crm:s3cr3t-pw@127.0.0.1:9/production"
+    for args in [*OPENING, ["db", "upgrade"], ["db", "current"]]:
+        code, out, err = dvconnect(*args, DVCONNECT_DATABASE_URL=url)
+        assert code == 3, args
+        assert err.strip().startswith(
+            "dvconnect: the store postgresql://crm:***@127.0.0.1:9/production cannot be used: "
+            'connection failed: connection to server at "127.0.0.1", port 9 failed: '
+        ), args
+        assert "s3cr3t-pw" not in out + err
+
+
+def test_a_database_that_never_answers_exits_3_after_the_connect_timeout(
+    workdir: Path, dvconnect: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector import store
+
+    monkeypatch.setattr(store, "CONNECT_TIMEOUT", 1)  # 10 s in earnest
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        url = f"postgresql://crm:s3cr3t-pw@127.0.0.1:{port}/production"
+        started = time.monotonic()
+        code, out, err = dvconnect("status", DVCONNECT_DATABASE_URL=url)
+    assert time.monotonic() - started < 10
+    assert code == 3
+    assert err.strip().startswith(
+        f"dvconnect: the store postgresql://crm:***@127.0.0.1:{port}/production cannot be used: "
+    )
+    assert "timeout" in err
+    assert "s3cr3t-pw" not in out + err
