@@ -522,12 +522,12 @@ class Store:
         """A PostgreSQL session advisory lock named `name`, held while the block runs.
 
         It lives on a connection of its own, outside the pool, which the block's end releases
-        and closes: the lock ends with that session, however the process ends. The server is asked to probe
-        the connection (TCP keepalives) so that a host that vanished without closing it loses
-        its locks within about a minute and a half. The block gets a `Lock`: whether it is held
-        (never waited for, unless `wait` is given: then tried again until it is held or `wait()`
-        says to stop) and whether its session still lives. On SQLite, where a job has one process
-        at a time (its lease), every lock is held.
+        and closes: the lock ends with that session, however the process ends. The server is
+        asked to probe the connection (TCP keepalives) so that a host that vanished without
+        closing it loses its locks within about a minute and a half. The block gets a `Lock`:
+        whether it is held (never waited for, unless `wait` is given: then tried again until it
+        is held or `wait()` says to stop) and whether its session still lives. On SQLite, where
+        a job has one process at a time (its lease), every lock is held.
         """
         if not self.coordinated:
             yield Lock(True, None)

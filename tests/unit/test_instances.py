@@ -45,10 +45,12 @@ def _terminate_other_sessions(store: Store) -> None:
 
 def test_a_lease_held_by_another_instance_is_refused_with_its_pid_and_host(url: str) -> None:
     first, second = instance(url), instance(url)
-    with first.lease("sync lead"):
-        with pytest.raises(NotRunError, match=r"^sync lead is already running \(pid \d+ on "):
-            with second.lease("sync lead"):
-                pass
+    with (
+        first.lease("sync lead"),
+        pytest.raises(NotRunError, match=r"^sync lead is already running \(pid \d+ on "),
+        second.lease("sync lead"),
+    ):
+        pass
     with second.lease("sync lead"):  # released at the end of the block
         pass
 
@@ -72,20 +74,27 @@ def test_a_dead_holders_lease_is_taken_at_once_whatever_its_row_says(url: str) -
 def test_a_lock_whose_session_ended_says_so(url: str) -> None:
     first, second = instance(url), instance(url)
     with first.lock("journeys/outbox") as lock:
-        assert lock.held and lock.alive()
+        assert lock.held
+        assert lock.alive()
         _terminate_other_sessions(second)
         assert not lock.alive()
 
 
 def test_a_shared_lease_is_held_by_several_and_keeps_an_exclusive_holder_out(url: str) -> None:
     first, second, third = instance(url), instance(url), instance(url)
-    with first.lease("journeys", shared=True), second.lease("journeys", shared=True):
-        with pytest.raises(NotRunError, match="already running on another instance"):
-            with third.lease("journeys"):
-                pass
-    with third.lease("journeys"), pytest.raises(NotRunError, match=r"pid \d+ on "):
-        with first.lease("journeys", shared=True):
-            pass
+    with (
+        first.lease("journeys", shared=True),
+        second.lease("journeys", shared=True),
+        pytest.raises(NotRunError, match="already running on another instance"),
+        third.lease("journeys"),
+    ):
+        pass
+    with (
+        third.lease("journeys"),
+        pytest.raises(NotRunError, match=r"pid \d+ on "),
+        first.lease("journeys", shared=True),
+    ):
+        pass
 
 
 def test_a_lock_waited_for_is_held_once_its_holder_lets_go(url: str) -> None:
@@ -110,7 +119,8 @@ def test_a_lock_waited_for_is_held_once_its_holder_lets_go(url: str) -> None:
         assert released_at, "held before the holder let go"
     holder.join()
     with first.lock("journeys/outbox") as lock, second.lock("x", wait=lambda: True) as other:
-        assert lock.held and other.held  # different names do not exclude each other
+        assert lock.held  # different names do not exclude each other
+        assert other.held
 
 
 def test_a_waiter_told_to_stop_gives_up(url: str) -> None:
@@ -123,7 +133,11 @@ def test_sqlite_leases_stay_rows_and_locks_are_always_held(tmp_path: object) -> 
     store = instance(f"sqlite:///{tmp_path}/store.sqlite3")
     assert not store.coordinated
     with store.lock("journeys/outbox") as lock:
-        assert lock.held and lock.alive()
-    with store.lease("journeys", shared=True):  # exclusive on SQLite
-        with pytest.raises(NotRunError, match="lease until"), store.lease("journeys", shared=True):
-            pass
+        assert lock.held
+        assert lock.alive()
+    with (
+        store.lease("journeys", shared=True),  # exclusive on SQLite
+        pytest.raises(NotRunError, match="lease until"),
+        store.lease("journeys", shared=True),
+    ):
+        pass
