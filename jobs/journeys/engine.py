@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     bindparam,
     case,
@@ -58,6 +59,7 @@ from connector.clock import parse_stamp, stamp
 from connector.errors import DvconnectError, MappingError
 from connector.mapping.journeys import Journey, RoundRobin, Step, load_journey
 from connector.outbox import Intent, Outbox, Outcome, record
+from connector.store import lock_key
 from jobs.context import Context
 from jobs.journeys import triggers
 from jobs.journeys.actions import (
@@ -158,9 +160,13 @@ class Sink:
             yield conn
 
 
-def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dict[int, Journey]]:
+def versions(
+    ctx: Context, conn: Connection, journey: Journey, create: bool = True
+) -> tuple[int | None, dict[int, Journey]]:
     """The version new entrants take (a new one when the file changed) and every version's
-    definition, parsed from its stored text."""
+    definition, parsed from its stored text. Without `create` (an instance that does not
+    admit), nothing is written: a changed file has no version yet (None) until the instance
+    that admits records it."""
     v = dvc.journey_versions.c
     rows = conn.execute(
         select(v.version, v.text).where(v.journey == journey.name).order_by(v.version)
@@ -175,7 +181,7 @@ def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dic
         except MappingError as exc:
             log.error("%s version %d no longer loads: %s", journey.name, number, exc)
     current = next((n for n, text in reversed(rows) if text == journey.text), None)
-    if current is None:
+    if current is None and create:
         current = (rows[-1][0] if rows else 0) + 1
         conn.execute(
             dvc.journey_versions.insert().values(
@@ -268,9 +274,12 @@ class JourneyRun:
 
     def __init__(
         self, ctx: Context, journey: Journey, sink: Sink, now: datetime,
-        simulation: Simulation | None = None,
+        simulation: Simulation | None = None, admit: bool = True,
     ) -> None:  # fmt: skip
         self.ctx = ctx
+        self.admit = admit  # admission and goal/exit: one instance at a time (see run_journeys)
+        # several instances share the members' decisions: each chunk is claimed, rows locked
+        self.claims = ctx.store.coordinated and not sink.dry
         self.journey = journey
         self.sink = sink
         self.now = now
@@ -285,13 +294,15 @@ class JourneyRun:
 
     def run(self) -> JourneyCounts:
         with self.sink.write() as conn:
-            current, definitions = versions(self.ctx, conn, self.journey)
+            current, definitions = versions(self.ctx, conn, self.journey, create=self.admit)
             state = journey_state(conn, self.journey.name)
         assert state is not None
-        self._admit(current, definitions[current], state)
-        self._admit_triggered(current, definitions[current], state)
-        for version, definition in definitions.items():  # entrants at the goal never start
-            self._leave(version, definition)
+        if self.admit:
+            assert current is not None
+            self._admit(current, definitions[current], state)
+            self._admit_triggered(current, definitions[current], state)
+            for version, definition in definitions.items():  # entrants at the goal never start
+                self._leave(version, definition)
         for wave in range(MAX_WAVES):
             moved = 0
             for version, definition in definitions.items():
@@ -318,9 +329,10 @@ class JourneyRun:
             after = 0
             while True:
                 with self.sink.write() as conn:
-                    chunk = conn.execute(
-                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
-                    ).all()
+                    page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+                    if self.claims:  # members another instance is deciding now: left to it
+                        page = page.with_for_update(skip_locked=True, of=m)
+                    chunk = conn.execute(page).all()
                     if not chunk:
                         break
                     after = chunk[-1][0]
@@ -535,54 +547,84 @@ class JourneyRun:
         moved = 0
         after = 0
         while True:
+            page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+            if self.claims:
+                claimed = self._claimed(version, journey, step, page)
+                if claimed is None:
+                    return moved
+                moved += claimed[1]
+                after = claimed[0]
+                continue
             with self.sink.read() as conn:
-                rows = list(
-                    conn.execute(
-                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
-                    )
-                )
+                rows = list(conn.execute(page))
             if not rows:
                 return moved
             after = rows[-1][0]
-            moved += self._chunk(version, journey, step, rows)
+            targets = self._targets(version, journey, rows) if step.is_action else {}
+            with self.sink.write() as conn:
+                moved += self._chunk(conn, journey, step, rows, targets)
 
-    def _chunk(self, version: int, journey: Journey, step: Step, rows: list[Any]) -> int:
-        """Decide the moves of one chunk of members at `step`, then write them in one
-        transaction: a statement per kind of change, not per member."""
-        targets = self._targets(version, journey, rows) if step.is_action else {}
-        moved = 0
+    def _claimed(
+        self, version: int, journey: Journey, step: Step, page: Select[Any]
+    ) -> tuple[int, int] | None:
+        """Claim a chunk and decide it, in one transaction (PostgreSQL, several instances):
+        its members' rows are locked as they are read, and those another instance has locked
+        are skipped (`FOR UPDATE SKIP LOCKED`) — that instance is deciding them. Returns the
+        last member id read and how many moved; None when nobody is left."""
+        m = dvc.journey_members
         with self.sink.write() as conn:
-            # a pause, a stop or another run since the chunk was read: nothing is decided twice
-            state = journey_state(conn, journey.name)
-            if state is None or state["state"] != "live":
-                self.halted = True
-                return 0
-            m = dvc.journey_members
-            still = set(conn.execute(
-                select(m.c.member_id).where(m.c.member_id.in_([row[0] for row in rows]),
-                                            m.c.status == ACTIVE, m.c.step == step.id)
-            ).scalars())  # fmt: skip
-            writes = ChunkWrites()
-            for row in rows:
-                member_id, contact, entry = row[0], row[1], row[2]
-                if member_id not in still:
+            rows = list(conn.execute(page.with_for_update(skip_locked=True, of=m)))
+            if not rows:
+                return None
+            if step.kind in CAPPED and journey.caps.per_owner_per_day is not None:
+                # the owners' counts of the day, read under a lock that the instances take in
+                # turn: two instances never both see the last place left
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(lock_key(f"{JOB}/{journey.name}/caps")))
+                )
+                self._caps.clear()
+                self._caps_loaded.clear()
+            targets = self._targets(version, journey, rows) if step.is_action else {}
+            return rows[-1][0], self._chunk(conn, journey, step, rows, targets)
+
+    def _chunk(
+        self, conn: Connection, journey: Journey, step: Step, rows: list[Any],
+        targets: dict[int, Target],
+    ) -> int:  # fmt: skip
+        """Decide the moves of one chunk of members at `step` and write them in `conn`'s
+        transaction: a statement per kind of change, not per member."""
+        moved = 0
+        # a pause, a stop or another run since the chunk was read: nothing is decided twice
+        state = journey_state(conn, journey.name)
+        if state is None or state["state"] != "live":
+            self.halted = True
+            return 0
+        m = dvc.journey_members
+        still = set(conn.execute(
+            select(m.c.member_id).where(m.c.member_id.in_([row[0] for row in rows]),
+                                        m.c.status == ACTIVE, m.c.step == step.id)
+        ).scalars())  # fmt: skip
+        writes = ChunkWrites()
+        for row in rows:
+            member_id, contact, entry = row[0], row[1], row[2]
+            if member_id not in still:
+                continue
+            member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
+                            parse_stamp(row[5]))  # fmt: skip
+            facts = tuple(bool(value) for value in row[7:])
+            if self.simulation is not None and step.id in self.simulation.assume:
+                facts = (self.simulation.holds(journey, member, step),)
+            move = decide(journey, member, self.now, facts)
+            if move.stays:
+                continue
+            if move.action is not None:
+                summary = self._act(conn, targets[member_id], move, writes)
+                if summary is None:
                     continue
-                member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
-                                parse_stamp(row[5]))  # fmt: skip
-                facts = tuple(bool(value) for value in row[7:])
-                if self.simulation is not None and step.id in self.simulation.assume:
-                    facts = (self.simulation.holds(journey, member, step),)
-                move = decide(journey, member, self.now, facts)
-                if move.stays:
-                    continue
-                if move.action is not None:
-                    summary = self._act(conn, targets[member_id], move, writes)
-                    if summary is None:
-                        continue
-                    move = replace(move, detail=summary)
-                self._apply(journey, member_id, step, move, writes)
-                moved += 1
-            writes.flush(conn, journey.name, self.at, self.ctx.run_id, self.sink.dry)
+                move = replace(move, detail=summary)
+            self._apply(journey, member_id, step, move, writes)
+            moved += 1
+        writes.flush(conn, journey.name, self.at, self.ctx.run_id, self.sink.dry)
         return moved
 
     def _apply(self, journey: Journey, member_id: int, step: Step, move: Move,
@@ -754,13 +796,24 @@ class JourneyRun:
 
 
 def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
-    """Run every live journey once; a bad journey is reported and the others run."""
+    """Run every live journey once; a bad journey is reported and the others run.
+
+    On SQLite one process runs the job at a time (its lease). On PostgreSQL several instances
+    (`dvconnect schedule` on several hosts) run it together and share the work: the job's lease
+    is shared (`journeys migrate`, which takes it alone, waits for none of them); a journey's
+    admission and its goal and exit are done by one instance at a time — whoever holds the
+    journey's lock, the others go straight to the steps —; the members due at a step are
+    claimed a chunk at a time with `FOR UPDATE SKIP LOCKED`, so each chunk is decided by one
+    instance, its members' moves and outbox intents committed together; and the outbox is
+    drained by one instance at a time (its lock; at the end of a run an instance waits for it,
+    so that what it recorded is sent), since two drains would send the same intents.
+    """
     results: dict[str, Any] = {}
     sink = Sink(ctx, dry)
-    with ctx.store.lease(JOB) if not dry else _nothing():
+    with ctx.store.lease(JOB, shared=True) if not dry else _nothing():
         outbox = None if dry else Outbox(ctx.store, ctx.online())
-        if outbox is not None:
-            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+        if outbox is not None:  # what an earlier run left: unless another instance sends it now
+            _drain(ctx, outbox, results, wait=False)
         with sink.session():
             for name, journey in ctx.mapping.journeys.items():
                 with sink.read() as conn:
@@ -774,7 +827,8 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                         stuck = watch(conn, name, now, ctx.settings.journey_grace,
                                       ctx.store.engine.dialect.name)  # fmt: skip
                     warn(name, stuck)
-                    counts = JourneyRun(ctx, journey, sink, now).run()
+                    with _admission(ctx, name, dry) as admit:
+                        counts = JourneyRun(ctx, journey, sink, now, admit=admit).run()
                     counts.watchdog = stuck.as_dict()
                     counts.seconds = round(time.perf_counter() - started, 3)
                 except (DvconnectError, SQLAlchemyError) as exc:
@@ -784,7 +838,7 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                     continue
                 results[name] = counts.__dict__
         if outbox is not None:
-            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+            _drain(ctx, outbox, results, wait=True)
     for file, error in ctx.mapping.journey_errors.items():
         results[file] = {"failed": 1, "error": str(error)}
     if ctx.stop.is_set():
@@ -795,6 +849,27 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+@contextmanager
+def _admission(ctx: Context, journey: str, dry: bool) -> Iterator[bool]:
+    """Whether this instance admits the journey's members now: it holds the journey's lock
+    while it runs the journey (always on SQLite, and in a dry run)."""
+    if dry:
+        yield True
+        return
+    with ctx.store.lock(f"{JOB}/{journey}") as lock:
+        yield lock.held
+
+
+def _drain(ctx: Context, outbox: Outbox, results: dict[str, Any], wait: bool) -> None:
+    """Send the job's pending intents, one instance at a time; a drain whose lock's session
+    ends (the database lost it) stops before its next chunk."""
+    stop = ctx.stop.is_set
+    with ctx.store.lock(f"{JOB}/outbox", wait=stop if wait else None) as lock:
+        if not lock.held:
+            return
+        _settle(ctx, outbox.drain(JOB, lambda: stop() or not lock.alive()).failed, results)
 
 
 def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> None:
