@@ -280,6 +280,7 @@ class JourneyRun:
         self.admit = admit  # admission and goal/exit: one instance at a time (see run_journeys)
         # several instances share the members' decisions: each chunk is claimed, rows locked
         self.claims = ctx.store.coordinated and not sink.dry
+        self.chunk = ctx.settings.journey_chunk  # members due at a step decided per transaction
         self.journey = journey
         self.sink = sink
         self.now = now
@@ -547,7 +548,7 @@ class JourneyRun:
         moved = 0
         after = 0
         while True:
-            page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+            page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(self.chunk)
             if self.claims:
                 claimed = self._claimed(version, journey, step, page)
                 if claimed is None:
