@@ -128,11 +128,28 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     org.at(START + timedelta(days=7))  # nobody opened it: everyone is due for the brochure
     now = org.now.strftime(STAMP)
 
+    # Both instances are held at their first look at the members until both are there, so
+    # that they decide together (started one after the other, the first might be done before
+    # the second has started): the test locks the members' table until both wait for it.
+    gate = store.engine.connect()
+    gate.exec_driver_sql("LOCK TABLE dvc_journey_members IN ACCESS EXCLUSIVE MODE")
     instances = [
-        cli.popen("schedule", "--now", DVCONNECT_NOW=now, DVCONNECT_JOURNEY_CHUNK="3")
+        cli.popen("schedule", "--now", DVCONNECT_NOW=now, DVCONNECT_JOURNEY_CHUNK="1")
         for _ in range(2)
     ]
     try:
+
+        def both_waiting() -> bool:
+            with store.engine.connect() as conn:
+                waiting = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).scalar_one()
+            return waiting == len(instances)
+
+        cli.wait_for(both_waiting)
+        gate.rollback()
+        gate.close()
 
         def both_ran() -> bool:
             finished = {r["pid"] for r in runs(store, "journeys") if r["outcome"] != "running"}
@@ -140,6 +157,7 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
 
         cli.wait_for(both_ran, seconds=240)
     finally:
+        gate.close()  # whatever happened: never leave the instances waiting
         errors = stop(*instances)
     by_pid = {r["pid"]: r for r in runs(store, "journeys")}
     outcomes = {pid: by_pid[p.pid]["outcome"] for pid, p in enumerate(instances)}
@@ -160,7 +178,7 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     # those whose lead was qualified left as converted; every other member got the brochure
     assert {status for status, _, _ in members} <= {"completed", "converted"}, members
     total = sum(count for status, _, count in members if status == "completed")
-    assert total > 30  # chunks of 3: a dozen chunks to share
+    assert total > 30  # in chunks of one: some thirty chunks to share
     assert len(decided) == total, members  # every member decided at the brochure …
     assert {count for _, count in decided} == {1}  # … once
     assert sum(acted) == total
