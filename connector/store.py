@@ -13,8 +13,11 @@ and a later sync reads it back. dvconnect's own tables are declared in `connecto
 Opening a store changes nothing: `status`, `check` and dry runs read it (a missing SQLite file
 is an empty store, never created). `prepare()`, called by runs, creates the tables, adds the
 columns the mapping gained (such tables then resync in full) and computes missing match keys.
-Database errors never print row values (`hide_parameters`); `store_error` turns them into one
-line naming the store, its password masked.
+Leases (`lease`) keep two runs of a job apart: `dvc_leases` rows on SQLite, PostgreSQL session
+advisory locks (released when the holder's session ends, on whatever host) on PostgreSQL, where
+several instances may share a store. Database errors never print row values
+(`hide_parameters`); `store_error` turns them into one line naming the store, its password
+masked.
 """
 
 from __future__ import annotations

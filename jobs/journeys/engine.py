@@ -19,6 +19,10 @@ For each live journey, in one run at the run's clock:
 Before a journey's run, its watchdog (`jobs.journeys.watchdog`) reports members overdue, failed
 members, writes pending too long and the journey's lag, in the run's counts and a warning.
 
+On PostgreSQL several instances run the job together and share its work (`run_journeys`):
+admission and goal/exit by one instance per journey, the members due at a step claimed a chunk
+at a time with `FOR UPDATE SKIP LOCKED`, one outbox drain at a time.
+
 Members keep the version they entered with: a changed journey file is a new version for new
 entrants. A draft journey never writes; `journeys start` makes it live, `journeys stop` ends it.
 
