@@ -164,13 +164,9 @@ class Sink:
             yield conn
 
 
-def versions(
-    ctx: Context, conn: Connection, journey: Journey, create: bool = True
-) -> tuple[int | None, dict[int, Journey]]:
+def versions(ctx: Context, conn: Connection, journey: Journey) -> tuple[int, dict[int, Journey]]:
     """The version new entrants take (a new one when the file changed) and every version's
-    definition, parsed from its stored text. Without `create` (an instance that does not
-    admit), nothing is written: a changed file has no version yet (None) until the instance
-    that admits records it."""
+    definition, parsed from its stored text."""
     v = dvc.journey_versions.c
     rows = conn.execute(
         select(v.version, v.text).where(v.journey == journey.name).order_by(v.version)
@@ -185,7 +181,7 @@ def versions(
         except MappingError as exc:
             log.error("%s version %d no longer loads: %s", journey.name, number, exc)
     current = next((n for n, text in reversed(rows) if text == journey.text), None)
-    if current is None and create:
+    if current is None:
         current = (rows[-1][0] if rows else 0) + 1
         conn.execute(
             dvc.journey_versions.insert().values(
@@ -278,10 +274,9 @@ class JourneyRun:
 
     def __init__(
         self, ctx: Context, journey: Journey, sink: Sink, now: datetime,
-        simulation: Simulation | None = None, admit: bool = True,
+        simulation: Simulation | None = None,
     ) -> None:  # fmt: skip
         self.ctx = ctx
-        self.admit = admit  # admission and goal/exit: one instance at a time (see run_journeys)
         # several instances share the members' decisions: each chunk is claimed, rows locked
         self.claims = ctx.store.coordinated and not sink.dry
         self.chunk = ctx.settings.journey_chunk  # members due at a step decided per transaction
@@ -298,12 +293,13 @@ class JourneyRun:
         self._creates_leads: dict[int, bool] = {}  # version: whether it has a create_lead step
 
     def run(self) -> JourneyCounts:
-        with self.sink.write() as conn:
-            current, definitions = versions(self.ctx, conn, self.journey, create=self.admit)
-            state = journey_state(conn, self.journey.name)
-        assert state is not None
-        if self.admit:
-            assert current is not None
+        with self._admission() as admitting:
+            if not admitting:  # asked to stop while another instance admitted
+                return self.counts
+            with self.sink.write() as conn:
+                current, definitions = versions(self.ctx, conn, self.journey)
+                state = journey_state(conn, self.journey.name)
+            assert state is not None
             self._admit(current, definitions[current], state)
             self._admit_triggered(current, definitions[current], state)
             for version, definition in definitions.items():  # entrants at the goal never start
@@ -318,6 +314,18 @@ class JourneyRun:
             if not moved:
                 break
         return self.counts
+
+    @contextmanager
+    def _admission(self) -> Iterator[bool]:
+        """Admission, goal and exit, one instance at a time (PostgreSQL): the journey's lock,
+        waited for, so that every instance decides steps only after entrants were admitted
+        and those at the goal or the exit taken out — the way one instance runs. After the
+        first, the others find little left to do. Yields False when asked to stop meanwhile."""
+        if not self.claims:
+            yield True
+            return
+        with self.ctx.store.lock(f"{JOB}/{self.journey.name}", wait=self.ctx.stop.is_set) as lock:
+            yield lock.held
 
     # -- leaving: goal and exit ---------------------------------------------------------------
 
@@ -805,11 +813,11 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
 
     On SQLite one process runs the job at a time (its lease). On PostgreSQL several instances
     (`dvconnect schedule` on several hosts) run it together and share the work: the job's lease
-    is shared (`journeys migrate`, which takes it alone, waits for none of them); a journey's
-    admission and its goal and exit are done by one instance at a time — whoever holds the
-    journey's lock, the others go straight to the steps —; the members due at a step are
-    claimed a chunk at a time with `FOR UPDATE SKIP LOCKED`, so each chunk is decided by one
-    instance, its members' moves and outbox intents committed together; and the outbox is
+    is shared (`journeys migrate`, which takes it alone, is refused while any of them runs);
+    a journey's admission and its goal and exit are done by one instance at a time (the
+    journey's lock, waited for: no instance decides steps before them); the members due at a
+    step are claimed a chunk at a time with `FOR UPDATE SKIP LOCKED`, so each chunk is decided
+    by one instance, its members' moves and outbox intents committed together; and the outbox is
     drained by one instance at a time (its lock; at the end of a run an instance waits for it,
     so that what it recorded is sent), since two drains would send the same intents.
     """
@@ -832,8 +840,7 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                         stuck = watch(conn, name, now, ctx.settings.journey_grace,
                                       ctx.store.engine.dialect.name)  # fmt: skip
                     warn(name, stuck)
-                    with _admission(ctx, name, dry) as admit:
-                        counts = JourneyRun(ctx, journey, sink, now, admit=admit).run()
+                    counts = JourneyRun(ctx, journey, sink, now).run()
                     counts.watchdog = stuck.as_dict()
                     counts.seconds = round(time.perf_counter() - started, 3)
                 except (DvconnectError, SQLAlchemyError) as exc:
@@ -854,17 +861,6 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-@contextmanager
-def _admission(ctx: Context, journey: str, dry: bool) -> Iterator[bool]:
-    """Whether this instance admits the journey's members now: it holds the journey's lock
-    while it runs the journey (always on SQLite, and in a dry run)."""
-    if dry:
-        yield True
-        return
-    with ctx.store.lock(f"{JOB}/{journey}") as lock:
-        yield lock.held
 
 
 def _drain(ctx: Context, outbox: Outbox, results: dict[str, Any], wait: bool) -> None:

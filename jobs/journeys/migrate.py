@@ -48,7 +48,6 @@ def migrate(ctx: Context, name: str, dry: bool) -> dict[str, Any]:
         if state is not None and state["state"] == "stopped":
             raise ConfigError(f"journey {name!r} is stopped: its members left; nothing to migrate")
         current, definitions = versions(ctx, conn, journey)
-        assert current is not None  # created when missing
         m = dvc.journey_members
         in_flight = conn.execute(
             select(m.c.version, m.c.step, func.count())
