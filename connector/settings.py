@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     journey_grace: timedelta = timedelta(hours=1)  # how late a due member may be before it is
     # reported as overdue (seconds, `HH:MM:SS` or ISO-8601 `PT1H`)
     # journey members decided per transaction: the unit instances on PostgreSQL claim
-    journey_chunk: int = Field(default=1000, ge=1, le=10_000)
+    journey_chunk: int | None = Field(default=None, ge=1, le=10_000)  # None: 1000
     now: datetime | None = None  # for tests and rehearsals only: every command's clock
     requests_ca_bundle: Path | None = Field(
         default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")

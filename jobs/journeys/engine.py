@@ -279,7 +279,8 @@ class JourneyRun:
         self.ctx = ctx
         # several instances share the members' decisions: each chunk is claimed, rows locked
         self.claims = ctx.store.coordinated and not sink.dry
-        self.chunk = ctx.settings.journey_chunk  # members due at a step decided per transaction
+        # members due at a step decided per transaction
+        self.chunk = ctx.settings.journey_chunk or CHUNK
         self.journey = journey
         self.sink = sink
         self.now = now
@@ -573,9 +574,7 @@ class JourneyRun:
             if not rows:
                 return moved
             after = rows[-1][0]
-            targets = self._targets(version, journey, rows) if step.is_action else {}
-            with self.sink.write() as conn:
-                moved += self._chunk(conn, journey, step, rows, targets)
+            moved += self._chunk(version, journey, step, rows)
 
     def _claimed(
         self, version: int, journey: Journey, step: Step, page: Select[Any]
@@ -598,14 +597,21 @@ class JourneyRun:
                 self._caps.clear()
                 self._caps_loaded.clear()
             targets = self._targets(version, journey, rows) if step.is_action else {}
-            return rows[-1][0], self._chunk(conn, journey, step, rows, targets)
+            return rows[-1][0], self._decide(conn, journey, step, rows, targets)
 
-    def _chunk(
+    def _chunk(self, version: int, journey: Journey, step: Step, rows: list[Any]) -> int:
+        """Decide the moves of one chunk of members at `step`, then write them in one
+        transaction: a statement per kind of change, not per member."""
+        targets = self._targets(version, journey, rows) if step.is_action else {}
+        with self.sink.write() as conn:
+            return self._decide(conn, journey, step, rows, targets)
+
+    def _decide(
         self, conn: Connection, journey: Journey, step: Step, rows: list[Any],
         targets: dict[int, Target],
     ) -> int:  # fmt: skip
-        """Decide the moves of one chunk of members at `step` and write them in `conn`'s
-        transaction: a statement per kind of change, not per member."""
+        """Decide the moves of a chunk and write them in `conn`'s transaction, re-reading
+        the journey's state and the members' steps there (another run, a pause since)."""
         moved = 0
         # a pause, a stop or another run since the chunk was read: nothing is decided twice
         state = journey_state(conn, journey.name)
