@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # the address they listen on (0.0.0.0: every interface)
     health_failures: int = Field(default=3, ge=1)  # this many failed runs in a row: unhealthy
     health_max_run: timedelta = timedelta(hours=2)  # a run still going after this long is stuck
+    # journey members decided per transaction: the unit instances on PostgreSQL claim
+    journey_chunk: int | None = Field(default=None, ge=1, le=10_000)  # None: 1000
     now: datetime | None = None  # for tests and rehearsals only: every command's clock
     requests_ca_bundle: Path | None = Field(
         default=None, validation_alias=AliasChoices("REQUESTS_CA_BUNDLE")

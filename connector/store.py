@@ -17,19 +17,24 @@ tables of a brand-new store at the newest revision, creates the mapped tables, a
 the mapping gained (such tables then resync in full) and computes missing match keys. Only
 `migrate_store(url, upgrade=True)` (`dvconnect db upgrade`) changes the `dvc_` tables of a store
 that has them.
-Database errors never print row values (`hide_parameters`); `store_error` turns them into one
-line naming the store, its password masked.
+Leases (`lease`) keep two runs of a job apart: `dvc_leases` rows on SQLite, PostgreSQL session
+advisory locks (released when the holder's session ends, on whatever host) on PostgreSQL, where
+several instances may share a store. Database errors never print row values
+(`hide_parameters`); `store_error` turns them into one line naming the store, its password
+masked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from operator import itemgetter
@@ -67,6 +72,7 @@ from sqlalchemy.exc import (
     SAWarning,
     SQLAlchemyError,
 )
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeEngine
 
 from connector import schema
@@ -79,7 +85,13 @@ from connector.mapping import ColumnType, Mapping, TableMapping
 GENERATION_COLUMN = "dvc_generation"
 KEY_PREFIX = "dvc_key_"
 CONNECT_TIMEOUT = 10  # seconds: PostgreSQL unreachable at start
-LEASE_SECONDS = 600  # renewed with every page; a holder silent this long is taken over
+LEASE_SECONDS = 600  # SQLite: renewed with every page; a holder silent this long is taken over
+_KEEPALIVES = (  # PostgreSQL probes a lock's idle connection: a vanished host's locks go
+    ("tcp_keepalives_idle", 30),
+    ("tcp_keepalives_interval", 10),
+    ("tcp_keepalives_count", 6),
+)
+_LOCK_POLL = 0.2  # seconds between tries of a lock waited for
 _DELETE_CHUNK = 500
 _KEY_CHUNK = 5000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -190,6 +202,7 @@ class Store:
     def __init__(self, url: str, mapping: Mapping, clock: Clock | None = None) -> None:
         self.url = url
         self.engine = _create_engine(url)
+        self._lock_engine: Engine | None = None  # advisory locks' connections (PostgreSQL)
         self.mapping = mapping
         self.clock = clock or Clock()
         self.metadata = MetaData()
@@ -446,14 +459,33 @@ class Store:
 
     # -- leases -------------------------------------------------------------------------------
 
+    @property
+    def coordinated(self) -> bool:
+        """Whether several processes, on several hosts, may share this store's work: PostgreSQL
+        coordinates them with advisory locks and row locks. A SQLite store has one process at
+        a time per job (its lease) and one `schedule`."""
+        return self.engine.dialect.name == "postgresql"
+
     @contextmanager
-    def lease(self, name: str, seconds: int = LEASE_SECONDS) -> Iterator[None]:
+    def lease(
+        self, name: str, seconds: int = LEASE_SECONDS, *, shared: bool = False
+    ) -> Iterator[None]:
         """Hold the lease `name` while the block runs; NotRunError when another process holds it.
 
-        A lease is taken over when it has expired, or when the process holding it on this host
-        is gone (a kill -9 must not block the re-run). Holders renew it with `renew_lease` in
-        each page's transaction; a renewal that finds the lease taken over aborts that page.
+        On SQLite the lease is a `dvc_leases` row, taken over when it has expired, or when the
+        process holding it on this host is gone (a kill -9 must not block the re-run). On
+        PostgreSQL it is a session advisory lock on a connection of its own (`lock`): the
+        database releases it when the holder's session ends — a process killed, a host gone —
+        so nothing expires by time, and a holder on another host is never taken for dead while
+        its session lives; the row is kept beside it for `renew_lease` and the messages.
+        Holders renew it with `renew_lease` in each page's transaction; a renewal that finds
+        the lease taken over aborts that page. `shared` (PostgreSQL only; exclusive on SQLite):
+        several processes hold it together, and an exclusive holder waits for none of them.
         """
+        if self.coordinated:
+            with self._advisory_lease(name, shared):
+                yield
+            return
         mine = {"name": name, "host": socket.gethostname(), "pid": os.getpid()}
         now = self.clock.stamp()
         with self.engine.begin() as conn:
@@ -475,6 +507,77 @@ class Store:
         finally:
             with self.engine.begin() as conn:
                 conn.execute(delete(dvc.leases).where(*_lease_is_mine(name)))
+
+    @contextmanager
+    def _advisory_lease(self, name: str, shared: bool) -> Iterator[None]:
+        with self.lock(name, shared=shared) as lock:
+            if not lock.held:
+                raise NotRunError(self._held_by(name))
+            if shared:  # no row: nobody renews a lease held by several
+                yield
+                return
+            with self.engine.begin() as conn:  # a row left there is a dead session's: replaced
+                conn.execute(delete(dvc.leases).where(dvc.leases.c.name == name))
+                conn.execute(
+                    dvc.leases.insert().values(
+                        name=name, host=socket.gethostname(), pid=os.getpid(),
+                        expires_at=self.clock.stamp(LEASE_SECONDS),
+                    )
+                )  # fmt: skip
+            try:
+                yield
+            finally:
+                # the store lost: the lock went with the session, the row means nothing
+                with suppress(SQLAlchemyError), self.engine.begin() as conn:
+                    conn.execute(delete(dvc.leases).where(*_lease_is_mine(name)))
+
+    def _held_by(self, name: str) -> str:
+        with self.engine.connect() as conn:
+            held = conn.execute(select(dvc.leases).where(dvc.leases.c.name == name)).first()
+        if held is None:
+            return f"{name} is already running on another instance; try again when it has finished"
+        return (
+            f"{name} is already running (pid {held.pid} on {held.host}); try again when it has "
+            "finished"
+        )
+
+    @contextmanager
+    def lock(
+        self, name: str, *, shared: bool = False, wait: Callable[[], bool] | None = None
+    ) -> Iterator[Lock]:
+        """A PostgreSQL session advisory lock named `name`, held while the block runs.
+
+        It lives on a connection of its own, outside the pool, which the block's end releases
+        and closes: the lock ends with that session, however the process ends. The server is
+        asked to probe the connection (TCP keepalives) so that a host that vanished without
+        closing it loses its locks within about a minute and a half. The block gets a `Lock`:
+        whether it is held (never waited for, unless `wait` is given: then tried again until it
+        is held or `wait()` says to stop) and whether its session still lives. On SQLite, where
+        a job has one process at a time (its lease), every lock is held.
+        """
+        if not self.coordinated:
+            yield Lock(True, None)
+            return
+        if self._lock_engine is None:
+            self._lock_engine = create_engine(
+                self.engine.url, poolclass=NullPool, hide_parameters=True
+            )
+        key = lock_key(name)
+        verb = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        with self._lock_engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            for setting, value in _KEEPALIVES:
+                conn.execute(text(f"SET {setting} = {value}"))
+            while True:
+                held = bool(conn.execute(text(f"SELECT {verb}(:key)"), {"key": key}).scalar())
+                if held or wait is None or wait():
+                    break
+                time.sleep(_LOCK_POLL)
+            try:
+                yield Lock(held, conn)
+            finally:  # at once (a closed session lets go a moment later), unless it is gone
+                with suppress(SQLAlchemyError):
+                    conn.execute(text("SELECT pg_advisory_unlock_all()"))
 
     def renew_lease(self, conn: Connection, name: str, seconds: int = LEASE_SECONDS) -> None:
         """Extend our lease in a page's transaction; NotRunError (and rollback) if it was lost."""
@@ -538,6 +641,30 @@ class Store:
             return int(
                 conn.execute(select(func.count()).select_from(self.tables[table_name])).scalar_one()
             )
+
+
+@dataclass(frozen=True)
+class Lock:
+    """An advisory lock tried by `Store.lock`: whether it is held, and its session."""
+
+    held: bool
+    _conn: Connection | None
+
+    def alive(self) -> bool:
+        """Whether the lock is still held: its session answers (always, on SQLite)."""
+        if self._conn is None:
+            return self.held
+        try:
+            self._conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return self.held
+
+
+def lock_key(name: str) -> int:
+    """The 64-bit key of the advisory lock `name` (per database: stores never collide)."""
+    digest = hashlib.blake2b(f"dvconnect/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _lease_is_mine(name: str) -> tuple[Any, ...]:
@@ -740,6 +867,8 @@ def _create_engine(url: str) -> Engine:
             engine = create_engine(
                 parsed,
                 paramstyle="format" if backend == "postgresql" else None,
+                # a server restarted or a connection dropped since: the next run gets a new one
+                pool_pre_ping=backend == "postgresql",
                 hide_parameters=True,  # errors never print row values
                 connect_args=_connect_args(parsed),
             )

@@ -1,31 +1,77 @@
 """`dvconnect schedule`: the long-running service that runs each job on its cron.
 
-APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one. `--now` also
+APScheduler 3.x, one instance of a job at a time, missed runs coalesced into one and run however
+late (a tick missed while the host slept or its clock jumped forward runs once when noticed; a
+clock set back never repeats a tick, whose next time was computed when it ran). Cron times are
+wall times of the schedule's time zone (`CronOnce`): when the clocks go forward, a time in the
+skipped hour runs once just after; when they go back, a fixed time in the repeated hour runs
+once, while a job of every hour (`*` as hour) runs in both. `--now` also
 runs every scheduled job once at start, one after the other in the order of `run all` (a job
 that works from the store must not start before the sync has filled it; the sync reads back
 what the write jobs wrote before segments are evaluated). SIGTERM or SIGINT asks
 running jobs to stop after their current page (state saved) and then exits. With
 `DVCONNECT_METRICS_PORT` set, `/metrics` and `/healthz` are served meanwhile (`jobs.service`).
+
+Several instances: on PostgreSQL any number of `schedule` processes, on any hosts, may share a
+store: each tick fires on each of them, and the job's lease (an advisory lock the database
+releases when its holder's session ends) lets one run it while the others record it as not run
+(`already running`) — or, for `journeys`, share its work (see `jobs.journeys.engine`). A host that
+dies mid-job loses its lock with its connection, and the next tick runs the job elsewhere. A
+SQLite store has one `schedule`: a second one refuses to start (exit 4), by a lock on a file next
+to the database that the operating system releases when the first process ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
-from contextlib import suppress
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
+from typing import IO
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, NotRunError
 from jobs.context import Context
 from jobs.runner import ALL, run_job
 from jobs.service import Service
 
 log = logging.getLogger("dvconnect.scheduler")
+# One run of a job at a time; a missed tick (the host asleep, the clock jumped forward) runs
+# once, however late.
+JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+
+
+class CronOnce(CronTrigger):  # type: ignore[misc]  # APScheduler 3 is untyped
+    """A cron trigger that fires a fixed wall time once when the clocks go back.
+
+    APScheduler's CronTrigger fires `30 2 * * *` twice on the night the clocks go back (02:30
+    comes twice); this one skips the second, unless the hour field is `*` (a job of every hour
+    follows the hours as they pass) or it did not fire at the first (started in between).
+    When the clocks go forward, a time in the skipped hour fires once, an hour later in wall
+    time, as APScheduler has it.
+    """
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        every_hour = str(self.fields[self.FIELD_NAMES.index("hour")]) == "*"
+        while fire is not None and not every_hour and previous_fire_time is not None:
+            # compared in UTC: datetimes of one zone compare by wall time, blind to the fold
+            first = fire.replace(fold=0).astimezone(UTC)
+            if first == fire.astimezone(UTC) or previous_fire_time.astimezone(UTC) < first:
+                break  # not a repeated wall time, or its first time was not fired
+            after = (fire.astimezone(UTC) + timedelta(microseconds=1)).astimezone(fire.tzinfo)
+            fire = super().get_next_fire_time(fire, after)
+        return fire
 
 
 def _run(ctx: Context, job: str) -> None:
@@ -51,12 +97,50 @@ def serve(ctx: Context, run_now: bool = False, service: Service | None = None) -
     schedule = ctx.mapping.schedule
     if not schedule.jobs:
         raise ConfigError(f"{ctx.mapping.directory / 'schedule.yaml'}: jobs: no job is scheduled")
+    with _only_schedule(ctx):
+        _serve(ctx, run_now, service)
+
+
+@contextmanager
+def _only_schedule(ctx: Context) -> Iterator[None]:
+    """On SQLite, refuse a second `schedule` of the store: hold a lock on `<database>.schedule`
+    while serving (released by the system however the process ends). PostgreSQL stores take
+    any number (their jobs' leases coordinate them)."""
+    database = ctx.store.engine.url.database
+    if ctx.store.coordinated or database in (None, "", ":memory:"):
+        yield
+        return
+    path = Path(f"{database}.schedule")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NotRunError(
+                f"another `dvconnect schedule` already serves the store {database} "
+                f"({_holder(file)}); a SQLite store takes one — stop it first, or use PostgreSQL "
+                "(DVCONNECT_DATABASE_URL) to run several instances"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()}\n")
+        file.flush()
+        yield
+
+
+def _holder(file: IO[str]) -> str:
+    file.seek(0)
+    return file.read().strip() or "starting"
+
+
+def _serve(ctx: Context, run_now: bool, service: Service | None) -> None:
+    schedule = ctx.mapping.schedule
     scheduler = BlockingScheduler(
         timezone=schedule.timezone,
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        job_defaults=JOB_DEFAULTS,
     )
     for job, cron in schedule.jobs.items():
-        trigger = CronTrigger.from_crontab(cron, timezone=schedule.timezone)
+        trigger = CronOnce.from_crontab(cron, timezone=schedule.timezone)
         scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
         log.info("scheduled %s: %s (%s)", job, cron, schedule.timezone)
     if run_now:

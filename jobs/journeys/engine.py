@@ -19,6 +19,10 @@ For each live journey, in one run at the run's clock:
 Before a journey's run, its watchdog (`jobs.journeys.watchdog`) reports members overdue, failed
 members, writes pending too long and the journey's lag, in the run's counts and a warning.
 
+On PostgreSQL several instances run the job together and share its work (`run_journeys`):
+admission and goal/exit by one instance per journey, the members due at a step claimed a chunk
+at a time with `FOR UPDATE SKIP LOCKED`, one outbox drain at a time.
+
 Members keep the version they entered with: a changed journey file is a new version for new
 entrants. A draft journey never writes; `journeys start` makes it live, `journeys stop` ends it.
 
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     bindparam,
     case,
@@ -58,6 +63,7 @@ from connector.clock import parse_stamp, stamp
 from connector.errors import DvconnectError, MappingError
 from connector.mapping.journeys import Journey, RoundRobin, Step, load_journey
 from connector.outbox import Intent, Outbox, Outcome, record
+from connector.store import lock_key
 from jobs.context import Context
 from jobs.journeys import triggers
 from jobs.journeys.actions import (
@@ -271,6 +277,10 @@ class JourneyRun:
         simulation: Simulation | None = None,
     ) -> None:  # fmt: skip
         self.ctx = ctx
+        # several instances share the members' decisions: each chunk is claimed, rows locked
+        self.claims = ctx.store.coordinated and not sink.dry
+        # members due at a step decided per transaction
+        self.chunk = ctx.settings.journey_chunk or CHUNK
         self.journey = journey
         self.sink = sink
         self.now = now
@@ -284,14 +294,17 @@ class JourneyRun:
         self._creates_leads: dict[int, bool] = {}  # version: whether it has a create_lead step
 
     def run(self) -> JourneyCounts:
-        with self.sink.write() as conn:
-            current, definitions = versions(self.ctx, conn, self.journey)
-            state = journey_state(conn, self.journey.name)
-        assert state is not None
-        self._admit(current, definitions[current], state)
-        self._admit_triggered(current, definitions[current], state)
-        for version, definition in definitions.items():  # entrants at the goal never start
-            self._leave(version, definition)
+        with self._admission() as admitting:
+            if not admitting:  # asked to stop while another instance admitted
+                return self.counts
+            with self.sink.write() as conn:
+                current, definitions = versions(self.ctx, conn, self.journey)
+                state = journey_state(conn, self.journey.name)
+            assert state is not None
+            self._admit(current, definitions[current], state)
+            self._admit_triggered(current, definitions[current], state)
+            for version, definition in definitions.items():  # entrants at the goal never start
+                self._leave(version, definition)
         for wave in range(MAX_WAVES):
             moved = 0
             for version, definition in definitions.items():
@@ -302,6 +315,18 @@ class JourneyRun:
             if not moved:
                 break
         return self.counts
+
+    @contextmanager
+    def _admission(self) -> Iterator[bool]:
+        """Admission, goal and exit, one instance at a time (PostgreSQL): the journey's lock,
+        waited for, so that every instance decides steps only after entrants were admitted
+        and those at the goal or the exit taken out — the way one instance runs. After the
+        first, the others find little left to do. Yields False when asked to stop meanwhile."""
+        if not self.claims:
+            yield True
+            return
+        with self.ctx.store.lock(f"{JOB}/{self.journey.name}", wait=self.ctx.stop.is_set) as lock:
+            yield lock.held
 
     # -- leaving: goal and exit ---------------------------------------------------------------
 
@@ -318,9 +343,10 @@ class JourneyRun:
             after = 0
             while True:
                 with self.sink.write() as conn:
-                    chunk = conn.execute(
-                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
-                    ).all()
+                    page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
+                    if self.claims:  # members another instance is deciding now: left to it
+                        page = page.with_for_update(skip_locked=True, of=m)
+                    chunk = conn.execute(page).all()
                     if not chunk:
                         break
                     after = chunk[-1][0]
@@ -535,54 +561,89 @@ class JourneyRun:
         moved = 0
         after = 0
         while True:
+            page = query.where(m.c.member_id > after).order_by(m.c.member_id).limit(self.chunk)
+            if self.claims:
+                claimed = self._claimed(version, journey, step, page)
+                if claimed is None:
+                    return moved
+                moved += claimed[1]
+                after = claimed[0]
+                continue
             with self.sink.read() as conn:
-                rows = list(
-                    conn.execute(
-                        query.where(m.c.member_id > after).order_by(m.c.member_id).limit(CHUNK)
-                    )
-                )
+                rows = list(conn.execute(page))
             if not rows:
                 return moved
             after = rows[-1][0]
             moved += self._chunk(version, journey, step, rows)
 
+    def _claimed(
+        self, version: int, journey: Journey, step: Step, page: Select[Any]
+    ) -> tuple[int, int] | None:
+        """Claim a chunk and decide it, in one transaction (PostgreSQL, several instances):
+        its members' rows are locked as they are read, and those another instance has locked
+        are skipped (`FOR UPDATE SKIP LOCKED`) — that instance is deciding them. Returns the
+        last member id read and how many moved; None when nobody is left."""
+        m = dvc.journey_members
+        with self.sink.write() as conn:
+            rows = list(conn.execute(page.with_for_update(skip_locked=True, of=m)))
+            if not rows:
+                return None
+            if step.kind in CAPPED and journey.caps.per_owner_per_day is not None:
+                # the owners' counts of the day, read under a lock that the instances take in
+                # turn: two instances never both see the last place left
+                conn.execute(
+                    select(func.pg_advisory_xact_lock(lock_key(f"{JOB}/{journey.name}/caps")))
+                )
+                self._caps.clear()
+                self._caps_loaded.clear()
+            targets = self._targets(version, journey, rows) if step.is_action else {}
+            return rows[-1][0], self._decide(conn, journey, step, rows, targets)
+
     def _chunk(self, version: int, journey: Journey, step: Step, rows: list[Any]) -> int:
         """Decide the moves of one chunk of members at `step`, then write them in one
         transaction: a statement per kind of change, not per member."""
         targets = self._targets(version, journey, rows) if step.is_action else {}
-        moved = 0
         with self.sink.write() as conn:
-            # a pause, a stop or another run since the chunk was read: nothing is decided twice
-            state = journey_state(conn, journey.name)
-            if state is None or state["state"] != "live":
-                self.halted = True
-                return 0
-            m = dvc.journey_members
-            still = set(conn.execute(
-                select(m.c.member_id).where(m.c.member_id.in_([row[0] for row in rows]),
-                                            m.c.status == ACTIVE, m.c.step == step.id)
-            ).scalars())  # fmt: skip
-            writes = ChunkWrites()
-            for row in rows:
-                member_id, contact, entry = row[0], row[1], row[2]
-                if member_id not in still:
+            return self._decide(conn, journey, step, rows, targets)
+
+    def _decide(
+        self, conn: Connection, journey: Journey, step: Step, rows: list[Any],
+        targets: dict[int, Target],
+    ) -> int:  # fmt: skip
+        """Decide the moves of a chunk and write them in `conn`'s transaction, re-reading
+        the journey's state and the members' steps there (another run, a pause since)."""
+        moved = 0
+        # a pause, a stop or another run since the chunk was read: nothing is decided twice
+        state = journey_state(conn, journey.name)
+        if state is None or state["state"] != "live":
+            self.halted = True
+            return 0
+        m = dvc.journey_members
+        still = set(conn.execute(
+            select(m.c.member_id).where(m.c.member_id.in_([row[0] for row in rows]),
+                                        m.c.status == ACTIVE, m.c.step == step.id)
+        ).scalars())  # fmt: skip
+        writes = ChunkWrites()
+        for row in rows:
+            member_id, contact, entry = row[0], row[1], row[2]
+            if member_id not in still:
+                continue
+            member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
+                            parse_stamp(row[5]))  # fmt: skip
+            facts = tuple(bool(value) for value in row[7:])
+            if self.simulation is not None and step.id in self.simulation.assume:
+                facts = (self.simulation.holds(journey, member, step),)
+            move = decide(journey, member, self.now, facts)
+            if move.stays:
+                continue
+            if move.action is not None:
+                summary = self._act(conn, targets[member_id], move, writes)
+                if summary is None:
                     continue
-                member = Member(f"{contact}/{entry}", step.id, parse_stamp(row[4]),
-                                parse_stamp(row[5]))  # fmt: skip
-                facts = tuple(bool(value) for value in row[7:])
-                if self.simulation is not None and step.id in self.simulation.assume:
-                    facts = (self.simulation.holds(journey, member, step),)
-                move = decide(journey, member, self.now, facts)
-                if move.stays:
-                    continue
-                if move.action is not None:
-                    summary = self._act(conn, targets[member_id], move, writes)
-                    if summary is None:
-                        continue
-                    move = replace(move, detail=summary)
-                self._apply(journey, member_id, step, move, writes)
-                moved += 1
-            writes.flush(conn, journey.name, self.at, self.ctx.run_id, self.sink.dry)
+                move = replace(move, detail=summary)
+            self._apply(journey, member_id, step, move, writes)
+            moved += 1
+        writes.flush(conn, journey.name, self.at, self.ctx.run_id, self.sink.dry)
         return moved
 
     def _apply(self, journey: Journey, member_id: int, step: Step, move: Move,
@@ -754,13 +815,24 @@ class JourneyRun:
 
 
 def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
-    """Run every live journey once; a bad journey is reported and the others run."""
+    """Run every live journey once; a bad journey is reported and the others run.
+
+    On SQLite one process runs the job at a time (its lease). On PostgreSQL several instances
+    (`dvconnect schedule` on several hosts) run it together and share the work: the job's lease
+    is shared (`journeys migrate`, which takes it alone, is refused while any of them runs);
+    a journey's admission and its goal and exit are done by one instance at a time (the
+    journey's lock, waited for: no instance decides steps before them); the members due at a
+    step are claimed a chunk at a time with `FOR UPDATE SKIP LOCKED`, so each chunk is decided
+    by one instance, its members' moves and outbox intents committed together; and the outbox is
+    drained by one instance at a time (its lock; at the end of a run an instance waits for it,
+    so that what it recorded is sent), since two drains would send the same intents.
+    """
     results: dict[str, Any] = {}
     sink = Sink(ctx, dry)
-    with ctx.store.lease(JOB) if not dry else _nothing():
+    with ctx.store.lease(JOB, shared=True) if not dry else _nothing():
         outbox = None if dry else Outbox(ctx.store, ctx.online())
-        if outbox is not None:
-            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+        if outbox is not None:  # what an earlier run left: unless another instance sends it now
+            _drain(ctx, outbox, results, wait=False)
         with sink.session():
             for done, (name, journey) in enumerate(ctx.mapping.journeys.items()):
                 if ctx.progress is not None:
@@ -788,7 +860,7 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
             if ctx.progress is not None:
                 ctx.progress("journeys", len(ctx.mapping.journeys), len(ctx.mapping.journeys))
         if outbox is not None:
-            _settle(ctx, outbox.drain(JOB, ctx.stop.is_set).failed, results)
+            _drain(ctx, outbox, results, wait=True)
     for file, error in ctx.mapping.journey_errors.items():
         results[file] = {"failed": 1, "error": str(error)}
     if ctx.stop.is_set():
@@ -799,6 +871,16 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _drain(ctx: Context, outbox: Outbox, results: dict[str, Any], wait: bool) -> None:
+    """Send the job's pending intents, one instance at a time; a drain whose lock's session
+    ends (the database lost it) stops before its next chunk."""
+    stop = ctx.stop.is_set
+    with ctx.store.lock(f"{JOB}/outbox", wait=stop if wait else None) as lock:
+        if not lock.held:
+            return
+        _settle(ctx, outbox.drain(JOB, lambda: stop() or not lock.alive()).failed, results)
 
 
 def _settle(ctx: Context, failures: list[Outcome], results: dict[str, Any]) -> None:
