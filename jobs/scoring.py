@@ -210,8 +210,9 @@ def _drained(done: Any, results: dict[str, Any]) -> None:
 
 
 class Session:
-    """Where scoring reads and writes: the store, a transaction per step or chunk; or, for a
-    dry run or a preview, one transaction that is never committed."""
+    """Where scoring reads and writes: the store, a transaction per step or chunk, each renewing
+    the job's lease (a run that lost it stops there); or, for a dry run or a preview, one
+    transaction that is never committed."""
 
     def __init__(self, ctx: Context, conn: Connection | None) -> None:
         self.ctx = ctx
@@ -224,6 +225,7 @@ class Session:
             yield self._conn
             return
         with self.ctx.store.transaction() as conn:
+            self.ctx.store.renew_lease(conn, JOB)  # a long first run keeps its lease
             yield conn
 
 
