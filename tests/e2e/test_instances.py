@@ -219,3 +219,36 @@ def test_an_unreachable_database_stops_schedule_with_exit_3_and_no_password(
     assert result.returncode == 3, result.stderr
     assert "the store postgresql://crm:***@/production" in result.stderr
     assert "s3cr3t-pw" not in result.stderr
+
+
+def test_a_database_lost_mid_run_fails_the_run_cleanly_and_the_next_run_completes(
+    cli: Cli, postgres: PostgresServer
+) -> None:
+    """The store's database goes away while a sync is reading (its sessions ended, new ones
+    refused): the run stops with exit 3 and one line naming the store, password masked, no
+    traceback; once the database is back, the next run completes and the store equals the org."""
+    import psycopg
+
+    store = on_postgres(cli, postgres, '  sync: "* * * * *"\n')
+    database = store.engine.url.database
+    cli.emulator.admin("PUT", "/faults", {"spec": "hold:path=contacts*:at=1"})
+    run = cli.popen("run", "sync")
+    cli.wait_until_held(run)  # leads are stored; contacts being read
+    with psycopg.connect(host=str(postgres.socket_dir), user="postgres", dbname="postgres",
+                         autocommit=True) as admin:  # fmt: skip
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))  # fmt: skip
+        cli.emulator.admin("DELETE", "/faults")  # the held read goes on
+        _, err = run.communicate(timeout=120)
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert run.returncode == 3, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("dvconnect: the store postgresql")
+    store.engine.dispose()
+    done = cli.run("run", "sync")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for table in ("lead", "contact"):
+        with store.engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(store.tables[table])).scalar()
+        assert stored == cli.emulator.admin("GET", f"/tables/{table}/count")["count"]
