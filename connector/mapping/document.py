@@ -14,10 +14,11 @@ from collections.abc import Mapping as AbstractMapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from connector.errors import MappingError
 
@@ -25,6 +26,27 @@ Location = tuple[int | str, ...]
 M = TypeVar("M", bound=BaseModel)
 _DURATION = re.compile(r"^\s*(\d{1,6})\s*(m|h|d|w)\s*$")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+_IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone such as 'UTC' or 'Europe/Zurich'") from None
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]  # a definition's name, a step's id
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
 
 
 class Strict(BaseModel):

@@ -21,21 +21,26 @@ from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from connector.errors import MappingError
 from connector.filters import CompiledFilter
-from connector.mapping.document import Document, Location, Strict, parse_duration
-from connector.mapping.segments import NAME
+from connector.mapping.document import (
+    Document,
+    Identifier,
+    Location,
+    Strict,
+    TimeZone,
+    parse_duration,
+)
 from connector.mapping.tables import TableMapping, compile_filter
 
 ACTIVITIES = ("email", "phonecall", "task", "appointment")
 ACTION_KINDS = (*ACTIVITIES, "create_lead", "update", "qualify_lead", "run_workflow")
 FLOW_KINDS = ("wait", "wait_until", "if", "branch", "split", "end")
 STEP_KINDS = (*FLOW_KINDS, *ACTION_KINDS)
-STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_WAIT = timedelta(days=90)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -234,7 +239,7 @@ class SplitPart(Strict):
 class Step(Strict):
     """One step: its id, exactly one kind, and where a member goes after it."""
 
-    id: str
+    id: Identifier
     next: str | None = None
     wait: Delay | None = None
     wait_until: datetime | None = None
@@ -253,13 +258,6 @@ class Step(Strict):
     update: UpdateAction | None = None
     qualify_lead: QualifyLeadAction | None = None
     run_workflow: RunWorkflowAction | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not STEP_ID.match(value):
-            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
-        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -321,17 +319,8 @@ class Window(Strict):
 
     start: datetime
     end: datetime
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     end_policy: Literal["hard_stop", "finish"] = "hard_stop"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("an IANA time zone such as 'UTC' or 'Europe/Zurich'") from None
-        return value
 
     @model_validator(mode="after")
     def _order(self) -> Window:
@@ -468,7 +457,7 @@ Owner = Literal["lead_owner", "contact_owner"] | FixedUser | RoundRobin
 class Journey(Strict):
     """One journey, as its file says; `steps[0]` is where members enter."""
 
-    name: str
+    name: Identifier
     description: str = ""
     audience: Audience | None = None
     trigger: Trigger | None = None
@@ -486,13 +475,6 @@ class Journey(Strict):
     migrate: dict[str, str] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
     _document: Document | None = PrivateAttr(None)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
-        return value
 
     @model_validator(mode="after")
     def _entry(self) -> Journey:

@@ -15,20 +15,17 @@ not for dvconnect to guess.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from connector.errors import MappingError
 from connector.filters import CompiledFilter
-from connector.mapping.document import Document, Location, Strict
+from connector.mapping.document import Document, Identifier, Location, Strict, TimeZone
 from connector.mapping.journeys import BusinessHours, Delay
 from connector.mapping.tables import TableMapping, compile_filter
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SCORED_ACTIVITIES = ("email", "phonecall", "task")
 SOURCES = ("lead", "contact", *SCORED_ACTIVITIES, "in_segment")
 RATING = "leadqualitycode"  # the lead's Rating: 1 Hot, 2 Warm, 3 Cold
@@ -51,7 +48,7 @@ class ActivityRule(Strict):
 class Rule(Strict):
     """Points for the leads that meet one condition, once per lead or per matching record."""
 
-    id: str
+    id: Identifier
     points: int = Field(ge=-1000, le=1000)
     reason: str = Field(min_length=1, max_length=200)  # in the hand-off: "opened a launch e-mail"
     lead: str | None = None
@@ -63,13 +60,6 @@ class Rule(Strict):
     per: Literal["lead", "record"] = "lead"
     cap: int | None = Field(default=None, ge=1, le=100_000)  # the most points (either sign)
     _compiled: CompiledFilter | None = PrivateAttr(None)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Rule:
@@ -151,7 +141,7 @@ class HandOff(Strict):
     subject: str = "Sales-ready: {{ lead.fullname or lead.subject }}"
     due: Delay = Delay(business_days=1)
     quiet: Delay = Field(default_factory=lambda: Delay.model_validate("30d"))  # between two
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     business_hours: BusinessHours = BusinessHours()
     per_owner_per_day: int | None = Field(default=None, ge=1, le=10_000)
 
@@ -161,20 +151,11 @@ class HandOff(Strict):
             raise ValueError("quiet: calendar time such as 30d")
         return self
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("an IANA time zone such as 'UTC' or 'Europe/Zurich'") from None
-        return value
-
 
 class Model(Strict):
     """One scoring model, as its file says."""
 
-    name: str
+    name: Identifier
     description: str = ""
     leads: str  # which leads it scores: an OData filter on the lead
     rules: list[Rule] = Field(min_length=1, max_length=100)
@@ -185,13 +166,6 @@ class Model(Strict):
     hand_off: HandOff | None = None
     _document: Document | None = PrivateAttr(None)
     _leads: CompiledFilter | None = PrivateAttr(None)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
-        return value
 
     @property
     def path(self) -> Path:

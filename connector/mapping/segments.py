@@ -7,20 +7,18 @@ segment whose exclusion is missing, bad, or part of a cycle is bad too.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from connector.errors import MappingError
 from connector.filters import CompiledFilter
-from connector.mapping.document import Document, Strict
+from connector.mapping.document import Document, Identifier, Strict
 from connector.mapping.tables import TableMapping, compile_filter
 
 Channel = Literal["any", "email", "phone"]
 CHANNEL_OPT_OUTS: dict[str, str] = {"email": "donotemail", "phone": "donotphone"}
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_LIMIT = 2**31 - 1
 
 
@@ -29,7 +27,7 @@ class Segment(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: Identifier
     description: str = ""
     lead: str | None = None
     contact: str | None = None
@@ -38,13 +36,6 @@ class Segment(Strict):
     channel: Channel = "any"
     _document: Document | None = PrivateAttr(None)
     _filters: dict[str, CompiledFilter] = PrivateAttr(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("lower-case letters, digits, '-' and '_' (at most 64)")
-        return value
 
     @property
     def path(self) -> Path:

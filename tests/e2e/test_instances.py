@@ -13,12 +13,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from connector import tables as dvc
@@ -27,21 +25,10 @@ from connector.store import Store
 from tests.e2e.conftest import Cli
 from tests.e2e.journey_org import START, Org
 from tests.paths import MAPPINGS
-from tests.postgres_server import PostgresServer, available
+from tests.postgres_server import PostgresServer
 
 _names = itertools.count()
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    if not available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing (.ci/run installs them)")
-        pytest.skip("PostgreSQL server binaries are not installed")
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 def on_postgres(cli: Cli, postgres: PostgresServer, schedule: str) -> Store:
