@@ -399,7 +399,13 @@ class Scoring:
     # -- changes (a chunk per transaction) ------------------------------------------------------
 
     def _settle(self) -> None:
-        """Decide every lead whose score changed; write state, history and intents together."""
+        """Decide every lead whose score changed; write state, history and intents together.
+
+        A lead scored for the first time that owes nothing — below the sales-ready threshold,
+        its Rating already its grade's, no score column — is kept set-wise first: with no intent
+        to go with it, its state may commit on its own. The others are decided a chunk at a time.
+        """
+        self._keep_plain_new_leads()
         s, k, lead = dvc.score_scratch, dvc.scores, self.lead
         rating = lead.c[RATING] if RATING in lead.c else null()
         query = (
@@ -419,6 +425,39 @@ class Scoring:
                     return
                 after = rows[-1][0]
                 self._chunk(conn, rows)
+
+    def _keep_plain_new_leads(self) -> None:
+        s, k, lead, model = dvc.score_scratch, dvc.scores, self.lead, self.model
+        if model.write.score is not None:
+            return  # every new lead owes its score column
+        grade = case((s.c.score >= model.grades.hot, "hot"),
+                     (s.c.score >= model.grades.warm, "warm"), else_="cold")  # fmt: skip
+        owes_nothing = s.c.score < model.sales_ready
+        if model.write.rating:
+            if RATING not in lead.c:
+                return
+            code = case(*((grade == name, value) for name, value in RATINGS.items()))
+            owes_nothing = and_(owes_nothing, lead.c[RATING].is_not_distinct_from(code))
+        plain = (
+            select(literal(model.name), s.c.leadid, s.c.score, grade)
+            .select_from(s.join(lead, lead.c.leadid == s.c.leadid)
+                         .outerjoin(k, and_(k.c.model == s.c.model, k.c.leadid == s.c.leadid)))
+            .where(s.c.model == model.name, k.c.leadid.is_(None), owes_nothing)
+        )  # fmt: skip
+        with self.session.connect() as conn:
+            self.counts.changed += int(
+                conn.execute(select(func.count()).select_from(plain.subquery())).scalar_one()
+            )  # (an INSERT … SELECT's row count is -1 on PostgreSQL)
+            history = plain.where(s.c.score != 0).add_columns(literal(self.at))
+            conn.execute(
+                insert(dvc.score_history).from_select(
+                    ["model", "leadid", "score", "grade", "at"], history
+                )
+            )
+            conn.execute(insert(k).from_select(
+                ["model", "leadid", "score", "grade", "scored_at"],
+                plain.add_columns(literal(self.at)),
+            ))  # fmt: skip
 
     def _chunk(self, conn: Connection, rows: Sequence[Any]) -> None:
         k = dvc.scores
