@@ -69,6 +69,7 @@ from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
     NoSuchModuleError,
+    OperationalError,
     SAWarning,
     SQLAlchemyError,
 )
@@ -85,6 +86,7 @@ from connector.mapping import ColumnType, Mapping, TableMapping
 GENERATION_COLUMN = "dvc_generation"
 KEY_PREFIX = "dvc_key_"
 CONNECT_TIMEOUT = 10  # seconds: PostgreSQL unreachable at start
+WAL_TRIES = 50  # tries of the switch to WAL mode, 0.1 s apart
 LEASE_SECONDS = 600  # SQLite: renewed with every page; a holder silent this long is taken over
 _KEEPALIVES = (  # PostgreSQL probes a lock's idle connection: a vanished host's locks go
     ("tcp_keepalives_idle", 30),
@@ -262,8 +264,7 @@ class Store:
         finally:
             engine.dispose()
         if self.engine.dialect.name == "sqlite":  # readers never block the writer
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            _use_wal(self.engine)
 
     def _prepare_mapped(self, conn: Connection) -> None:
         """The mapped tables and their new columns (such tables then resync in full), the
@@ -777,6 +778,22 @@ def _getter(name: str) -> Callable[[dict[str, Any]], Any]:
 
 def _get(name: str, row: dict[str, Any]) -> Any:
     return row.get(name)
+
+
+def _use_wal(engine: Engine) -> None:
+    """Put a SQLite store in WAL mode. The switch takes the file alone and, unlike statements,
+    does not wait for a busy file: a first run beside another (its transaction still open)
+    tries again for up to a few seconds."""
+    for attempt in range(WAL_TRIES):
+        try:
+            with engine.connect() as conn:
+                if conn.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError:
+            if attempt == WAL_TRIES - 1:
+                raise
+            time.sleep(0.1)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wait: bool) -> None:
