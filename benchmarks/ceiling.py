@@ -30,15 +30,18 @@ QUICK_REPEATS = 1
 class _Database:
     """Fresh, empty databases of one kind: a URL for dvconnect, arguments for the yardstick."""
 
-    def __init__(self, name: str, tmp: Path, server: postgres_server.PostgresServer | None):
+    def __init__(
+        self, name: str, tmp: Path, server: postgres_server.PostgresServer | None, leads: int
+    ):
         self.name = name
+        self._leads = leads  # one PostgreSQL server serves every size: names must differ
         self._tmp = tmp
         self._server = server
         self._count = 0
 
     def fresh(self) -> tuple[str, list[str]]:
         self._count += 1
-        label = f"{self.name}_{self._count}"
+        label = f"{self.name}_{self._leads}_{self._count}"
         if self._server is None:
             path = self._tmp / f"{label}.sqlite3"
             return f"sqlite:///{path}", ["--sqlite", str(path)]
@@ -79,7 +82,7 @@ def measure(
     ):
         env = cli_env(emulator, Path(tmp) / "unused.sqlite3")
         for name, server in databases:
-            database = _Database(name, Path(tmp), server)
+            database = _Database(name, Path(tmp), server, leads)
             startup_url, _ = database.fresh()
             startup = run_cli(["status", "--json"], {**env, "DVCONNECT_DATABASE_URL": startup_url})
             ours: list[tuple[Measured, int, int]] = []
