@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import emulator, journeys, orphans, scoring, segments, sync, throttled
+from benchmarks import ceiling, emulator, journeys, orphans, scoring, segments, sync, throttled
 
 BENCHMARKS = {
     "sync": sync.run,
+    "yardstick": ceiling.run,
     "throttled": throttled.run,
     "orphans": orphans.run,
     "segments": segments.run,

@@ -58,15 +58,20 @@ class Measured:
 
     def json(self) -> Any:
         if self.returncode != 0:
-            raise RuntimeError(f"dvconnect exited {self.returncode}:\n{self.stderr[-2000:]}")
+            raise RuntimeError(f"the child exited {self.returncode}:\n{self.stderr[-2000:]}")
         return json.loads(self.stdout)
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> Measured:
     """Run `dvconnect ARGS` and measure it alone (rusage of that child only)."""
+    return run_measured([DVCONNECT, *args], env)
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> Measured:
+    """Run `command` as a child and measure it alone (rusage of that child only)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen([DVCONNECT, *args], env=env, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(process.pid, 0)  # reaped here, with its own rusage
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
