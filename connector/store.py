@@ -329,6 +329,17 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def rolled_back(self) -> Iterator[Connection]:
+        """One transaction that is never committed: what a dry run, a plan or a preview does
+        is done for real inside it, then undone."""
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                yield conn
+            finally:
+                transaction.rollback()
+
     def next_tick(self, conn: Connection) -> int:
         """The next value of the store's event counter (committed with `conn`'s transaction)."""
         c = dvc.ticks.c

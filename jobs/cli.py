@@ -31,7 +31,7 @@ from typing import IO, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import ConfigError, DvconnectError
-from connector.mapping import Segment, load_mapping
+from connector.mapping import Segment, load_mapping, named
 from connector.settings import Settings, load_settings
 from connector.store import store_error
 from jobs.context import LOG_FIELDS, Context, build_context
@@ -362,13 +362,7 @@ def cmd_state_reset(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _segment(ctx: Context, name: str) -> Segment:
-    if name in ctx.mapping.segments:
-        return ctx.mapping.segments[name]
-    for error in ctx.mapping.segment_errors.values():
-        if Path(error.path).stem == name:
-            raise ConfigError(str(error))
-    known = ", ".join(sorted(ctx.mapping.segments)) or "none"
-    raise ConfigError(f"unknown segment {name!r}: the mappings define {known}")
+    return named("segment", name, ctx.mapping.segments, ctx.mapping.segment_errors)
 
 
 def cmd_segments_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ from sqlalchemy import (
 
 from connector import tables as dvc
 from connector.clock import parse_stamp, stamp
-from connector.errors import ConfigError
+from connector.mapping import named
 from connector.mapping.scoring import RATING, RATINGS, Model, Rule
 from connector.outbox import Intent, Outbox, record
 from jobs.context import Context
@@ -186,13 +186,7 @@ def preview(ctx: Context, name: str) -> dict[str, Any]:
 
 
 def model_named(ctx: Context, name: str) -> Model:
-    if name in ctx.mapping.models:
-        return ctx.mapping.models[name]
-    for error in ctx.mapping.model_errors.values():
-        if error.path.endswith(f"/{name}.yaml") or error.path == f"{name}.yaml":
-            raise ConfigError(str(error))
-    known = ", ".join(sorted(ctx.mapping.models)) or "none"
-    raise ConfigError(f"unknown scoring model {name!r}: the mappings define {known}")
+    return named("scoring model", name, ctx.mapping.models, ctx.mapping.model_errors)
 
 
 @contextmanager
@@ -234,12 +228,8 @@ def _session(ctx: Context, dry: bool) -> Iterator[Session]:
     if not dry:
         yield Session(ctx, None)
         return
-    with ctx.store.engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            yield Session(ctx, conn)
-        finally:
-            transaction.rollback()
+    with ctx.store.rolled_back() as conn:
+        yield Session(ctx, conn)
 
 
 class Scoring:

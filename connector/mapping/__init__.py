@@ -13,9 +13,11 @@ scheduled run evaluates the others.
 
 from __future__ import annotations
 
+from collections.abc import Mapping as AbstractMapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from connector.errors import ConfigError, MappingError
 from connector.keys import Accents
@@ -40,7 +42,23 @@ __all__ = [
     "Segment",
     "TableMapping",
     "load_mapping",
+    "named",
 ]
+
+D = TypeVar("D")
+
+
+def named(kind: str, name: str, defined: AbstractMapping[str, D],
+          errors: AbstractMapping[str, MappingError]) -> D:  # fmt: skip
+    """The definition `name` of one kind (a segment, a journey, a scoring model); a ConfigError
+    with its file's own error when that file is bad, else naming the ones the mappings define."""
+    if name in defined:
+        return defined[name]
+    for error in errors.values():
+        if Path(error.path).stem == name:
+            raise ConfigError(str(error))
+    known = ", ".join(sorted(defined)) or "none"
+    raise ConfigError(f"unknown {kind} {name!r}: the mappings define {known}")
 
 
 @dataclass(frozen=True)

@@ -138,13 +138,11 @@ class Sink:
         if not self.dry:
             yield self
             return
-        with self.ctx.store.engine.connect() as conn:
+        with self.ctx.store.rolled_back() as conn:
             self._conn = conn
-            transaction = conn.begin()
             try:
                 yield self
             finally:
-                transaction.rollback()
                 self._conn = None
 
     @contextmanager

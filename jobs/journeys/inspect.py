@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from connector import tables as dvc
-from connector.errors import ConfigError
+from connector.mapping import named
 from connector.mapping.journeys import Journey
 from jobs.context import Context
 from jobs.journeys.watchdog import watch
@@ -133,11 +133,5 @@ def explain(ctx: Context, name: str, contact: str) -> list[dict[str, Any]]:
     return entries
 
 
-def journey_named(ctx: Context, name: str) -> Any:
-    if name in ctx.mapping.journeys:
-        return ctx.mapping.journeys[name]
-    for error in ctx.mapping.journey_errors.values():
-        if error.path.endswith(f"/{name}.yaml") or error.path == f"{name}.yaml":
-            raise ConfigError(str(error))
-    known = ", ".join(sorted(ctx.mapping.journeys)) or "none"
-    raise ConfigError(f"unknown journey {name!r}: the mappings define {known}")
+def journey_named(ctx: Context, name: str) -> Journey:
+    return named("journey", name, ctx.mapping.journeys, ctx.mapping.journey_errors)

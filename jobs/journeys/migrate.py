@@ -80,12 +80,8 @@ def _transaction(ctx: Context, dry: bool) -> Iterator[Connection]:
         with ctx.store.transaction() as conn:
             yield conn
         return
-    with ctx.store.engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            yield conn
-        finally:
-            transaction.rollback()
+    with ctx.store.rolled_back() as conn:
+        yield conn
 
 
 def _check_map(journey: Journey, current: int, definitions: dict[int, Journey]) -> None:
