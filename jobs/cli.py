@@ -724,6 +724,8 @@ def cmd_scoring_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_scoring_top(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.scoring import top
 
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: at least 1")
     leads = top(build_context(settings), args.name, args.grade, args.limit)
     if args.json:
         _print_json({"model": args.name, "leads": leads})
@@ -735,9 +737,10 @@ def cmd_scoring_top(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_scoring_preview(settings: Settings, args: argparse.Namespace) -> int:
-    from jobs.scoring import preview
+    from jobs.scoring import model_named, preview
 
     ctx = build_context(settings)
+    model_named(ctx, args.name)  # the name first: a misspelling is said before the store
     if not ctx.store.exists:
         raise ConfigError("the store is empty: run `dvconnect run sync` first")
     shown = preview(ctx, args.name)
