@@ -22,9 +22,6 @@ from urllib.parse import urlsplit
 
 import msal
 import requests
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from msal.exceptions import MsalServiceError
 from pydantic import SecretStr
 from requests.auth import AuthBase
@@ -138,6 +135,9 @@ def _certificate_credential(
         raise ConfigError(
             f"{THUMBPRINT_VARIABLE} must be the certificate's SHA-1 thumbprint (40 hex digits)"
         )
+    from cryptography.exceptions import UnsupportedAlgorithm  # only a certificate needs it
+    from cryptography.hazmat.primitives import serialization
+
     passphrase = password.get_secret_value() if password is not None else ""
     try:
         pem = path.read_bytes()
@@ -165,6 +165,9 @@ def _certificate_credential(
 
 def _certificates_pem(pem: bytes) -> str:
     """The certificates of a PEM file, re-encoded without anything else; "" when there are none."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         certificates = x509.load_pem_x509_certificates(pem)
     except ValueError:

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Select, and_, case, exists, func, or_, select, true, update
-from sqlalchemy.orm import aliased
 
 from connector import tables as dvc
 from connector.batch import MAX_OPERATIONS, Operation, PartOutcome
@@ -222,7 +221,7 @@ class Outbox:
 
     def _fail_dependents(self, job: str, result: DrainResult) -> None:
         """Intents waiting for one that failed fail too (repeated: chains of them)."""
-        o, before = dvc.outbox.c, aliased(dvc.outbox)
+        o, before = dvc.outbox.c, dvc.outbox.alias("before")
         while True:
             with self.store.transaction() as conn:
                 failed = conn.execute(
@@ -244,7 +243,7 @@ class Outbox:
 
     def _next_chunk(self, job: str, skip: set[int]) -> list[dict[str, Any]]:
         """Up to `chunk` pending intents that can go now, all of one kind, table and action."""
-        o, before = dvc.outbox.c, aliased(dvc.outbox)
+        o, before = dvc.outbox.c, dvc.outbox.alias("before")
         ready = and_(
             o.job == job,
             o.status == "pending",

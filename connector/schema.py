@@ -30,31 +30,50 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, MetaData, delete, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    delete,
+    inspect,
+    select,
+    text,
+)
 
 from connector import tables as dvc
 from connector.errors import StoreError
 
+if TYPE_CHECKING:  # Alembic is imported only to move a store between revisions
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 VERSION_TABLE = "dvc_alembic_version"
+HEAD = "0001"  # the newest revision, the one `connector.tables` describes (tests: Alembic's head)
 BASELINE = "0001"  # release 0.1.0's dvc_ tables, as they were before migrations
 BASELINE_RELEASE = "0.1.0"
 RELEASE_KEY = "schema_release"  # dvc_meta: the release that last created or upgraded the schema
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK = 0x64766373636865  # PostgreSQL advisory lock id of schema changes ("dvcsche")
 
-# Alembic says at INFO which dialect it found and each revision it runs: `db upgrade` prints
-# what it did itself, and a first run's creation of the store is no news.
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+# Alembic says at INFO which dialect and plugins it found and each revision it runs: `db upgrade`
+# prints what it did itself.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 State = Literal["empty", "current", "unversioned", "behind", "ahead"]
+
+# Alembic's version table, declared as Alembic makes it (a test compares the two): a new store
+# is created and stamped at the head without loading Alembic, which only moves stores on.
+_VERSION = Table(
+    VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+)
 
 
 def release() -> str:
@@ -72,6 +91,8 @@ def include_name(name: str | None, type_: str, _parent: Any) -> bool:
 
 def config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for the migrations shipped in this package."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -81,15 +102,10 @@ def config(connection: Connection | None = None) -> Config:
 
 @cache
 def script() -> ScriptDirectory:
-    """The revisions (read once per process)."""
+    """The revisions (read once per process, by the commands that move a store between them)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(config())
-
-
-def head() -> str:
-    """The newest revision: the one `connector.tables` describes."""
-    heads = script().get_heads()
-    assert len(heads) == 1, f"the migrations have several heads {heads}: merge them"
-    return heads[0]
 
 
 @dataclass(frozen=True)
@@ -142,7 +158,7 @@ class SchemaState:
 def read_state(conn: Connection) -> SchemaState:
     """The store's state; reads only."""
     names = set(inspect(conn).get_table_names())
-    newest = head()
+    newest = HEAD
     ours = any(n.startswith("dvc_") and n != VERSION_TABLE for n in names)
     revision: str | None = None
     if VERSION_TABLE in names:
@@ -166,6 +182,9 @@ def read_state(conn: Connection) -> SchemaState:
 
 
 def _known(revision: str) -> bool:
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
     try:
         return all(script().get_revision(r) is not None for r in revision.split(","))
     except (CommandError, RevisionError):  # not one of ours
@@ -202,11 +221,12 @@ def migrate(conn: Connection, shown_url: str, *, upgrade: bool) -> Migrated:
     adopted: list[str] = []
     if created:
         dvc.METADATA.create_all(conn)
-        MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).stamp(
-            script(), before.head
-        )
+        _VERSION.create(conn)
+        conn.execute(_VERSION.insert().values(version_num=HEAD))
         ran: list[str] = []
     else:
+        from alembic import command
+
         if before.state == "unversioned":
             adopted = adopt(conn)
         ran = _revisions_after(before.revision or BASELINE)
@@ -240,6 +260,8 @@ def adopt(conn: Connection) -> list[str]:
             if index.name not in indexes:
                 index.create(conn)
                 added.append(str(index.name))
+    from alembic.runtime.migration import MigrationContext
+
     MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).stamp(
         script(), BASELINE
     )
@@ -248,7 +270,7 @@ def adopt(conn: Connection) -> list[str]:
 
 def _revisions_after(revision: str) -> list[str]:
     """The revisions from `revision` (excluded) to the head, oldest first."""
-    steps = script().iterate_revisions(head(), revision)
+    steps = script().iterate_revisions(HEAD, revision)
     return [s.revision for s in reversed(list(steps))]
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
+from importlib import import_module
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,10 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     IntegrityError,
     NoSuchModuleError,
     OperationalError,
@@ -383,15 +384,19 @@ class Store:
     ) -> int:
         """Insert or update rows (Web API JSON objects) by primary key; returns how many.
 
-        The statement is compiled once per table and its rows go to the driver as positional
-        tuples: per-row work stays in C, which is what keeps a full read fast. A row the
-        database cannot hold makes the statement fail (see `storable`).
+        The statements are compiled once per table and the rows go to the driver as positional
+        tuples, so per-row work stays in C: SQLite takes them in one `executemany`; PostgreSQL
+        by `COPY` into a staging table, merged by one `INSERT … ON CONFLICT` (a row seen twice:
+        the later copy). A row the database cannot hold makes the write fail (see `storable`).
         """
         if not rows:
             return 0
         upsert = self._upserts[table_name]
         params = upsert.params(rows, generation)
-        conn.exec_driver_sql(upsert.sql, params)
+        if upsert.staged is None:
+            conn.exec_driver_sql(upsert.sql, params)
+        else:
+            upsert.staged.write(conn, params)
         return len(params)
 
     def storable(
@@ -731,15 +736,70 @@ def _data_table(metadata: MetaData, mapping: TableMapping, keys: Sequence[str]) 
 
 
 @dataclass(frozen=True)
+class _Staged:
+    """PostgreSQL's bulk write of a table's rows: `COPY` into a temporary table of the same
+    columns (emptied at each commit), then one `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE`.
+    The table is the session's own, so instances and connections never share one."""
+
+    create: str
+    copy: str
+    merge: str
+    key: int  # the position of the primary key in a row's parameters
+
+    def write(self, conn: Connection, params: list[tuple[Any, ...]]) -> None:
+        if len({row[self.key] for row in params}) < len(params):
+            params = list({row[self.key]: row for row in params}.values())  # the later copy
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        try:
+            with driver.cursor() as cursor:
+                cursor.execute(self.create)
+                with cursor.copy(self.copy) as copy:
+                    for row in params:
+                        copy.write_row(row)
+                cursor.execute(self.merge)
+        except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises its statements'
+            raise DBAPIError.instance(
+                self.copy, None, exc, conn.dialect.loaded_dbapi.Error, hide_parameters=True,
+                dialect=conn.dialect,
+            ) from exc  # fmt: skip
+
+
+def _staged(engine: Engine, table: Table, order: tuple[str, ...]) -> _Staged:
+    """The staging statements of `table`, its columns in `order` (the upsert's parameters)."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    quote = engine.dialect.identifier_preparer.quote
+    stage = quote(f"dvc_stage_{table.name}")
+    columns = ", ".join(quote(name) for name in order)
+    keys = [c.name for c in table.primary_key.columns]
+    assert len(keys) == 1, "a mapped table has one primary key column"
+    staging = Table(f"dvc_stage_{table.name}", MetaData(), *(Column(c.name) for c in table.c))
+    statement = insert(table).from_select(list(order), select(*(staging.c[n] for n in order)))
+    merge = statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={n: statement.excluded[n] for n in order if n not in keys},
+    ).compile(dialect=engine.dialect)
+    return _Staged(
+        create=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {quote(table.name)}) "
+        "ON COMMIT DELETE ROWS",
+        copy=f"COPY {stage} ({columns}) FROM STDIN",
+        merge=str(merge),
+        key=order.index(keys[0]),
+    )
+
+
+@dataclass(frozen=True)
 class _Upsert:
     """`INSERT … ON CONFLICT (pk) DO UPDATE` compiled for the engine, and how a row fills it:
     the mapped columns in parameter order, the lookup types from their annotations, the match
-    keys computed from their columns, then the generation."""
+    keys computed from their columns, then the generation. On PostgreSQL, rows are `staged`."""
 
     sql: str
     columns: tuple[str, ...]
     pick: Callable[[dict[str, Any]], tuple[Any, ...]]
     derived: tuple[Callable[[dict[str, Any]], Any], ...]
+    staged: _Staged | None
 
     def params(self, rows: Sequence[dict[str, Any]], generation: int) -> list[tuple[Any, ...]]:
         pick, derived = self.pick, self.derived
@@ -756,7 +816,7 @@ class _Upsert:
 
 
 def _upsert(engine: Engine, table: Table, mapping: TableMapping, accents: Accents) -> _Upsert:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    dialect = import_module(f"sqlalchemy.dialects.{engine.dialect.name}")  # the engine's, loaded
     statement = dialect.insert(table)
     keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
@@ -775,7 +835,8 @@ def _upsert(engine: Engine, table: Table, mapping: TableMapping, accents: Accent
         else:
             annotation = f"{mapping.lookup_types[name]}@Microsoft.Dynamics.CRM.lookuplogicalname"
             derived.append(_getter(annotation))
-    return _Upsert(str(compiled), plain, itemgetter(*plain), tuple(derived))
+    staged = _staged(engine, table, order) if engine.dialect.name == "postgresql" else None
+    return _Upsert(str(compiled), plain, itemgetter(*plain), tuple(derived), staged)
 
 
 def _key_of(column: str, accents: Accents, row: dict[str, Any]) -> str | None:
@@ -833,7 +894,7 @@ def schema_state(url: str) -> schema.SchemaState:
     engine = _create_engine(url)
     try:
         if _missing_file(engine):
-            return schema.SchemaState("empty", None, schema.head(), None)
+            return schema.SchemaState("empty", None, schema.HEAD, None)
         with engine.connect() as conn:
             return schema.read_state(conn)
     finally:

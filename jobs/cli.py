@@ -35,7 +35,6 @@ from connector.mapping import Segment, load_mapping, named
 from connector.settings import Settings, load_settings
 from connector.store import store_error
 from jobs.context import LOG_FIELDS, Context, build_context
-from jobs.segments import last_evaluation, preview_segment, segment_history
 
 log = logging.getLogger("dvconnect")
 INTERRUPTED = 130
@@ -212,6 +211,7 @@ def status_document(ctx: Context) -> dict[str, Any]:
     from jobs.journeys.inspect import journey_list
     from jobs.runner import JOBS
     from jobs.scoring import scoring_status
+    from jobs.segments import last_evaluation
     from jobs.status import jobs_status, journey_steps, lag_seconds, last_reads, previous_size
 
     reads = last_reads(ctx)
@@ -366,6 +366,8 @@ def _segment(ctx: Context, name: str) -> Segment:
 
 
 def cmd_segments_list(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.segments import last_evaluation
+
     ctx = build_context(settings)
     document: dict[str, dict[str, Any]] = {
         name: {"description": s.description, "last": last_evaluation(ctx, name)}
@@ -386,6 +388,8 @@ def cmd_segments_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_segments_preview(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.segments import preview_segment
+
     ctx = build_context(settings)
     segment = _segment(ctx, args.name)
     if not ctx.store.exists:
@@ -403,6 +407,8 @@ def cmd_segments_preview(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_segments_history(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.segments import segment_history
+
     ctx = build_context(settings)
     _segment(ctx, args.name)
     history = segment_history(ctx, args.name, limit=args.limit)

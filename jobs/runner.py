@@ -14,7 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
+from importlib import import_module
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,28 +23,36 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.errors import DvconnectError, NotRunError
 from connector.store import store_error
 from jobs.context import LOG_FIELDS, Context
-from jobs.journeys.engine import plan_journeys, run_journeys
-from jobs.journeys.watchdog import describe
-from jobs.orphans import (
-    plan_link_orphans,
-    plan_promote_contacts,
-    run_link_orphans,
-    run_promote_contacts,
-)
-from jobs.scoring import plan_scoring, run_scoring
-from jobs.segments import plan_segments, run_segments
-from jobs.sync import describe_plan, run_sync
 
 log = logging.getLogger("dvconnect.jobs")
 
 
 @dataclass(frozen=True)
 class Job:
-    """A job: what it does, what it would do (the dry run), and how its outcome reads."""
+    """A job: the module that does it, its functions there for what it does and what it would
+    do (the dry run), and how its outcome reads. The module is imported when the job is run or
+    planned, so a command loads only the jobs it runs."""
 
-    run: Callable[[Context], dict[str, Any]]
-    plan: Callable[[Context], list[dict[str, Any]]]
+    module: str
+    run_function: str
+    plan_function: str
     summary: Callable[[dict[str, Any]], list[str]]
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        """Run the job; its counts as plain data (what `dvc_runs` and `--json` hold)."""
+        return _plain(getattr(import_module(self.module), self.run_function)(ctx))
+
+    def plan(self, ctx: Context) -> list[dict[str, Any]]:
+        plan: list[dict[str, Any]] = getattr(import_module(self.module), self.plan_function)(ctx)
+        return plan
+
+
+def _plain(counts: Any) -> dict[str, Any]:
+    """A job's counts as dicts: a dataclass of counts, or a dict of them (one per table)."""
+    if is_dataclass(counts) and not isinstance(counts, type):
+        return asdict(counts)
+    return {k: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v
+            for k, v in counts.items()}  # fmt: skip
 
 
 def _sync_summary(counts: dict[str, Any]) -> list[str]:
@@ -131,6 +140,8 @@ def _journeys_summary(counts: dict[str, Any]) -> list[str]:
             for f in c.get("failures", [])
         ]
         if c.get("watchdog"):
+            from jobs.journeys.watchdog import describe
+
             lines += [f"  as the run began: {line}" for line in describe(c["watchdog"])]
     return lines
 
@@ -143,24 +154,14 @@ def _failure_line(kind: str, failure: dict[str, Any]) -> str:
 
 
 JOBS: dict[str, Job] = {
-    "sync": Job(
-        run=lambda ctx: {name: asdict(counts) for name, counts in run_sync(ctx).items()},
-        plan=describe_plan,
-        summary=_sync_summary,
-    ),
-    "link-orphans": Job(
-        run=lambda ctx: asdict(run_link_orphans(ctx)),
-        plan=plan_link_orphans,
-        summary=_link_summary,
-    ),
+    "sync": Job("jobs.sync", "run_sync", "describe_plan", _sync_summary),
+    "link-orphans": Job("jobs.orphans", "run_link_orphans", "plan_link_orphans", _link_summary),
     "promote-contacts": Job(
-        run=lambda ctx: asdict(run_promote_contacts(ctx)),
-        plan=plan_promote_contacts,
-        summary=_promote_summary,
+        "jobs.orphans", "run_promote_contacts", "plan_promote_contacts", _promote_summary
     ),
-    "segments": Job(run=run_segments, plan=plan_segments, summary=_segments_summary),
-    "journeys": Job(run=run_journeys, plan=plan_journeys, summary=_journeys_summary),
-    "scoring": Job(run=run_scoring, plan=plan_scoring, summary=_scoring_summary),
+    "segments": Job("jobs.segments", "run_segments", "plan_segments", _segments_summary),
+    "journeys": Job("jobs.journeys.engine", "run_journeys", "plan_journeys", _journeys_summary),
+    "scoring": Job("jobs.scoring", "run_scoring", "plan_scoring", _scoring_summary),
 }
 JOB_CHOICES = (*JOBS, "all")
 # `all`: the write jobs work from a fresh sync, and a second sync reads their writes back

@@ -104,8 +104,7 @@ class Document:
     def from_text(cls, path: Path, text: str) -> Document:
         """Parse `text` as the content of `path` (a version kept in the store, say)."""
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+            node, data = _parse(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
@@ -168,6 +167,25 @@ def expected(error: Any) -> str:
         return f"expected one of {allowed}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for the lines) and the data of one YAML document, parsed once: by libyaml
+    when PyYAML has it; a document libyaml refuses is parsed again by PyYAML's own parser, whose
+    errors say more ("found character '\\t' that cannot start any token")."""
+    try:
+        return _parse_with(getattr(yaml, "CSafeLoader", yaml.SafeLoader), text)
+    except yaml.YAMLError:
+        return _parse_with(yaml.SafeLoader, text)
+
+
+def _parse_with(loader_class: Any, text: str) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _collect_lines(node: yaml.Node, loc: Location, lines: dict[Location, int]) -> None:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, select, update
-from sqlalchemy.orm import aliased
 
 from connector import tables as dvc
 from connector.clock import parse_stamp, stamp
@@ -81,7 +80,7 @@ def retry(ctx: Context, name: str, step: str | None = None) -> Retried:
         return result
     ctx.store.prepare()
     m = dvc.journey_members
-    later = aliased(dvc.journey_members)
+    later = dvc.journey_members.alias("later")
     now = ctx.clock.stamp()
     superseded = exists().where(
         later.c.journey == m.c.journey, later.c.contactid == m.c.contactid,

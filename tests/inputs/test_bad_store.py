@@ -178,7 +178,7 @@ def _prepared(workdir: Path, dvconnect: Cli) -> Path:
 def test_a_store_made_by_a_newer_release_is_refused_naming_it_and_left_as_it_is(
     workdir: Path, dvconnect: Cli
 ) -> None:
-    from connector.schema import head, release
+    from connector.schema import HEAD, release
 
     store = _prepared(workdir, dvconnect)
     with sqlite3.connect(store) as database:
@@ -191,14 +191,14 @@ def test_a_store_made_by_a_newer_release_is_refused_naming_it_and_left_as_it_is(
             3,
             "dvconnect: the store sqlite:///store.sqlite3 was made by a newer release of "
             "dvconnect (dvconnect 0.7.0, schema revision 0042) than this one "
-            f"({release()}, newest revision {head()}): upgrade dvconnect to use it; nothing was "
+            f"({release()}, newest revision {HEAD}): upgrade dvconnect to use it; nothing was "
             "changed",
         ), args
     code, out, _ = dvconnect("db", "current")
     assert (code, out.strip()) == (
         0,
         "sqlite:///store.sqlite3: at revision 0042 (schema written by dvconnect 0.7.0), newer "
-        f"than this release's {head()}: upgrade dvconnect",
+        f"than this release's {HEAD}: upgrade dvconnect",
     )
     assert _digest(store) == before
 
@@ -206,7 +206,7 @@ def test_a_store_made_by_a_newer_release_is_refused_naming_it_and_left_as_it_is(
 def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_keeps_it(
     workdir: Path, dvconnect: Cli
 ) -> None:
-    from connector.schema import head, release
+    from connector.schema import HEAD, release
 
     store = _prepared(workdir, dvconnect)
     with sqlite3.connect(store) as database:  # what release 0.1.0 made: no version, no release
@@ -231,7 +231,7 @@ def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_k
     ), err
     code, out, _ = dvconnect("db", "current")
     assert out.strip() == (
-        f"sqlite:///store.sqlite3: at revision {head()}, the newest this release knows (schema "
+        f"sqlite:///store.sqlite3: at revision {HEAD}, the newest this release knows (schema "
         f"written by dvconnect {release()})"
     )
     with sqlite3.connect(store) as database:
@@ -245,13 +245,13 @@ def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_k
 def test_db_current_on_a_fresh_store_says_what_the_first_run_does_and_creates_nothing(
     workdir: Path, dvconnect: Cli
 ) -> None:
-    from connector.schema import head
+    from connector.schema import HEAD
 
     code, out, _ = dvconnect("db", "current")
     assert (code, out.strip()) == (
         0,
         "sqlite:///store.sqlite3: no dvconnect tables yet: the first run creates them at "
-        f"revision {head()}",
+        f"revision {HEAD}",
     )
     assert not (workdir / "store.sqlite3").exists()
 

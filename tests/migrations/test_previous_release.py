@@ -149,7 +149,7 @@ def test_a_store_of_release_0_1_0_upgrades_with_every_row_kept_and_runs_this_rel
     assert "stamped with its revision 0001" in upgraded.stdout
     kept = _everything(_url(cli))
     version = kept.pop(schema.VERSION_TABLE)
-    assert version == [(("version_num", schema.head()),)]
+    assert version == [(("version_num", schema.HEAD),)]
     assert (("key", schema.RELEASE_KEY), ("value", schema.release())) in kept["dvc_meta"]
     kept["dvc_meta"].remove((("key", schema.RELEASE_KEY), ("value", schema.release())))
     for name, rows in made.items():  # every row of every table, each value of the old columns

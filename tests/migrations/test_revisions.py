@@ -4,13 +4,14 @@ made at the newest one: what a first run creates is what an upgraded store ends 
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 
 from connector import schema, tables
 from connector.clock import Clock
@@ -21,6 +22,7 @@ from connector.store import Store, migration_engine, schema_state
 from jobs.context import Context
 from jobs.runner import run_named
 from tests.paths import MAPPINGS
+from tests.postgres_server import PostgresServer
 
 
 def _differences(url: str) -> list[object]:
@@ -60,9 +62,51 @@ def test_a_brand_new_store_is_made_at_the_newest_revision_by_its_first_run(
     Store(database_url, load_mapping(MAPPINGS)).prepare()
     state = schema_state(database_url)
     assert (state.state, state.revision, state.release) == (
-        "current", schema.head(), schema.release()
+        "current", schema.HEAD, schema.release()
     )  # fmt: skip
     assert _differences(database_url) == []
+
+
+def test_the_head_a_first_run_stamps_is_alembics_head() -> None:
+    assert schema.script().get_heads() == [schema.HEAD]
+
+
+def test_a_first_run_makes_alembics_version_table_as_alembic_makes_it(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A new store is stamped without loading Alembic: its version table must be Alembic's own,
+    which `db upgrade` and Alembic's command line then read and move on."""
+    Store(database_url, load_mapping(MAPPINGS)).prepare()
+    by_alembic = f"sqlite:///{tmp_path / 'by-alembic.sqlite3'}"
+    if database_url.startswith("postgresql"):
+        server: PostgresServer = request.getfixturevalue("postgres")
+        by_alembic = server.create_database(f"by_alembic_{uuid.uuid4().hex}")
+    engine = create_engine(by_alembic)
+    with engine.begin() as conn:
+        MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE}).stamp(
+            schema.script(), schema.HEAD
+        )
+    engine.dispose()
+    assert _version_table(database_url) == _version_table(by_alembic)
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE})
+        assert context.get_current_heads() == (schema.HEAD,)
+    engine.dispose()
+
+
+def _version_table(url: str) -> tuple[object, ...]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = inspect(conn)
+        columns = [
+            (c["name"], str(c["type"]), c["nullable"])
+            for c in found.get_columns(schema.VERSION_TABLE)
+        ]
+        key = found.get_pk_constraint(schema.VERSION_TABLE)
+        rows = conn.execute(text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).all()
+    engine.dispose()
+    return columns, key["name"], key["constrained_columns"], rows
 
 
 def test_two_first_runs_at_once_make_the_store_once(database_url: str) -> None:

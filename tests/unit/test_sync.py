@@ -388,6 +388,20 @@ def test_an_incremental_read_resumed_after_a_crash_keeps_following_change_tracki
     assert lead_ids(ctx) == ["001", "003", "004"]  # the deletion on the resumed page applied
 
 
+def test_a_row_twice_in_a_page_is_stored_once_as_its_later_copy_and_rows_change_in_place(
+    ctx: Context, transport: ScriptedTransport
+) -> None:
+    transport.page(FULL, [lead(1, subject="first"), lead(2), lead(1, subject="later")],
+                   delta_link=API + "leads?$deltatoken=10")  # fmt: skip
+    sync_lead(ctx)
+    transport.page(API + "leads?$deltatoken=10", [lead(2, subject="changed")],
+                   delta_link=API + "leads?$deltatoken=20")  # fmt: skip
+    sync_lead(ctx)
+    with ctx.store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT leadid, subject FROM lead ORDER BY leadid").all()
+    assert [(r[0][-3:], r[1]) for r in rows] == [("001", "later"), ("002", "changed")]
+
+
 def test_a_value_the_database_cannot_hold_is_reported_by_id_and_the_table_goes_on(
     ctx: Context, transport: ScriptedTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
