@@ -40,17 +40,22 @@ class Cli:
     emulator: EmulatorProcess
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
+    postgres_url: str | None = None  # a PostgreSQL store instead of the SQLite file
 
     @property
     def database(self) -> Path:
         return self.workdir / "store.sqlite3"
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres_url or f"sqlite:///{self.database}"
 
     def environment(self, **overrides: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("DVCONNECT_")}
         return {
             **base,
             **self.emulator.env(),
-            "DVCONNECT_DATABASE_URL": f"sqlite:///{self.database}",
+            "DVCONNECT_DATABASE_URL": self.database_url,
             "DVCONNECT_MAPPINGS_DIR": str(MAPPINGS),
             "DVCONNECT_RETRY_BACKOFF": "0.05",  # faults cost retries, not the suite's minutes
             **self.env,
@@ -121,12 +126,12 @@ class Cli:
 
     def store_ready(self) -> bool:
         """Whether the CLI has created the store's tables (the file comes a moment earlier)."""
-        if not self.database.exists():
+        if self.postgres_url is None and not self.database.exists():
             return False
         return inspect(self.store().engine).has_table("dvc_runs")
 
     def store(self) -> Store:
-        return Store(f"sqlite:///{self.database}", load_mapping(MAPPINGS))
+        return Store(self.database_url, load_mapping(MAPPINGS))
 
     def store_rows(self, table: str) -> dict[str, dict[str, Any]]:
         """Every row of a local table, by primary key, mapped columns only."""

@@ -4,17 +4,20 @@ Each case runs a full sync, lets the org change (creates, updates, deletes), and
 with faults injected throughout (each must fire); then the store must hold exactly the org's
 rows and values. Kill -9 while the emulator holds a chosen page request — so the kill lands
 after that many pages — followed by a re-run, must resume with the same kind of cursor (change
-tracking, not a silent fall-back to modifiedon) and end the same way.
+tracking, not a silent fall-back to modifiedon) and end the same way. Every case runs with the
+store on SQLite and on PostgreSQL (which writes pages through a staging table).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import uuid
 
 import pytest
 
 from tests.e2e.conftest import Cli
+from tests.postgres_server import PostgresServer
 
 CHURN = {"creates": 12, "updates": 25, "deletes": 8}
 
@@ -28,6 +31,16 @@ FAULTS = {
     "slow answers": "slow:rate=0.3:ms=150",
     "everything at once": "429:rate=0.1:retry-after=0,503:rate=0.1:retry-after=0,drop:rate=0.1,slow:rate=0.1:ms=50",
 }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def cli(cli: Cli, request: pytest.FixtureRequest) -> Cli:
+    """The suite's CLI, its store on SQLite, then on a fresh database of the session's
+    PostgreSQL."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        cli.postgres_url = server.create_database(f"resilience_{uuid.uuid4().hex}")
+    return cli
 
 
 def sync(cli: Cli) -> dict[str, object]:
