@@ -738,12 +738,14 @@ def _data_table(metadata: MetaData, mapping: TableMapping, keys: Sequence[str]) 
 @dataclass(frozen=True)
 class _Staged:
     """PostgreSQL's bulk write of a table's rows: `COPY` into a temporary table of the same
-    columns (emptied at each commit), then one `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE`.
-    The table is the session's own, so instances and connections never share one."""
+    columns, then one `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE`. The staging table lives
+    for one write, in its transaction: no session keeps one (a pooler may hand sessions on),
+    and no other connection ever sees it."""
 
     create: str
     copy: str
     merge: str
+    drop: str
     key: int  # the position of the primary key in a row's parameters
 
     def write(self, conn: Connection, params: list[tuple[Any, ...]]) -> None:
@@ -758,6 +760,7 @@ class _Staged:
                     for row in params:
                         copy.write_row(row)
                 cursor.execute(self.merge)
+                cursor.execute(self.drop)
         except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises its statements'
             raise DBAPIError.instance(
                 self.copy, None, exc, conn.dialect.loaded_dbapi.Error, hide_parameters=True,
@@ -781,10 +784,10 @@ def _staged(engine: Engine, table: Table, order: tuple[str, ...]) -> _Staged:
         set_={n: statement.excluded[n] for n in order if n not in keys},
     ).compile(dialect=engine.dialect)
     return _Staged(
-        create=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {quote(table.name)}) "
-        "ON COMMIT DELETE ROWS",
+        create=f"CREATE TEMPORARY TABLE {stage} (LIKE {quote(table.name)})",
         copy=f"COPY {stage} ({columns}) FROM STDIN",
         merge=str(merge),
+        drop=f"DROP TABLE {stage}",
         key=order.index(keys[0]),
     )
 

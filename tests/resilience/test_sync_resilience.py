@@ -109,6 +109,9 @@ def test_kill_9_at_a_page_then_rerun_resumes_the_same_cursor_and_ends_equal_to_t
         cli.emulator.admin("PUT", "/faults", {"spec": f"hold:path=leads*:at={at}"})
         process = cli.popen("run", "sync")
         cli.wait_until_held(process)
+        # the read ahead asks for the held page while the one before it is written: wait for it
+        before = (at - 1) * int(cli.env["DVCONNECT_PAGE_SIZE"]) if phase == "full" else 1
+        cli.wait_for(cli.reading_mid_table("lead", at_least=before))
         process.send_signal(signal.SIGKILL)
         process.wait()
         state = cli.store().load_state("lead")
