@@ -6,8 +6,9 @@ change to them comes with a revision. The store records its revision in `dvc_ale
 release that last created or upgraded it. A store is in one of five states:
 
 * `empty` — no `dvc_` table yet: the first run creates them at the head and stamps it (the
-  recipe Alembic recommends for new databases: `create_all`, then stamp), so a first
-  `dvconnect run all` stays one command;
+  recipe Alembic recommends for new databases: `create_all`, then stamp — done here without
+  loading Alembic, which only moves stores between revisions), so a first `dvconnect run all`
+  stays one command;
 * `current` — at the head: every command uses it;
 * `unversioned` — made by release 0.1.0, before migrations (its `dvc_` tables, no version);
 * `behind` — at an older revision;
@@ -158,7 +159,6 @@ class SchemaState:
 def read_state(conn: Connection) -> SchemaState:
     """The store's state; reads only."""
     names = set(inspect(conn).get_table_names())
-    newest = HEAD
     ours = any(n.startswith("dvc_") and n != VERSION_TABLE for n in names)
     revision: str | None = None
     if VERSION_TABLE in names:
@@ -172,13 +172,13 @@ def read_state(conn: Connection) -> SchemaState:
     state: State
     if revision is None:
         state = "unversioned" if ours else "empty"
-    elif revision == newest:
+    elif revision == HEAD:
         state = "current"
     elif _known(revision):
         state = "behind"
     else:
         state = "ahead"
-    return SchemaState(state, revision, newest, made_by)
+    return SchemaState(state, revision, HEAD, made_by)
 
 
 def _known(revision: str) -> bool:
