@@ -14,7 +14,8 @@ are drawn from a seed, as places among the POSTs or transactions the clean run m
   `spill: round_robin` and `entries_per_day`, members decided two at a time; four days of runs.
 * **triggers** — leads created and retitled in the org admit members of two trigger journeys
   after `run sync` and `run journeys`; the journeys' own writes come back with the next sync and
-  admit nobody. One kill lands in a sync, mid-page, while the page's changes are captured.
+  admit nobody. Two kills land in a sync's incremental read: in a page's transaction as it
+  captures the page's changes, and in the one after such a page committed.
 * **retry** — a member's e-mail is refused (its lead deleted in the org after the sync: 404);
   the lead comes back, `journeys retry` puts the member back, and the next run sends under a
   `commit-drop` fault or is killed at a held write.
@@ -238,7 +239,7 @@ def use_journeys(cli: Cli, tmp_path: Path, journeys: dict[str, str],
 
 
 @pytest.fixture
-def org(cli: Cli, tmp_path: Path) -> Org:
+def org(cli: Cli) -> Org:
     return Org(cli)
 
 
