@@ -38,7 +38,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import import_module
-from operator import itemgetter
+from itertools import repeat
+from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -805,17 +806,14 @@ class _Upsert:
     staged: _Staged | None
 
     def params(self, rows: Sequence[dict[str, Any]], generation: int) -> list[tuple[Any, ...]]:
-        pick, derived = self.pick, self.derived
+        """Each row's parameters: its mapped columns, then the derived ones and the generation,
+        built a column at a time by C-level callables (`map`, `zip`, `tuple.__add__`)."""
+        derived = [list(map(d, rows)) for d in self.derived]
         try:
-            if not derived:
-                return [(*pick(row), generation) for row in rows]
-            return [(*pick(row), *(d(row) for d in derived), generation) for row in rows]
+            return list(map(tuple.__add__, map(self.pick, rows), zip(*derived, repeat(generation))))
         except KeyError:  # a row without some selected column: take it as null
-            columns = self.columns
-            return [
-                (*(row.get(c) for c in columns), *(d(row) for d in derived), generation)
-                for row in rows
-            ]
+            nulls = (tuple(map(row.get, self.columns)) for row in rows)
+            return list(map(tuple.__add__, nulls, zip(*derived, repeat(generation))))
 
 
 def _upsert(engine: Engine, table: Table, mapping: TableMapping, accents: Accents) -> _Upsert:
@@ -837,22 +835,14 @@ def _upsert(engine: Engine, table: Table, mapping: TableMapping, accents: Accent
             derived.append(partial(_key_of, name.removeprefix(KEY_PREFIX), accents))
         else:
             annotation = f"{mapping.lookup_types[name]}@Microsoft.Dynamics.CRM.lookuplogicalname"
-            derived.append(_getter(annotation))
+            derived.append(methodcaller("get", annotation))  # absent: None
     staged = _staged(engine, table, order) if engine.dialect.name == "postgresql" else None
+    assert len(plain) > 1, "the key and modifiedon at least: `itemgetter` gives a tuple"
     return _Upsert(str(compiled), plain, itemgetter(*plain), tuple(derived), staged)
 
 
 def _key_of(column: str, accents: Accents, row: dict[str, Any]) -> str | None:
     return match_key(row.get(column), accents)
-
-
-def _getter(name: str) -> Callable[[dict[str, Any]], Any]:
-    """`row.get(name)` as a callable (absent: None)."""
-    return partial(_get, name)
-
-
-def _get(name: str, row: dict[str, Any]) -> Any:
-    return row.get(name)
 
 
 def _use_wal(engine: Engine) -> None:

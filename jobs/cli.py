@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import logging
 import os
@@ -1070,7 +1071,11 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dvconnect` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the process is this command's own, not a call from other Python code
+        # What start-up loaded (modules, classes) lives to the end: the collector stops walking
+        # it at every full collection, which a sync's pages of new rows trigger again and again.
+        gc.freeze()
+        argv = sys.argv[1:]
     if argv[:1] == ["emulator"] and "--from-store" not in argv:
         from emulator.server import main as emulator_main
 

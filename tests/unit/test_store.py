@@ -77,6 +77,27 @@ def test_upsert_inserts_then_updates_and_ignores_unmapped_fields(store: Store) -
     assert _rows(store) == [(A, "changed", 1, True, 2), (B, "second", None, None, 1)]
 
 
+def test_a_table_of_the_fewest_columns_and_rows_lacking_columns_are_stored(
+    database_url: str,
+) -> None:
+    base = load_mapping(SHIPPED)
+    team = TableMapping(name="team", entity_set="teams", primary_key="teamid",
+                        columns={"teamid": "guid", "modifiedon": "datetime"})  # fmt: skip
+    store = Store(database_url, replace(base, tables={**base.tables, "team": team}))
+    store.prepare()
+    with store.transaction() as conn:
+        store.upsert_rows(conn, "team", [{"@odata.etag": 'W/"1"', "teamid": A}], generation=1)
+        store.upsert_rows(  # no lookup annotation, no e-mail, no owner: nulls, not an error
+            conn, "lead", [{"leadid": B, "subject": "s", "_ownerid_value": None}], generation=1
+        )
+    with store.engine.connect() as conn:
+        assert [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM team")] == [(A, None, 1)]
+        lead = conn.exec_driver_sql(
+            "SELECT leadid, subject, owneridtype, dvc_key_emailaddress1, dvc_generation FROM lead"
+        ).one()
+    assert tuple(lead) == (B, "s", None, None, 1)
+
+
 def test_delete_and_sweep_remove_rows(store: Store) -> None:
     with store.transaction() as conn:
         store.upsert_rows(conn, "lead", [{"leadid": A}, {"leadid": B}], generation=1)
