@@ -774,11 +774,11 @@ def _staged(engine: Engine, table: Table, order: tuple[str, ...]) -> _Staged:
     from sqlalchemy.dialects.postgresql import insert
 
     quote = engine.dialect.identifier_preparer.quote
-    stage = quote(f"dvc_stage_{table.name}")
+    staging = Table(f"dvc_stage_{table.name}", MetaData(), *(Column(c.name) for c in table.c))
+    stage = quote(staging.name)
     columns = ", ".join(quote(name) for name in order)
     keys = [c.name for c in table.primary_key.columns]
     assert len(keys) == 1, "a mapped table has one primary key column"
-    staging = Table(f"dvc_stage_{table.name}", MetaData(), *(Column(c.name) for c in table.c))
     statement = insert(table).from_select(list(order), select(*(staging.c[n] for n in order)))
     merge = statement.on_conflict_do_update(
         index_elements=keys,
