@@ -8,7 +8,8 @@ skipped hour runs once just after; when they go back, a fixed time in the repeat
 once, while a job of every hour (`*` as hour) runs in both. `--now` also
 runs every scheduled job once at start, one after the other in the order of `run all` (a job
 that works from the store must not start before the sync has filled it; the sync reads back
-what the write jobs wrote before segments are evaluated). SIGTERM or SIGINT asks
+what the write jobs wrote before segments are evaluated — when one of them is scheduled: with
+none between them, the two syncs are one, see `now_order`). SIGTERM or SIGINT asks
 running jobs to stop after their current page (state saved) and then exits. With
 `DVCONNECT_METRICS_PORT` set, `/metrics` and `/healthz` are served meanwhile (`jobs.service`).
 
@@ -27,9 +28,10 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -79,6 +81,14 @@ def _run(ctx: Context, job: str) -> None:
     # service keeps its schedule, and nothing is left to the scheduler library's own log.
     with suppress(Exception):
         run_job(ctx, job)
+
+
+def now_order(scheduled: Iterable[str]) -> list[str]:
+    """The jobs `--now` runs, in the order of `run all`: the scheduled ones, a job once where
+    `run all` would run it twice in a row (a second sync with no write job before it reads
+    nothing new)."""
+    wanted = set(scheduled)
+    return [job for job, _ in groupby(job for job in ALL if job in wanted)]
 
 
 def _run_in_order(ctx: Context, jobs: list[str]) -> None:
@@ -144,10 +154,9 @@ def _serve(ctx: Context, run_now: bool, service: Service | None) -> None:
         scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
         log.info("scheduled %s: %s (%s)", job, cron, schedule.timezone)
     if run_now:
-        in_order = [job for job in ALL if job in schedule.jobs]
         scheduler.add_job(
             _run_in_order,
-            args=(ctx, in_order),
+            args=(ctx, now_order(schedule.jobs)),
             id="now",
             name="every scheduled job, once, in order",
             next_run_time=datetime.now(ZoneInfo(schedule.timezone)),

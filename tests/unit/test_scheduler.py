@@ -10,7 +10,8 @@ import pytest
 from apscheduler.job import Job
 from apscheduler.schedulers.base import BaseScheduler
 
-from jobs.scheduler import JOB_DEFAULTS, CronOnce
+from jobs.runner import ALL
+from jobs.scheduler import JOB_DEFAULTS, CronOnce, now_order
 
 ZURICH = ZoneInfo("Europe/Zurich")
 
@@ -91,3 +92,18 @@ def test_a_clock_set_back_never_repeats_a_tick() -> None:
     job = _job("*/15 * * * *", following)
     assert job._get_run_times(ran - timedelta(hours=1)) == []  # an hour back: nothing is due
     assert job._get_run_times(following) == [following]  # the next tick, once, when it comes
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "order"),
+    [
+        (ALL, list(ALL)),  # the write jobs between the two syncs: the second reads their writes
+        (["sync"], ["sync"]),  # nothing between them: one sync
+        (["segments", "sync", "journeys"], ["sync", "segments", "journeys"]),
+        (["sync", "promote-contacts", "scoring"], ["sync", "promote-contacts", "sync", "scoring"]),
+    ],
+)
+def test_now_runs_the_scheduled_jobs_in_the_order_of_run_all_a_sync_twice_only_around_a_write(
+    scheduled: list[str], order: list[str]
+) -> None:
+    assert now_order(scheduled) == order
