@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # Alembic is imported only to move a store between revisions
     from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "dvc_alembic_version"
-HEAD = "0001"  # the newest revision, the one `connector.tables` describes (tests: Alembic's head)
+HEAD = "0002"  # the newest revision, the one `connector.tables` describes (tests: Alembic's head)
 BASELINE = "0001"  # release 0.1.0's dvc_ tables, as they were before migrations
 BASELINE_RELEASE = "0.1.0"
 RELEASE_KEY = "schema_release"  # dvc_meta: the release that last created or upgraded the schema

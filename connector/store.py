@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from importlib import import_module
 from itertools import repeat
@@ -80,7 +81,7 @@ from sqlalchemy.types import TypeEngine
 
 from connector import schema
 from connector import tables as dvc
-from connector.clock import Clock
+from connector.clock import Clock, stamp
 from connector.errors import ConfigError, NotRunError, StoreError
 from connector.keys import Accents, match_key
 from connector.mapping import ColumnType, Mapping, TableMapping
@@ -606,6 +607,35 @@ class Store:
         )
         if renewed.rowcount == 0:
             raise NotRunError(f"{name}: the lease was taken over by another process; stopping")
+
+    def claim_tick(self, job: str, tick: datetime) -> str | None:
+        """Claim the cron tick `tick` of `job` for this process: None when it is ours to run, or
+        who claimed it first ("pid N on HOST"). Every `schedule` instance sharing the store fires
+        each tick; the claim lets one of them run it, even when it has finished before another's
+        clock reaches the tick, and the others skip it. This job's claims a day older are pruned."""
+        claims = dvc.tick_claims
+        at = stamp(tick)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    delete(claims).where(
+                        claims.c.job == job, claims.c.tick < stamp(tick - timedelta(days=1))
+                    )
+                )
+                conn.execute(
+                    claims.insert().values(
+                        job=job, tick=at, host=socket.gethostname(), pid=os.getpid()
+                    )
+                )
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                holder = conn.execute(
+                    select(claims.c.pid, claims.c.host).where(
+                        claims.c.job == job, claims.c.tick == at
+                    )
+                ).one()
+            return f"pid {holder.pid} on {holder.host}"
+        return None
 
     # -- runs and status ----------------------------------------------------------------------
 

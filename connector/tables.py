@@ -9,6 +9,8 @@ everything dvconnect records about its own work lives here:
   gone shows as abandoned); its `counts` hold the job's counts and, under `_http`, how many of
   the run's requests were refused with 429 (`throttled`).
 * `dvc_leases` — who is running what: two runs of one job on one store would undo each other.
+* `dvc_tick_claims` — which instance runs each cron tick of a job (`dvconnect schedule`): the
+  first to claim it; the others skip it. Claims a day old are pruned.
 * `dvc_ticks` — one counter that orders events across processes: a sync read that began after a
   write was confirmed has seen that write (`dvc_outbox.done_tick` against `seen_tick`).
 * `dvc_outbox` — every write dvconnect makes into Dataverse, as an intent committed with the
@@ -82,6 +84,15 @@ leases = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer(), nullable=False),
     Column("expires_at", STAMP, nullable=False),
+)
+
+tick_claims = Table(
+    "dvc_tick_claims",
+    METADATA,
+    Column("job", String(64), primary_key=True),
+    Column("tick", STAMP, primary_key=True),  # the cron minute, UTC
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer(), nullable=False),
 )
 
 ticks = Table(

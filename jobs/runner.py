@@ -31,12 +31,15 @@ log = logging.getLogger("dvconnect.jobs")
 class Job:
     """A job: the module that does it, its functions there for what it does and what it would
     do (the dry run), and how its outcome reads. The module is imported when the job is run or
-    planned, so a command loads only the jobs it runs."""
+    planned, so a command loads only the jobs it runs. A `shared` job's work is split between
+    the processes running it at once (its lease is shared): every `schedule` instance runs each
+    of its ticks, where one instance runs a tick of any other job."""
 
     module: str
     run_function: str
     plan_function: str
     summary: Callable[[dict[str, Any]], list[str]]
+    shared: bool = False
 
     def run(self, ctx: Context) -> dict[str, Any]:
         """Run the job; its counts as plain data (what `dvc_runs` and `--json` hold)."""
@@ -160,7 +163,9 @@ JOBS: dict[str, Job] = {
         "jobs.orphans", "run_promote_contacts", "plan_promote_contacts", _promote_summary
     ),
     "segments": Job("jobs.segments", "run_segments", "plan_segments", _segments_summary),
-    "journeys": Job("jobs.journeys.engine", "run_journeys", "plan_journeys", _journeys_summary),
+    "journeys": Job(
+        "jobs.journeys.engine", "run_journeys", "plan_journeys", _journeys_summary, shared=True
+    ),
     "scoring": Job("jobs.scoring", "run_scoring", "plan_scoring", _scoring_summary),
 }
 JOB_CHOICES = (*JOBS, "all")

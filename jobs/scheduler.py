@@ -14,9 +14,12 @@ running jobs to stop after their current page (state saved) and then exits. With
 `DVCONNECT_METRICS_PORT` set, `/metrics` and `/healthz` are served meanwhile (`jobs.service`).
 
 Several instances: on PostgreSQL any number of `schedule` processes, on any hosts, may share a
-store: each tick fires on each of them, and the job's lease (an advisory lock the database
-releases when its holder's session ends) lets one run it while the others record it as not run
-(`already running`) — or, for `journeys`, share its work (see `jobs.journeys.engine`). A host that
+store: each tick fires on each of them, and the first to claim it (`Store.claim_tick`: the job
+and the cron minute, in `dvc_tick_claims`) runs it while the others skip it, recording nothing —
+however soon it finished — except for `journeys`, whose work they share (`Job.shared`, see
+`jobs.journeys.engine`). The job's lease (an advisory lock the database releases when its
+holder's session ends) still keeps one run at a time: a run of the previous tick, a `--now` run
+or a `dvconnect run` refuse the tick's (recorded as not run, `already running`). A host that
 dies mid-job loses its lock with its connection, and the next tick runs the job elsewhere. A
 SQLite store has one `schedule`: a second one refuses to start (exit 4), by a lock on a file next
 to the database that the operating system releases when the first process ends.
@@ -42,7 +45,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from connector.errors import ConfigError, NotRunError
 from jobs.context import Context
-from jobs.runner import ALL, run_job
+from jobs.runner import ALL, JOBS, failure_reason, run_job
 from jobs.service import Service
 
 log = logging.getLogger("dvconnect.scheduler")
@@ -81,6 +84,30 @@ def _run(ctx: Context, job: str) -> None:
     # service keeps its schedule, and nothing is left to the scheduler library's own log.
     with suppress(Exception):
         run_job(ctx, job)
+
+
+def _on_tick(ctx: Context, job: str) -> None:
+    """A cron tick of `job`: run it, unless another instance sharing the store claimed the
+    tick first. The tick is the minute the scheduler fired it for, by the wall clock the
+    scheduler follows (never `DVCONNECT_NOW`'s fixed instant); a tick run late — the host was
+    asleep — is its own."""
+    if not JOBS[job].shared:
+        tick = _this_minute()
+        try:
+            ctx.store.check_schema()  # a store a newer release upgraded gets no claim either
+            holder = ctx.store.claim_tick(job, tick)
+        except Exception as exc:
+            log.error("%s not run: its tick could not be claimed: %s", job,
+                      failure_reason(exc, ctx.settings.database_url))  # fmt: skip
+            return
+        if holder is not None:
+            log.info("%s: this tick runs on %s", job, holder)
+            return
+    _run(ctx, job)
+
+
+def _this_minute() -> datetime:
+    return datetime.now(UTC).replace(second=0, microsecond=0)
 
 
 def now_order(scheduled: Iterable[str]) -> list[str]:
@@ -151,7 +178,7 @@ def _serve(ctx: Context, run_now: bool, service: Service | None) -> None:
     )
     for job, cron in schedule.jobs.items():
         trigger = CronOnce.from_crontab(cron, timezone=schedule.timezone)
-        scheduler.add_job(_run, trigger, args=(ctx, job), id=job, name=job)
+        scheduler.add_job(_on_tick, trigger, args=(ctx, job), id=job, name=job)
         log.info("scheduled %s: %s (%s)", job, cron, schedule.timezone)
     if run_now:
         scheduler.add_job(

@@ -11,6 +11,7 @@ with the saved membership (who entered, who exited, with the time), and replaces
 evaluation's size and changes are kept for `segments history`. A segment that fails — invalid
 in its file, or refused by the database — is reported and keeps its last good membership; the
 others are evaluated all the same. Excluded segments are evaluated before those excluding them.
+One run at a time evaluates the store's segments (the `segments` lease): another is not run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from jobs.context import Context
 
 log = logging.getLogger("dvconnect.segments")
 
+JOB = "segments"
 ACTIVE = 0
 
 
@@ -202,20 +204,21 @@ def run_segments(ctx: Context) -> dict[str, Any]:
     """
     now = ctx.clock.now()
     results: dict[str, Any] = {}
-    for segment in in_order(ctx.mapping.segments):
-        if ctx.stop.is_set():
-            results["interrupted"] = True
-            break
-        try:
-            evaluation = evaluate(ctx.store, segment, now)
-        except (SQLAlchemyError, DvconnectError, RecursionError) as exc:
-            reason = _reason(exc)
-            log.error("segment %s not evaluated: %s", segment.name, reason)
-            results[segment.name] = {"failed": 1, "error": f"{segment.path}: {reason}"}
-            continue
-        log.info("segment %s: %s", segment.name, evaluation,
-                 extra={"segment": segment.name, **evaluation.__dict__})  # fmt: skip
-        results[segment.name] = {"failed": 0, "error": None, **evaluation.__dict__}
+    with ctx.store.lease(JOB):  # two evaluations of a segment at once would both record changes
+        for segment in in_order(ctx.mapping.segments):
+            if ctx.stop.is_set():
+                results["interrupted"] = True
+                break
+            try:
+                evaluation = evaluate(ctx.store, segment, now)
+            except (SQLAlchemyError, DvconnectError, RecursionError) as exc:
+                reason = _reason(exc)
+                log.error("segment %s not evaluated: %s", segment.name, reason)
+                results[segment.name] = {"failed": 1, "error": f"{segment.path}: {reason}"}
+                continue
+            log.info("segment %s: %s", segment.name, evaluation,
+                     extra={"segment": segment.name, **evaluation.__dict__})  # fmt: skip
+            results[segment.name] = {"failed": 0, "error": None, **evaluation.__dict__}
     for file, error in ctx.mapping.segment_errors.items():
         results[file] = {"failed": 1, "error": str(error)}
     return results

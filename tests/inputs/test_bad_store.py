@@ -211,6 +211,7 @@ def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_k
     store = _prepared(workdir, dvconnect)
     with sqlite3.connect(store) as database:  # what release 0.1.0 made: no version, no release
         database.execute("DROP TABLE dvc_alembic_version")
+        database.execute("DROP TABLE dvc_tick_claims")  # revision 0002's
         database.execute("DELETE FROM dvc_meta WHERE key = 'schema_release'")
         database.execute("INSERT INTO dvc_segment_events (segment, contactid, event, at) "
                          "VALUES ('s', 'c', 'entered', '2027-01-04T08:00:00Z')")  # fmt: skip
@@ -229,6 +230,9 @@ def test_a_store_made_before_schema_versions_is_refused_until_db_upgrade_which_k
         "sqlite:///store.sqlite3: made by dvconnect 0.1.0 before schema versions; stamped with "
         "its revision 0001",  # the baseline; later revisions are listed as run after it
     ), err
+    assert out.splitlines()[1:] == [
+        "sqlite:///store.sqlite3: ran revisions 0002; now at revision 0002"
+    ]
     code, out, _ = dvconnect("db", "current")
     assert out.strip() == (
         f"sqlite:///store.sqlite3: at revision {HEAD}, the newest this release knows (schema "

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
 
 from connector import tables as dvc
+from connector.clock import Clock
 from connector.errors import NotRunError
 from connector.mapping import load_mapping
+from connector.settings import Settings
 from connector.store import Store
+from jobs import scheduler
+from jobs.context import Context
 from tests.paths import MAPPINGS
 from tests.postgres_server import PostgresServer
 
@@ -141,3 +146,42 @@ def test_sqlite_leases_stay_rows_and_locks_are_always_held(tmp_path: object) -> 
         store.lease("journeys", shared=True),
     ):
         pass
+
+
+def test_instances_claiming_one_tick_at_once_leave_it_to_exactly_one(url: str) -> None:
+    stores = [instance(url) for _ in range(6)]
+    tick = datetime(2026, 12, 7, 14, 5, tzinfo=UTC)
+    start = threading.Barrier(len(stores))
+    holders: list[str | None] = []
+
+    def claim(store: Store) -> None:
+        start.wait()
+        holders.append(store.claim_tick("sync", tick))
+
+    threads = [threading.Thread(target=claim, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert holders.count(None) == 1
+    assert len(set(holders) - {None}) == 1  # the others name the one that claimed it
+
+
+def test_a_tick_runs_on_the_instance_that_claimed_it_and_every_instance_runs_a_shared_job(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contexts = [
+        Context(settings=Settings(), mapping=s.mapping, store=s, clock=Clock())
+        for s in (instance(url), instance(url))
+    ]
+    ran: list[tuple[int, str]] = []
+    tick = datetime(2026, 12, 7, 14, 5, tzinfo=UTC)
+    monkeypatch.setattr(scheduler, "_this_minute", lambda: tick)
+    monkeypatch.setattr(scheduler, "_run", lambda ctx, job: ran.append((contexts.index(ctx), job)))
+    for ctx in contexts:  # both fire the tick
+        scheduler._on_tick(ctx, "segments")
+        scheduler._on_tick(ctx, "journeys")
+    assert ran == [(0, "segments"), (0, "journeys"), (1, "journeys")]
+    with contexts[0].store.engine.connect() as conn:
+        claimed = conn.execute(select(dvc.tick_claims.c.job)).scalars().all()
+    assert claimed == ["segments"]  # journeys' ticks are never claimed

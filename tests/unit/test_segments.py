@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from connector import tables as dvc
 from connector.clock import Clock
+from connector.errors import NotRunError
 from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store
@@ -192,6 +193,18 @@ def test_a_failing_segment_keeps_its_last_membership_and_others_go_on(
     assert counts["contoso-decision-makers.yaml"]["failed"] == 1
     assert "unknown column 'acountrolecode'" in counts["contoso-decision-makers.yaml"]["error"]
     assert counts["recent-web-leads.yaml"]["failed"] == 1  # it excludes the bad one
+    assert members(store, "contoso-decision-makers") == {"01": {"01"}}
+
+
+def test_segments_are_evaluated_by_one_run_at_a_time(store: Store) -> None:
+    put(store, [interest(1, parent=1)], [person(1)])
+    with (
+        store.lease("segments"),  # another run evaluates them
+        pytest.raises(NotRunError, match=r"^segments is already running \(pid \d+ on "),
+    ):
+        run_segments(_context(store, NOW))
+    assert members(store, "contoso-decision-makers") == {}
+    run_segments(_context(store, NOW))
     assert members(store, "contoso-decision-makers") == {"01": {"01"}}
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from connector import tables as dvc
 from connector.errors import ConfigError, NotRunError
@@ -207,6 +209,23 @@ def test_a_held_lease_refuses_a_second_holder(store: Store) -> None:
             store.renew_lease(conn, "sync lead")
     with store.lease("sync lead"):  # released at the end of the block
         pass
+
+
+def test_a_cron_tick_is_claimed_once_per_job_and_old_claims_are_pruned(store: Store) -> None:
+    tick = datetime(2026, 12, 7, 14, 5, tzinfo=UTC)
+    assert store.claim_tick("sync", tick) is None
+    assert store.claim_tick("sync", tick) == f"pid {os.getpid()} on {socket.gethostname()}"
+    assert store.claim_tick("segments", tick) is None  # another job's tick
+    assert store.claim_tick("sync", tick + timedelta(minutes=1)) is None
+    assert store.claim_tick("sync", tick + timedelta(days=1, minutes=1)) is None
+    claims = dvc.tick_claims.c
+    with store.engine.connect() as conn:
+        kept = conn.execute(select(claims.job, claims.tick).order_by(claims.tick, claims.job))
+        assert [tuple(row) for row in kept] == [
+            ("segments", "2026-12-07T14:05:00Z"),  # only the job claiming prunes its own
+            ("sync", "2026-12-07T14:06:00Z"),  # a day before the newest: kept
+            ("sync", "2026-12-08T14:06:00Z"),
+        ]
 
 
 def test_a_lease_whose_holder_is_gone_or_expired_is_taken_over(store: Store) -> None:
