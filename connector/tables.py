@@ -27,7 +27,9 @@ everything dvconnect records about its own work lives here:
 * `dvc_changes` — the real value changes an incremental sync saw on the rows of a table some
   journey triggers on (a row created, a watched column's old and new value), written with the
   page they came in; `dvc_change_uses` — what each journey decided about each change (a member
-  entered, or why not), written with the admission, so a change admits once.
+  entered, or why not), written with the admission, so a change admits once. Both are pruned a
+  week after the change once no live or paused journey will decide it
+  (`jobs.journeys.triggers.prune`).
 * `dvc_score_contributions` — why each lead has its score: one row per model, lead, rule and
   record that gave it points, with since when (decay counts from there); `dvc_scores` — each
   lead's score and grade per model, since when it is sales-ready, its pending and last hand-off;

@@ -146,6 +146,9 @@ def _journeys_summary(counts: dict[str, Any]) -> list[str]:
             from jobs.journeys.watchdog import describe
 
             lines += [f"  as the run began: {line}" for line in describe(c["watchdog"])]
+    if counts.get("pruned_changes"):
+        lines.append(f"{counts['pruned_changes']:,} recorded changes pruned: no live or paused "
+                     "journey will decide them")  # fmt: skip
     return lines
 
 

@@ -84,6 +84,10 @@ from jobs.journeys.watchdog import warn, watch
 log = logging.getLogger("dvconnect.journeys")
 
 CHUNK = 1000  # members per transaction
+PRUNED_CHANGES = "pruned_changes"  # in the job's counts: recorded changes no journey will decide
+# Decided changes are kept this long with their decisions (`dvc_change_uses`: why a record did
+# or did not enter) for who wants to ask, then pruned.
+KEEP_DECIDED = timedelta(days=7)
 MAX_WAVES = 200  # immediate steps in a row a run follows (validation refuses loops without waits)
 CAPPED = ("phonecall", "task", "appointment")  # what per_owner_per_day counts: a rep's work
 ACTIVE = "active"
@@ -426,7 +430,7 @@ class JourneyRun:
         window = journey.schedule
         if journey.trigger is None or not (window.starts <= self.now < window.ends):
             return
-        since = max(state["started_at"] or "", stamp(window.starts))
+        since = triggers.changes_since(journey, state)
         first = journey.steps[0].id
         first_due = stamp(due(journey, self.calendar, first, self.now))
         for table, part in journey.trigger.tables():
@@ -859,11 +863,41 @@ def run_journeys(ctx: Context, dry: bool = False) -> dict[str, Any]:
                 ctx.progress("journeys", len(ctx.mapping.journeys), len(ctx.mapping.journeys))
         if outbox is not None:
             _drain(ctx, outbox, results, wait=True)
+        if not dry and not ctx.stop.is_set():
+            _prune_changes(ctx, results)
     for file, error in ctx.mapping.journey_errors.items():
         results[file] = {"failed": 1, "error": str(error)}
     if ctx.stop.is_set():
         results["interrupted"] = True
     return results
+
+
+def _prune_changes(ctx: Context, results: dict[str, Any]) -> None:
+    """Delete the recorded changes no journey will decide, seen over `KEEP_DECIDED` ago
+    (`triggers.prune`), one instance at a time: another instance doing it now leaves it to
+    that one."""
+    j = dvc.journeys
+    with ctx.store.lock(f"{JOB}/prune") as lock:
+        if not lock.held:
+            return
+        with ctx.store.transaction() as conn:
+            rows = conn.execute(select(j).where(j.c.state.in_(("live", "paused")))).mappings()
+            holding = [dict(row) for row in rows]
+            unread = [
+                row["journey"] for row in holding if row["journey"] not in ctx.mapping.journeys
+            ]
+            if unread:  # what it triggers on is unknown: its changes must wait for it
+                log.info("recorded changes not pruned: journey %s is live or paused but its file "
+                         "is missing or invalid", unread[0])  # fmt: skip
+                return
+            pruned = triggers.prune(
+                conn,
+                [(ctx.mapping.journeys[row["journey"]], row) for row in holding],
+                ctx.clock.stamp(-KEEP_DECIDED.total_seconds()),
+            )
+    if pruned:
+        log.info("pruned %d recorded changes no journey will decide", pruned)
+    results[PRUNED_CHANGES] = pruned
 
 
 @contextmanager

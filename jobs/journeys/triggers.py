@@ -26,12 +26,24 @@ journey several times, once per lead), per contact on `contact`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, exists, func, literal, select
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 
 from connector import tables as dvc
 from connector.changes import encode
@@ -56,25 +68,59 @@ class Decision:
     record_id: str = ""
 
 
+def changes_since(journey: Journey, state: dict[str, Any]) -> str:
+    """From when a journey (its `dvc_journeys` row) is entered on changes: its start, or its
+    window's opening if later."""
+    return max(state["started_at"] or "", stamp(journey.schedule.starts))
+
+
 def pending(journey: Journey, table: str, part: TableTrigger, since: str) -> Select[Any]:
     """The changes of `table` matching `part`, seen since `since`, this journey has not
     decided yet, in the order they were seen (page on `change_id`)."""
+    c = dvc.changes.c
+    query = select(c.change_id, c.record_id).where(*_pending(journey, table, part, since))
+    return query.order_by(c.change_id)
+
+
+def _pending(journey: Journey, table: str, part: TableTrigger, since: str) -> list[Any]:
     c, u = dvc.changes.c, dvc.change_uses.c
     kind = "created" if part.created else "changed" if part.changed else READY
-    query = select(c.change_id, c.record_id).where(
+    conditions = [
         c.table_name == table,
         c.kind == kind,
         c.at >= since,
         ~exists().where(u.journey == journey.name, u.change_id == c.change_id),
-    )
+    ]
     if part.changed is not None:
-        query = query.where(c.column_name == part.changed)
+        conditions.append(c.column_name == part.changed)
     if part.sales_ready is not None:
-        query = query.where(c.column_name == part.sales_ready)
+        conditions.append(c.column_name == part.sales_ready)
     if part.has_to:
         value = encode(part.to)
-        query = query.where(c.new_value.is_(None) if value is None else c.new_value == value)
-    return query.order_by(c.change_id)
+        conditions.append(c.new_value.is_(None) if value is None else c.new_value == value)
+    return conditions
+
+
+def prune(conn: Connection, holding: Iterable[tuple[Journey, dict[str, Any]]], before: str) -> int:
+    """Delete the changes seen before `before` that no journey will decide, with what journeys
+    decided about them; returns how many. `holding`: every journey that may still decide one —
+    live or paused, with its `dvc_journeys` row. Kept: the changes one of them has not decided
+    yet and would (its trigger matches, seen since it started), waiting ones included; the
+    others — decided by every such journey, matching none, seen before it started, or only
+    wanted by drafts and stopped journeys — go, since neither a run nor a later start would
+    read them (a journey started later is entered on changes seen after its start)."""
+    c, u = dvc.changes, dvc.change_uses
+    keep = [
+        and_(*_pending(journey, table, part, changes_since(journey, state)))
+        for journey, state in holding
+        if journey.trigger is not None
+        for table, part in journey.trigger.tables()
+    ]
+    old = c.c.at < before
+    pruned = int(conn.execute(delete(c).where(old, ~or_(*keep) if keep else true())).rowcount)
+    if pruned:
+        conn.execute(delete(u).where(~exists().where(c.c.change_id == u.c.change_id)))
+    return pruned
 
 
 def decide(

@@ -182,6 +182,16 @@ def test_changes_in_the_org_admit_members_and_the_journeys_own_writes_do_not(org
         ("toolkit-welcome", "filtered", 1),  # Office chairs
     ]
 
+    # a week on, the changes every live journey has decided are pruned, with their decisions
+    with org.cli.store().engine.connect() as conn:
+        recorded = conn.exec_driver_sql("SELECT count(*) FROM dvc_changes").scalar_one()
+    org.advance(hours=7 * 24)
+    counts = step(org)
+    assert counts["pruned_changes"] == recorded > 0
+    with org.cli.store().engine.connect() as conn:
+        for table in ("dvc_changes", "dvc_change_uses"):
+            assert conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one() == 0
+
 
 def test_the_dry_run_admits_by_trigger_without_using_the_change(org: Org) -> None:
     contact = next(c for c in org.rows("contact") if c["statecode"] == 0)["contactid"]

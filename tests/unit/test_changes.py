@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store
 from jobs.context import Context
+from jobs.journeys.engine import _prune_changes
 from jobs.sync import sync_table
 from tests.paths import MAPPINGS, ROOT
 from tests.unit.test_sync import API, FULL, ScriptedTransport, lead
@@ -221,3 +224,51 @@ def test_the_sample_trigger_journey_loads_and_watches_new_leads_only() -> None:
     welcome = mapping.journeys["conference-lead-welcome"]
     assert welcome.segment is None
     assert watches([welcome]) == {"lead": Watch(created=True, columns=())}
+
+
+def test_changes_no_live_or_paused_journey_will_decide_are_pruned_a_week_after(
+    ctx: Context,
+) -> None:
+    journeys = [
+        {"journey": "on-create", "version": 0, "state": "live", "started_at": "2027-01-05T00:00:00Z"},
+        {"journey": "on-subject", "version": 0, "state": "paused", "started_at": "2027-01-04T09:00:00Z"},
+        {"journey": "on-qualified", "version": 0, "state": "stopped", "started_at": "2027-01-04T09:00:00Z"},
+    ]  # fmt: skip
+    changes_ = [  # (change, kind, column, new value, seen at), and who decided it
+        (1, "created", None, None, "2027-01-06T08:00:00Z", ["on-create"]),  # decided: goes
+        (2, "created", None, None, "2027-01-06T08:00:00Z", []),  # waiting: kept
+        (3, "changed", "subject", '"A"', "2027-01-06T08:00:00Z", ["on-create"]),  # paused: kept
+        (4, "changed", "subject", '"B"', "2027-01-06T08:00:00Z", ["on-subject"]),  # decided: goes
+        (5, "changed", "statecode", "1", "2027-01-06T08:00:00Z", []),  # a stopped journey's: goes
+        (6, "created", None, None, "2027-01-04T10:00:00Z", []),  # before on-create started: goes
+        (7, "created", None, None, "2027-01-19T08:00:00Z", ["on-create"]),  # decided this week
+    ]
+    with ctx.store.transaction() as conn:
+        conn.execute(dvc.journeys.insert(), journeys)
+        for change_id, kind, column, new, at, deciders in changes_:
+            conn.execute(dvc.changes.insert().values(
+                change_id=change_id, table_name="lead", record_id=lead_id(change_id), kind=kind,
+                column_name=column, new_value=new, at=at,
+            ))  # fmt: skip
+            for journey in deciders:
+                conn.execute(dvc.change_uses.insert().values(
+                    journey=journey, change_id=change_id, outcome="filtered", at=at
+                ))  # fmt: skip
+    results: dict[str, Any] = {}
+    now = Clock(datetime(2027, 1, 20, 12, tzinfo=UTC))
+    _prune_changes(replace(ctx, clock=now), results)
+    assert results == {"pruned_changes": 4}
+    with ctx.store.engine.connect() as conn:
+        kept = conn.execute(select(dvc.changes.c.change_id).order_by("change_id")).scalars().all()
+        uses = conn.execute(select(dvc.change_uses.c.journey, dvc.change_uses.c.change_id)
+                            .order_by("change_id")).all()  # fmt: skip
+    assert kept == [2, 3, 7]
+    assert [tuple(use) for use in uses] == [("on-create", 3), ("on-create", 7)]
+
+    _prune_changes(replace(ctx, clock=now), results)  # nothing more to prune
+    assert results == {"pruned_changes": 0}
+    with ctx.store.transaction() as conn:  # on-subject's file is gone: what it waits for stays
+        conn.execute(dvc.journeys.update().values(state="live"))
+    del ctx.mapping.journeys["on-subject"]
+    _prune_changes(replace(ctx, clock=Clock(datetime(2027, 3, 1, tzinfo=UTC))), results := {})
+    assert results == {}
