@@ -1,6 +1,7 @@
 """Several `dvconnect schedule` instances on one PostgreSQL store (a server the test starts):
 each job runs on one at a time, a big journey's members are decided once each by whichever
-instance claimed them, and a killed instance's job runs on the other at its next tick. With
+instance claimed them, two instances deciding capped calls together never exceed an owner's
+cap, and a killed instance's job runs on the other at its next tick. With
 SQLite a second `schedule` refuses to start; an unreachable database stops it with exit 3.
 """
 
@@ -118,40 +119,8 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     org.at(START + timedelta(days=7))  # nobody opened it: everyone is due for the brochure
     now = org.now.strftime(STAMP)
 
-    # Both instances are held at their first look at the members until both are there, so
-    # that they decide together (started one after the other, the first might be done before
-    # the second has started): the test locks the members' table until both wait for it.
-    gate = store.engine.connect()
-    gate.exec_driver_sql("LOCK TABLE dvc_journey_members IN ACCESS EXCLUSIVE MODE")
-    instances = [
-        cli.popen("schedule", "--now", DVCONNECT_NOW=now, DVCONNECT_JOURNEY_CHUNK="1")
-        for _ in range(2)
-    ]
-    try:
-
-        def both_waiting() -> bool:
-            with store.engine.connect() as conn:
-                waiting = conn.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                ).scalar_one()
-            return waiting == len(instances)
-
-        cli.wait_for(both_waiting)
-        gate.rollback()
-        gate.close()
-
-        def both_ran() -> bool:
-            finished = {r["pid"] for r in runs(store, "journeys") if r["outcome"] != "running"}
-            return finished >= {p.pid for p in instances}
-
-        cli.wait_for(both_ran, seconds=240)
-    finally:
-        gate.close()  # whatever happened: never leave the instances waiting
-        errors = stop(*instances)
+    instances = decide_together(cli, store, now)
     by_pid = {r["pid"]: r for r in runs(store, "journeys")}
-    outcomes = {pid: by_pid[p.pid]["outcome"] for pid, p in enumerate(instances)}
-    assert set(outcomes.values()) == {"succeeded"}, errors
     acted = [json.loads(by_pid[p.pid]["counts"])["product-launch"]["acted"] for p in instances]
 
     m, h = dvc.journey_members.c, dvc.journey_history.c
@@ -179,6 +148,93 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     assert len(brochures) == total
     assert len({e["_regardingobjectid_value"] for e in brochures}) == total
     assert all(e["statecode"] == 1 for e in brochures)  # sent, each once
+
+
+def capped_calls(owner: str) -> str:
+    """A journey calling every member as it enters, by one owner, once a day."""
+    return f"""name: capped-calls
+audience: {{segment: contoso-decision-makers}}
+entry: once
+owner: {{round_robin: [{owner}]}}
+caps: {{per_owner_per_day: 1}}
+schedule: {{start: 2027-01-04T09:00, end: 2027-03-31T18:00, timezone: Europe/Zurich}}
+steps:
+  - id: call
+    phonecall: {{subject: "Call {{{{ contact.fullname }}}}"}}
+  - id: done
+    end: true
+"""
+
+
+def decide_together(
+    cli: Cli, store: Store, now: str, gate_table: str = "dvc_journey_members"
+) -> list[subprocess.Popen[str]]:
+    """Two `schedule --now` instances deciding the journeys' members a chunk of one at a time,
+    together: both are held at their first look at `gate_table` until both wait (started one
+    after the other, the first might be done before the second has started) — the test locks
+    that table until both wait for it, or for what the first holds meanwhile. Returns them,
+    both run."""
+    gate = store.engine.connect()
+    gate.exec_driver_sql(f"LOCK TABLE {gate_table} IN ACCESS EXCLUSIVE MODE")
+    instances = [
+        cli.popen("schedule", "--now", DVCONNECT_NOW=now, DVCONNECT_JOURNEY_CHUNK="1")
+        for _ in range(2)
+    ]
+    try:
+
+        def both_waiting() -> bool:
+            with store.engine.connect() as conn:
+                waiting = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).scalar_one()
+            return waiting == len(instances)
+
+        cli.wait_for(both_waiting)
+        gate.rollback()
+        gate.close()
+
+        def both_ran() -> bool:
+            finished = {r["pid"] for r in runs(store, "journeys") if r["outcome"] != "running"}
+            return finished >= {p.pid for p in instances}
+
+        cli.wait_for(both_ran, seconds=240)
+    finally:
+        gate.close()  # whatever happened: never leave the instances waiting
+        errors = stop(*instances)
+    by_pid = {r["pid"]: r for r in runs(store, "journeys")}
+    assert {by_pid[p.pid]["outcome"] for p in instances} == {"succeeded"}, errors
+    return instances
+
+
+def test_two_instances_deciding_capped_calls_together_never_exceed_an_owners_cap(
+    cli: Cli, postgres: PostgresServer
+) -> None:
+    store = on_postgres(cli, postgres, '  journeys: "0 0 1 1 *"\n')
+    cli.emulator.reset(leads=3000, contacts=1500)
+    org = Org(cli)
+    owner = min(u["systemuserid"] for u in org.rows("systemuser") if not u["isdisabled"])
+    (cli.workdir / "mappings" / "journeys" / "capped-calls.yaml").write_text(capped_calls(owner))
+    org.at(START)
+    org.run("run", "all")
+    org.run("journeys", "start", "capped-calls")
+    # One instance admits, then both decide the calls: both are held where the owner's calls of
+    # the day are first counted — one at the table, the other at the caps lock the first holds
+    # (without that lock, both would count none and call: two calls for a cap of one).
+    decide_together(cli, store, org.now.strftime(STAMP), "dvc_journey_records")
+
+    calls = [c for c in cli.emulator.rows("phonecall") if c["subject"].startswith("Call ")]
+    assert [c["_ownerid_value"] for c in calls] == [owner]
+    m, h = dvc.journey_members.c, dvc.journey_history.c
+    with store.engine.connect() as conn:
+        members = conn.execute(select(m.step, func.count()).where(m.journey == "capped-calls")
+                               .group_by(m.step)).all()  # fmt: skip
+        capped = conn.execute(
+            select(func.count(func.distinct(h.member_id)))
+            .where(h.journey == "capped-calls", h.event == "capped")
+        ).scalar_one()  # fmt: skip
+    assert dict(members) == {"done": 1, "call": capped}  # the others wait for another day
+    assert capped > 10
 
 
 def test_a_second_schedule_of_a_sqlite_store_refuses_to_start(cli: Cli, tmp_path: Path) -> None:
