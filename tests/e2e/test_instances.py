@@ -106,6 +106,28 @@ def test_one_instance_runs_a_job_at_a_time_and_a_killed_ones_job_runs_at_the_nex
     assert leads == len(cli.emulator.rows("lead"))
 
 
+def test_a_tick_both_instances_fire_runs_once_and_the_other_records_nothing(
+    cli: Cli, postgres: PostgresServer
+) -> None:
+    store = on_postgres(cli, postgres, '  segments: "* * * * *"\n')
+    if time.time() % 60 > 45:  # both must be up before the next minute: start after it
+        time.sleep(61 - time.time() % 60)
+    instances = [cli.popen("schedule") for _ in range(2)]
+    try:
+        cli.wait_for(lambda: bool(runs(store, "segments")), seconds=75)  # the next minute
+        time.sleep(3)  # the other instance's clock reaches the tick too
+    finally:
+        errors = stop(*instances)
+    (run,) = runs(store, "segments")
+    assert run["outcome"] == "succeeded"
+    winner = next(p for p in instances if p.pid == run["pid"])
+    (other,) = (errors[i] for i, p in enumerate(instances) if p is not winner)
+    assert f"segments: this tick runs on pid {winner.pid} on " in other
+    with store.engine.connect() as conn:
+        claims = conn.execute(select(dvc.tick_claims.c.job, dvc.tick_claims.c.pid)).all()
+    assert [tuple(claim) for claim in claims] == [("segments", winner.pid)]
+
+
 def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     cli: Cli, postgres: PostgresServer
 ) -> None:
