@@ -88,9 +88,12 @@ def _run(ctx: Context, job: str) -> None:
 
 def _on_tick(ctx: Context, job: str) -> None:
     """A cron tick of `job`: run it, unless another instance sharing the store claimed the
-    tick first. The tick is the minute the scheduler fired it for, by the wall clock the
-    scheduler follows (never `DVCONNECT_NOW`'s fixed instant); a tick run late — the host was
-    asleep — is its own."""
+    tick first, or this one is stopping (a claim it would not use would lose the tick). The
+    tick is named by the minute of the wall clock the scheduler follows (never
+    `DVCONNECT_NOW`'s fixed instant) as the job starts: the cron's minute, unless the job
+    starts a minute late (the host was asleep, the process stalled), then its own."""
+    if ctx.stop.is_set():
+        return
     if not JOBS[job].shared:
         tick = _this_minute()
         try:

@@ -209,6 +209,8 @@ def run_segments(ctx: Context) -> dict[str, Any]:
             if ctx.stop.is_set():
                 results["interrupted"] = True
                 break
+            with ctx.store.transaction() as conn:  # however long the evaluations take
+                ctx.store.renew_lease(conn, JOB)
             try:
                 evaluation = evaluate(ctx.store, segment, now)
             except (SQLAlchemyError, DvconnectError, RecursionError) as exc:

@@ -876,28 +876,36 @@ def _prune_changes(ctx: Context, results: dict[str, Any]) -> None:
     """Delete the recorded changes no journey will decide, seen over `KEEP_DECIDED` ago
     (`triggers.prune`), one instance at a time: another instance doing it now leaves it to
     that one."""
-    j = dvc.journeys
-    with ctx.store.lock(f"{JOB}/prune") as lock:
-        if not lock.held:
-            return
-        with ctx.store.transaction() as conn:
-            rows = conn.execute(select(j).where(j.c.state.in_(("live", "paused")))).mappings()
-            holding = [dict(row) for row in rows]
-            unread = [
-                row["journey"] for row in holding if row["journey"] not in ctx.mapping.journeys
-            ]
-            if unread:  # what it triggers on is unknown: its changes must wait for it
-                log.info("recorded changes not pruned: journey %s is live or paused but its file "
-                         "is missing or invalid", unread[0])  # fmt: skip
-                return
-            pruned = triggers.prune(
-                conn,
-                [(ctx.mapping.journeys[row["journey"]], row) for row in holding],
-                ctx.clock.stamp(-KEEP_DECIDED.total_seconds()),
-            )
+    try:
+        with ctx.store.lock(f"{JOB}:prune") as lock:  # ':' is in no journey's name (their locks)
+            pruned = _prune(ctx) if lock.held else None
+    except SQLAlchemyError as exc:  # the run did its work: pruning waits for the next one
+        log.warning("recorded changes not pruned: %s", str(exc).splitlines()[0])
+        return
+    if pruned is None:
+        return
     if pruned:
         log.info("pruned %d recorded changes no journey will decide", pruned)
     results[PRUNED_CHANGES] = pruned
+
+
+def _prune(ctx: Context) -> int | None:
+    """`_prune_changes` in one transaction: how many, or None when a live or paused journey's
+    file is missing or invalid."""
+    j = dvc.journeys
+    with ctx.store.transaction() as conn:
+        rows = conn.execute(select(j).where(j.c.state.in_(("live", "paused")))).mappings()
+        holding = [dict(row) for row in rows]
+        unread = [row["journey"] for row in holding if row["journey"] not in ctx.mapping.journeys]
+        if unread:  # what it triggers on is unknown: its changes must wait for it
+            log.info("recorded changes not pruned: journey %s is live or paused but its file "
+                     "is missing or invalid", unread[0])  # fmt: skip
+            return None
+        return triggers.prune(
+            conn,
+            [(ctx.mapping.journeys[row["journey"]], row) for row in holding],
+            ctx.clock.stamp(-KEEP_DECIDED.total_seconds()),
+        )
 
 
 @contextmanager

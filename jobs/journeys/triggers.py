@@ -89,6 +89,7 @@ def _pending(journey: Journey, table: str, part: TableTrigger, since: str) -> li
         c.table_name == table,
         c.kind == kind,
         c.at >= since,
+        c.at < stamp(journey.schedule.ends),  # after it, the journey admits nobody
         ~exists().where(u.journey == journey.name, u.change_id == c.change_id),
     ]
     if part.changed is not None:
@@ -97,7 +98,12 @@ def _pending(journey: Journey, table: str, part: TableTrigger, since: str) -> li
         conditions.append(c.column_name == part.sales_ready)
     if part.has_to:
         value = encode(part.to)
-        conditions.append(c.new_value.is_(None) if value is None else c.new_value == value)
+        # never NULL (a change to empty against a value): `prune` negates these conditions
+        conditions.append(
+            c.new_value.is_(None)
+            if value is None
+            else and_(c.new_value.is_not(None), c.new_value == value)
+        )
     return conditions
 
 
@@ -105,10 +111,12 @@ def prune(conn: Connection, holding: Iterable[tuple[Journey, dict[str, Any]]], b
     """Delete the changes seen before `before` that no journey will decide, with what journeys
     decided about them; returns how many. `holding`: every journey that may still decide one —
     live or paused, with its `dvc_journeys` row. Kept: the changes one of them has not decided
-    yet and would (its trigger matches, seen since it started), waiting ones included; the
-    others — decided by every such journey, matching none, seen before it started, or only
-    wanted by drafts and stopped journeys — go, since neither a run nor a later start would
-    read them (a journey started later is entered on changes seen after its start)."""
+    yet and would (its trigger matches, seen in its window since it started), waiting ones
+    included; the others — decided by every such journey, matching none, seen outside its
+    window or before it started, or only wanted by drafts and stopped journeys — go, since
+    neither a run nor a later start would read them (a journey started later is entered on
+    changes seen after its start). A journey's trigger or window edited later no longer
+    reaches the changes pruned before."""
     c, u = dvc.changes, dvc.change_uses
     keep = [
         and_(*_pending(journey, table, part, changes_since(journey, state)))

@@ -114,8 +114,10 @@ def test_a_tick_both_instances_fire_runs_once_and_the_other_records_nothing(
         time.sleep(61 - time.time() % 60)
     instances = [cli.popen("schedule") for _ in range(2)]
     try:
-        cli.wait_for(lambda: bool(runs(store, "segments")), seconds=75)  # the next minute
-        time.sleep(3)  # the other instance's clock reaches the tick too
+        # the next minute's run, to its end; the other instance's clock reaches the tick too
+        cli.wait_for(lambda: any(r["outcome"] != "running" for r in runs(store, "segments")),
+                     seconds=75)  # fmt: skip
+        time.sleep(3)
     finally:
         errors = stop(*instances)
     (run,) = runs(store, "segments")

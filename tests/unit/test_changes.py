@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from connector import tables as dvc
 from connector.changes import Watch, watches, written
@@ -21,6 +22,7 @@ from connector.mapping import load_mapping
 from connector.settings import Settings
 from connector.store import Store
 from jobs.context import Context
+from jobs.journeys import triggers
 from jobs.journeys.engine import _prune_changes
 from jobs.sync import sync_table
 from tests.paths import MAPPINGS, ROOT
@@ -267,8 +269,39 @@ def test_changes_no_live_or_paused_journey_will_decide_are_pruned_a_week_after(
 
     _prune_changes(replace(ctx, clock=now), results)  # nothing more to prune
     assert results == {"pruned_changes": 0}
+
+    with ctx.store.transaction() as conn:  # on-qualified live again (`to: 1`)
+        conn.execute(dvc.journeys.update().where(dvc.journeys.c.journey == "on-qualified")
+                     .values(state="live"))  # fmt: skip
+        conn.execute(dvc.changes.insert(), [
+            {"change_id": 8, "table_name": "lead", "record_id": lead_id(8), "kind": "changed",
+             "column_name": "statecode", "new_value": None, "at": "2027-01-06T08:00:00Z"},
+            {"change_id": 9, "table_name": "lead", "record_id": lead_id(9), "kind": "changed",
+             "column_name": "statecode", "new_value": "1", "at": "2027-01-06T08:00:00Z"},
+            {"change_id": 10, "table_name": "lead", "record_id": lead_id(10), "kind": "created",
+             "column_name": None, "new_value": None, "at": "2027-04-01T08:00:00Z"},  # after on-create's window: it admits nobody then
+        ])  # fmt: skip
+    _prune_changes(replace(ctx, clock=Clock(datetime(2027, 4, 20, tzinfo=UTC))), results := {})
+    assert results == {"pruned_changes": 3}  # 8 (emptied, not to 1), 10, and 7, a week old
+    with ctx.store.engine.connect() as conn:
+        kept = conn.execute(select(dvc.changes.c.change_id).order_by("change_id")).scalars().all()
+    assert kept == [2, 3, 9]
+
     with ctx.store.transaction() as conn:  # on-subject's file is gone: what it waits for stays
         conn.execute(dvc.journeys.update().values(state="live"))
     del ctx.mapping.journeys["on-subject"]
-    _prune_changes(replace(ctx, clock=Clock(datetime(2027, 3, 1, tzinfo=UTC))), results := {})
+    _prune_changes(replace(ctx, clock=Clock(datetime(2027, 5, 1, tzinfo=UTC))), results := {})
     assert results == {}
+
+
+def test_a_prune_the_database_refuses_leaves_the_run_as_it_was(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def locked(*_: Any) -> int:
+        raise OperationalError("DELETE FROM dvc_changes", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(triggers, "prune", locked)
+    results: dict[str, Any] = {}
+    _prune_changes(ctx, results)
+    assert results == {}
+    assert "recorded changes not pruned: (builtins.Exception) database is locked" in caplog.text

@@ -185,3 +185,13 @@ def test_a_tick_runs_on_the_instance_that_claimed_it_and_every_instance_runs_a_s
     with contexts[0].store.engine.connect() as conn:
         claimed = conn.execute(select(dvc.tick_claims.c.job)).scalars().all()
     assert claimed == ["segments"]  # journeys' ticks are never claimed
+
+
+def test_an_instance_stopping_claims_no_tick(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = instance(url)
+    ctx = Context(settings=Settings(), mapping=store.mapping, store=store, clock=Clock())
+    monkeypatch.setattr(scheduler, "_run", lambda ctx, job: pytest.fail("ran while stopping"))
+    ctx.stop.set()  # SIGTERM: its claim would keep the others from running the tick
+    scheduler._on_tick(ctx, "segments")
+    with store.engine.connect() as conn:
+        assert conn.execute(select(dvc.tick_claims)).all() == []
