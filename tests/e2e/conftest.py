@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,16 @@ class Cli:
             root.handlers[:] = saved_handlers
             root.setLevel(saved_level)
         return subprocess.CompletedProcess([DVCONNECT, *args], code, out.getvalue(), err.getvalue())
+
+    def schedule_without_ticks(self) -> None:
+        """Point the CLI at a copy of the mappings whose jobs never tick while a test runs (each
+        at 00:00 on 1 January), for tests of `schedule --now`: a cron tick in the middle of one
+        would add runs (the sample schedule ticks six minutes in every fifteen)."""
+        mappings = self.workdir / "mappings-without-ticks"
+        shutil.copytree(MAPPINGS, mappings)
+        never = "".join(f'  {job}: "0 0 1 1 *"\n' for job in load_mapping(MAPPINGS).schedule.jobs)
+        (mappings / "schedule.yaml").write_text(f"timezone: UTC\njobs:\n{never}")
+        self.env["DVCONNECT_MAPPINGS_DIR"] = str(mappings)
 
     def popen(self, *args: str, **overrides: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -107,13 +107,11 @@ def test_an_unreachable_identity_provider_exits_3(cli: Cli) -> None:
     assert cli.emulator.requests_after(0) == []
 
 
-def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli, tmp_path: Path) -> None:
+def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli) -> None:
     in_order = ["sync", "link-orphans", "promote-contacts", "sync", "segments", "journeys",
                 "scoring"]  # fmt: skip
-    mappings = copy_mappings(tmp_path)
-    never = "".join(f'  {job}: "0 0 1 1 *"\n' for job in dict.fromkeys(in_order))
-    (mappings / "schedule.yaml").write_text(f"timezone: UTC\njobs:\n{never}")  # no tick meanwhile
-    process = cli.popen("schedule", "--now", DVCONNECT_MAPPINGS_DIR=str(mappings))
+    cli.schedule_without_ticks()
+    process = cli.popen("schedule", "--now")
 
     def all_ran() -> bool:  # a signal between two jobs would find the next one starting
         runs = cli.store().recent_runs() if cli.store_ready() else []
@@ -132,6 +130,7 @@ def test_the_scheduler_runs_now_then_stops_cleanly_on_sigterm(cli: Cli, tmp_path
 
 def test_sigterm_during_a_scheduled_sync_saves_the_page_and_the_next_run_resumes(cli: Cli) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "slow:ms=200:path=leads*"})
+    cli.schedule_without_ticks()
     process = cli.popen("schedule", "--now", DVCONNECT_PAGE_SIZE="20")
     cli.wait_for(cli.reading_mid_table("lead"))
     process.send_signal(signal.SIGTERM)

@@ -56,6 +56,7 @@ def test_metrics_show_runs_records_lag_segments_writes_requests_and_waits(
     cli: Cli, port: int, stop: list[subprocess.Popen[str]]
 ) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "429:retry-after=1:first=1:path=leads*"})
+    cli.schedule_without_ticks()
     process = cli.popen("schedule", "--now", DVCONNECT_METRICS_PORT=str(port))
     stop.append(process)
 
@@ -110,6 +111,7 @@ def test_healthz_names_a_job_whose_runs_keep_failing(
     cli: Cli, port: int, stop: list[subprocess.Popen[str]]
 ) -> None:
     cli.emulator.admin("PUT", "/faults", {"spec": "drop:path=leads*"})
+    cli.schedule_without_ticks()
     process = cli.popen("schedule", "--now", DVCONNECT_METRICS_PORT=str(port),
                         DVCONNECT_MAX_ATTEMPTS="1", DVCONNECT_HEALTH_FAILURES="2")  # fmt: skip
     stop.append(process)
