@@ -13,12 +13,19 @@ out its start-up (`status --json` on an empty store), as in the sync benchmark.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Measured, cli_env, print_table, run_cli, run_measured, write_result
-from emulator.process import EmulatorProcess
+from benchmarks.common import (
+    Measured,
+    cli_env,
+    contacts_for,
+    print_table,
+    run_cli,
+    run_measured,
+    scratch_org,
+    write_result,
+)
 from tests import postgres_server
 
 SIZES = (100_000, 1_000_000)
@@ -72,17 +79,12 @@ def _best(
 def measure(
     leads: int, databases: list[tuple[str, postgres_server.PostgresServer | None]], repeats: int
 ) -> list[dict[str, Any]]:
-    contacts = max(leads // 20, 100)
     results: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as tmp,
-        EmulatorProcess(
-            leads=leads, contacts=contacts, data_dir=Path(tmp) / "emulator"
-        ) as emulator,
-    ):
-        env = cli_env(emulator, Path(tmp) / "unused.sqlite3")
+    contacts = contacts_for(leads)
+    with scratch_org(leads, contacts) as (tmp, emulator):
+        env = cli_env(emulator, tmp / "unused.sqlite3")
         for name, server in databases:
-            database = _Database(name, Path(tmp), server, leads)
+            database = _Database(name, tmp, server, leads)
             startup_url, _ = database.fresh()
             startup = run_cli(["status", "--json"], {**env, "DVCONNECT_DATABASE_URL": startup_url})
             ours: list[tuple[Measured, int, int]] = []

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,25 @@ def run_measured(command: list[str], env: dict[str, str]) -> Measured:
         cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
         peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
     )
+
+
+def contacts_for(leads: int) -> int:
+    """The contacts the sync benchmarks seed beside `leads` leads: one per twenty, at least 100."""
+    return max(leads // 20, 100)
+
+
+@contextmanager
+def scratch_org(
+    leads: int, contacts: int, extra_args: Sequence[str] = ()
+) -> Iterator[tuple[Path, EmulatorProcess]]:
+    """A scratch folder (removed after) and an emulator in it seeded with `leads` leads and
+    `contacts` contacts."""
+    with (
+        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as name,
+        EmulatorProcess(leads=leads, contacts=contacts, data_dir=Path(name) / "emulator",
+                        extra_args=extra_args) as emulator,
+    ):  # fmt: skip
+        yield Path(name), emulator
 
 
 def cli_env(emulator: EmulatorProcess, database: Path, **extra: str) -> dict[str, str]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-import tempfile
 import time
 from multiprocessing import Pool
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.common import print_table, write_result
-from emulator.process import EmulatorProcess
+from benchmarks.common import print_table, scratch_org, write_result
 
 LEADS = 50_000
 SECONDS = 6.0
@@ -72,15 +69,8 @@ def _pages(job: tuple[str, str, str]) -> int:
 
 def run(quick: bool = False) -> dict[str, Any]:
     del quick  # one size: the figures are rates
-    with (
-        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as tmp,
-        EmulatorProcess(
-            leads=LEADS,
-            contacts=1000,
-            data_dir=Path(tmp) / "emulator",
-            extra_args=["--service-protection", "off"],  # raw speed, not the limits
-        ) as emulator,
-    ):
+    # raw speed, not the limits
+    with scratch_org(LEADS, 1000, ["--service-protection", "off"]) as (_, emulator):
         token = emulator.token()
         ids = [row["leadid"] for row in emulator.rows("lead")[:500]]
         base = (emulator.base_url, emulator.ca_bundle, token)

@@ -8,12 +8,16 @@ reported as a ratio of the full one. Peak RSS is compared between the sizes: it 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cli_env, print_table, run_cli, write_result
-from emulator.process import EmulatorProcess
+from benchmarks.common import (
+    cli_env,
+    contacts_for,
+    print_table,
+    run_cli,
+    scratch_org,
+    write_result,
+)
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 200_000)
@@ -28,14 +32,9 @@ def _sync(env: dict[str, str]) -> tuple[dict[str, Any], Any]:
 
 def measure(leads: int) -> dict[str, Any]:
     """Full then incremental sync of `leads` leads (and leads/20 contacts)."""
-    contacts = max(leads // 20, 100)
-    with (
-        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as tmp,
-        EmulatorProcess(
-            leads=leads, contacts=contacts, data_dir=Path(tmp) / "emulator"
-        ) as emulator,
-    ):
-        env = cli_env(emulator, Path(tmp) / "store.sqlite3")
+    contacts = contacts_for(leads)
+    with scratch_org(leads, contacts) as (tmp, emulator):
+        env = cli_env(emulator, tmp / "store.sqlite3")
         startup = run_cli(["status", "--json"], env)  # imports and start-up, no sync
         full_run, full = _sync(env)
         rows = sum(c["read"] for c in full_run["counts"].values())

@@ -12,12 +12,9 @@ to a second above the floor.
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cli_env, print_table, run_cli, write_result
-from emulator.process import EmulatorProcess
+from benchmarks.common import cli_env, print_table, run_cli, scratch_org, write_result
 
 LEADS = 20_000
 CONTACTS = 5_000
@@ -28,16 +25,9 @@ WINDOW = 5
 
 def run(quick: bool = False) -> dict[str, Any]:
     del quick  # one size: the floor is what matters
-    with (
-        tempfile.TemporaryDirectory(prefix="dvconnect-bench-") as tmp,
-        EmulatorProcess(
-            leads=LEADS,
-            contacts=CONTACTS,
-            data_dir=Path(tmp) / "emulator",
-            extra_args=["--service-protection", f"requests={REQUESTS},window={WINDOW}"],
-        ) as emulator,
-    ):
-        env = cli_env(emulator, Path(tmp) / "store.sqlite3", DVCONNECT_PAGE_SIZE=str(PAGE_SIZE))
+    limits = ["--service-protection", f"requests={REQUESTS},window={WINDOW}"]
+    with scratch_org(LEADS, CONTACTS, limits) as (tmp, emulator):
+        env = cli_env(emulator, tmp / "store.sqlite3", DVCONNECT_PAGE_SIZE=str(PAGE_SIZE))
         startup = run_cli(["status", "--json"], env)
         measured = run_cli(["run", "sync", "--json"], env)
         result = measured.json()["runs"][0]
