@@ -1,7 +1,9 @@
 """What every benchmark shares: machine info, running the CLI as a measured child, results.
 
-The connector runs as a child process of its own and is measured with `wait4`: its wall time,
-CPU seconds and peak RSS are its alone (the emulator runs in another process).
+The connector runs as a child process of its own, spawned by a small launcher
+(`benchmarks/launch.py`) that measures it with `wait4`: its wall time, CPU seconds and peak RSS
+are its alone (the emulator runs in another process, and the runner's own size does not leak
+into the child's peak RSS).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.paths import MAPPINGS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DVCONNECT = str(Path(sys.executable).parent / "dvconnect")
+LAUNCH = Path(__file__).with_name("launch.py")
 
 
 def machine() -> dict[str, Any]:
@@ -70,23 +73,26 @@ def run_cli(args: list[str], env: dict[str, str]) -> Measured:
 
 
 def run_measured(command: list[str], env: dict[str, str]) -> Measured:
-    """Run `command` as a child and measure it alone (rusage of that child only)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(process.pid, 0)  # reaped here, with its own rusage
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+    """Run `command` as a child and measure it alone: its wall time and rusage, taken by a small
+    launcher it is spawned from (`benchmarks/launch.py`: why its peak RSS needs one)."""
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.NamedTemporaryFile("r", suffix=".json") as result,
+    ):
+        launched = [sys.executable, str(LAUNCH), result.name, *command]
+        child = subprocess.run(launched, env=env, stdout=out, stderr=err, check=False)
+        usage = json.load(result)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     return Measured(
-        returncode=process.returncode,
+        returncode=child.returncode,
         stdout=stdout,
         stderr=stderr,
-        wall_s=round(wall, 3),
-        cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        wall_s=round(usage["wall_s"], 3),
+        cpu_s=round(usage["cpu_s"], 3),
+        peak_rss_mb=round(usage["peak_rss_kb"] / 1024, 1),
     )
 
 
