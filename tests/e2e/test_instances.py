@@ -133,9 +133,7 @@ def test_a_tick_both_instances_fire_runs_once_and_the_other_records_nothing(
 def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     cli: Cli, postgres: PostgresServer
 ) -> None:
-    store = on_postgres(cli, postgres, '  journeys: "0 0 1 1 *"\n')
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
+    store, org = journeys_org(cli, postgres)
     org.at(START)
     org.run("run", "all")
     org.run("journeys", "start", "product-launch")
@@ -172,6 +170,14 @@ def test_two_instances_split_a_big_journey_and_decide_each_member_once(
     assert len(brochures) == total
     assert len({e["_regardingobjectid_value"] for e in brochures}) == total
     assert all(e["statecode"] == 1 for e in brochures)  # sent, each once
+
+
+def journeys_org(cli: Cli, postgres: PostgresServer) -> tuple[Store, Org]:
+    """A new PostgreSQL store whose `journeys` job never ticks during the test, and the
+    3,000-lead org (the conference decision makers are in it)."""
+    store = on_postgres(cli, postgres, '  journeys: "0 0 1 1 *"\n')
+    cli.emulator.reset(leads=3000, contacts=1500)
+    return store, Org(cli)
 
 
 def capped_calls(owner: str) -> str:
@@ -234,9 +240,7 @@ def decide_together(
 def test_two_instances_deciding_capped_calls_together_never_exceed_an_owners_cap(
     cli: Cli, postgres: PostgresServer
 ) -> None:
-    store = on_postgres(cli, postgres, '  journeys: "0 0 1 1 *"\n')
-    cli.emulator.reset(leads=3000, contacts=1500)
-    org = Org(cli)
+    store, org = journeys_org(cli, postgres)
     owner = min(u["systemuserid"] for u in org.rows("systemuser") if not u["isdisabled"])
     (cli.workdir / "mappings" / "journeys" / "capped-calls.yaml").write_text(capped_calls(owner))
     org.at(START)
